@@ -1,0 +1,223 @@
+"""Lab config: one TOML file per lab host, validated strictly before any VM starts.
+
+Every error is one line naming the file, the key, the value and the fix.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .arch import ARCHES
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_LAB = REPO / "labs" / "local.toml"
+
+
+class LabConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    bdf: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SriovPf:
+    bdf: str
+    max_vfs: int = 0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class UsbDevice:
+    vendor: str
+    product: str
+    bus: int | None = None
+    device: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Inventory:
+    pci: tuple = ()
+    sriov_pfs: tuple = ()
+    hpre: tuple = ()
+    usb: tuple = ()
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    path: Path
+    name: str
+    libvirt_uri: str
+    virt_type: str
+    arch: str
+    work_dir: Path
+    timeout_factor: float
+    image: str                 # "default" or a path to a qcow2 image
+    image_access: str          # cmdline | nocloud
+    memory_mib: int
+    ssh_mode: str              # user-hostfwd
+    ssh_port_base: int
+    fault_backend: str         # auto | dm-error | nbdkit | none
+    inventory: Inventory = field(default_factory=Inventory)
+    bridge: str = ""
+
+    @property
+    def uses_default_image(self) -> bool:
+        return self.image == "default"
+
+
+_BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+_HEX4 = re.compile(r"^[0-9a-f]{4}$")
+_URI = re.compile(r"^(qemu|qemu\+ssh|qemu\+tcp|qemu\+tls|qemu\+unix|test)://[^\s]*/(system|session|default)(\?[^\s]*)?$")
+
+# key -> (type, default or REQUIRED, check(value) -> error text or None, fix hint)
+REQUIRED = object()
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _positive(v):
+    return None if v > 0 else "must be > 0"
+
+
+def _uri(v):
+    return None if _URI.match(v) else "is not a libvirt URI like qemu:///system or qemu+ssh://user@host/system"
+
+
+def _abs_path(v):
+    return None if v.startswith("/") else "must be an absolute path"
+
+
+SCHEMA = {
+    "host": {
+        "name": (str, REQUIRED, lambda v: None if re.match(r"^[A-Za-z0-9_.-]+$", v) else "use letters, digits, '.', '_', '-'", "a short host name"),
+        "libvirt_uri": (str, REQUIRED, _uri, "qemu:///system for this machine, qemu+ssh://root@HOST/system for a remote lab host"),
+        "virt_type": (str, "kvm", _one_of("kvm", "qemu"), "'kvm' on real lab hosts, 'qemu' (TCG) where KVM is unusable"),
+        "arch": (str, "x86_64", _one_of(*ARCHES), f"one of {', '.join(ARCHES)}"),
+        "work_dir": (str, "/var/lib/acc-harness", _abs_path, "an absolute directory the harness owns (images, overlays, leases)"),
+        "timeout_factor": (float, 1.0, _positive, "a number > 0 that scales every deadline (2.0 for a slow host)"),
+        "bridge": (str, "", None, "name of a lab bridge for NIC tests, or empty for the harness's own"),
+    },
+    "guest": {
+        "image": (str, "default", lambda v: None if v == "default" or v.startswith("/") else "must be 'default' or an absolute path to a qcow2 image",
+                  "'default' (built from Debian packages) or /path/to/image.qcow2"),
+        "access": (str, "cmdline", _one_of("cmdline", "nocloud"), "'cmdline' for the default image, 'nocloud' for a cloud image"),
+        "memory_mib": (int, 384, _positive, "guest memory in MiB"),
+    },
+    "ssh": {
+        "mode": (str, "user-hostfwd", _one_of("user-hostfwd"), "'user-hostfwd' (QEMU user networking, forward on 127.0.0.1)"),
+        "port_base": (int, 22200, lambda v: None if 1024 <= v <= 64000 else "must be within 1024..64000", "first local port for guest SSH forwards"),
+    },
+    "faults": {
+        "backend": (str, "auto", _one_of("auto", "dm-error", "nbdkit", "none"), "auto, dm-error, nbdkit or none"),
+    },
+    "inventory": {
+        "pci": (list, [], None, "a list of {bdf = '0000:04:10.1'} tables"),
+        "sriov_pfs": (list, [], None, "a list of {bdf = '0000:03:00.0', max_vfs = 8} tables"),
+        "hpre": (list, [], None, "a list of {bdf = '0000:79:00.0'} tables"),
+        "usb": (list, [], None, "a list of {vendor = '0781', product = '5567'} tables"),
+    },
+}
+
+
+def load(path: Path | str | None = None) -> LabConfig:
+    path = Path(path) if path else DEFAULT_LAB
+    if not path.exists():
+        raise LabConfigError(f"lab config {path} does not exist; fix: pass --lab with an existing file "
+                             f"(the local lab is {DEFAULT_LAB.relative_to(REPO)})")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise LabConfigError(f"{path}: not valid TOML: {e}") from None
+    return from_dict(raw, path)
+
+
+def from_dict(raw: dict, path: Path) -> LabConfig:
+    def err(key, msg, fix=""):
+        return LabConfigError(f"{path}: key '{key}' {msg}" + (f"; fix: {fix}" if fix else ""))
+
+    for section in raw:
+        if section not in SCHEMA:
+            raise err(section, "is not a known section", f"use one of [{'], ['.join(SCHEMA)}]")
+    vals: dict = {}
+    for section, keys in SCHEMA.items():
+        got = raw.get(section, {})
+        if not isinstance(got, dict):
+            raise err(section, "must be a table", f"write it as [{section}]")
+        for k in got:
+            if k not in keys:
+                raise err(f"{section}.{k}", "is not a known key", f"use one of {', '.join(keys)}")
+        for k, (typ, default, check, fix) in keys.items():
+            key = f"{section}.{k}"
+            if k not in got:
+                if default is REQUIRED:
+                    raise err(key, "is missing", fix)
+                vals[key] = default
+                continue
+            v = got[k]
+            if typ is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
+                raise err(key, f"has value {v!r} of type {type(v).__name__}, expected {typ.__name__}", fix)
+            if check:
+                problem = check(v)
+                if problem:
+                    raise err(key, f"has value {v!r} that {problem}", fix)
+            vals[key] = v
+
+    if vals["guest.image"] != "default":
+        img = Path(vals["guest.image"])
+        if not img.is_file():
+            raise err("guest.image", f"names {img}, which does not exist",
+                      "build or copy the image there, or use image = 'default'")
+        if vals["guest.access"] == "cmdline":
+            raise err("guest.access", "is 'cmdline', which only the default image understands",
+                      "use access = 'nocloud' with a cloud image")
+    inv = _inventory(vals, err)
+    return LabConfig(
+        path=path, name=vals["host.name"], libvirt_uri=vals["host.libvirt_uri"],
+        virt_type=vals["host.virt_type"], arch=vals["host.arch"], work_dir=Path(vals["host.work_dir"]),
+        timeout_factor=vals["host.timeout_factor"], bridge=vals["host.bridge"],
+        image=vals["guest.image"], image_access=vals["guest.access"], memory_mib=vals["guest.memory_mib"],
+        ssh_mode=vals["ssh.mode"], ssh_port_base=vals["ssh.port_base"],
+        fault_backend=vals["faults.backend"], inventory=inv,
+    )
+
+
+def _inventory(vals, err) -> Inventory:
+    def items(key, cls, required, checks):
+        out = []
+        for i, item in enumerate(vals[key]):
+            where = f"{key}[{i}]"
+            if not isinstance(item, dict):
+                raise err(where, f"has value {item!r}, expected a table", f"write {{{', '.join(f'{r} = ...' for r in required)}}}")
+            fields = cls.__dataclass_fields__
+            for k in item:
+                if k not in fields:
+                    raise err(f"{where}.{k}", "is not a known key", f"use one of {', '.join(fields)}")
+            for r in required:
+                if r not in item:
+                    raise err(f"{where}.{r}", "is missing", f"add {r} = ...")
+            for k, (rx, fix) in checks.items():
+                if k in item and not (isinstance(item[k], str) and rx.match(item[k])):
+                    raise err(f"{where}.{k}", f"has value {item[k]!r}", fix)
+            out.append(cls(**item))
+        return tuple(out)
+
+    bdf = {"bdf": (_BDF, "write the full lower-case PCI address, like '0000:04:10.1'")}
+    usb = {"vendor": (_HEX4, "four lower-case hex digits, like '0781'"),
+           "product": (_HEX4, "four lower-case hex digits, like '5567'")}
+    return Inventory(
+        pci=items("inventory.pci", PciDevice, ["bdf"], bdf),
+        sriov_pfs=items("inventory.sriov_pfs", SriovPf, ["bdf"], bdf),
+        hpre=items("inventory.hpre", PciDevice, ["bdf"], bdf),
+        usb=items("inventory.usb", UsbDevice, ["vendor", "product"], usb),
+    )

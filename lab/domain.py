@@ -1,0 +1,331 @@
+"""A harness-owned VM: define/start/stop, wait until the guest is ready,
+attach()/detach() that wait for the outcome and then re-read the XML."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libvirt
+import libvirt_qemu
+from lxml import etree
+
+from . import xml as X
+from .guest.console import PANIC_RE, Console, GuestPanic
+from .guest.ssh import SSH
+from .guest import Guest
+from .timeouts import Deadline, poll
+
+READY_RE = re.compile(r"ACC-READY boot_id=(\S+)")
+BOOT_BUDGET = 60.0        # seconds, scaled by the lab's timeout factor
+
+
+class DomainError(AssertionError):
+    pass
+
+
+class GuestNotReady(AssertionError):
+    pass
+
+
+@dataclass
+class VMSpec:
+    role: str
+    pcie_root_ports: int | None = None    # None: libvirt adds the root ports the devices need
+    pcie_bridge: bool = False
+    devices: list = field(default_factory=list)   # further device elements (cold-plugged)
+    memory_mib: int | None = None
+    usb: bool = False                     # False: no USB controller at all
+
+
+def random_mac() -> str:
+    b = secrets.token_bytes(3)
+    return "52:54:00:%02x:%02x:%02x" % tuple(b)
+
+
+class VM:
+    def __init__(self, run, spec: VMSpec, name: str):
+        self.run, self.spec, self.name = run, spec, name
+        self.conn: libvirt.virConnect = run.session.conn
+        self.dir: Path = run.dir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.serial_log = self.dir / "serial.log"
+        self.mac = random_mac()
+        self.port_lease = run.lease_port()
+        self.ssh_port: int = self.port_lease.value
+        self.boot_id: str | None = None
+        self.consoles: list[Console] = []
+        self._guest: Guest | None = None
+        self.dom: libvirt.virDomain | None = None
+        self.files: list[Path] = []
+
+    # ------------------------------------------------------------ XML
+
+    def build_xml(self) -> etree._Element:
+        run, img, arch = self.run, self.run.image, self.run.arch
+        overlay = self.dir / "root.qcow2"
+        if not overlay.exists():
+            from .images import create_overlay, create_nocloud_seed
+            create_overlay(img.root, overlay)
+            self.files.append(overlay)
+            if img.access == "nocloud":
+                self.files.append(create_nocloud_seed(self.dir / "seed.iso", self.name, "acc-guest",
+                                                      run.key.public_line))
+        devices = []
+        if self.spec.pcie_root_ports is not None:
+            devices += X.simplified_pcie_topology(self.spec.pcie_root_ports, bridge=self.spec.pcie_bridge)
+        devices.append(X.disk(str(overlay), target="vda", bus="virtio", serial="acc-root"))
+        if img.access == "nocloud":
+            devices.append(X.disk(str(self.dir / "seed.iso"), target="vdz", bus="virtio", fmt="raw",
+                                  readonly=True, serial="acc-seed"))
+        devices.append(X.user_interface(self.mac))
+        devices.append(X.serial_pty(str(self.serial_log)))
+        devices.append(X.console_pty())
+        if not self.spec.usb:
+            devices.append(X.no_usb())
+        devices.append(X.no_memballoon())
+        devices += self.spec.devices
+        cmdline = None
+        if img.kernel:
+            cmdline = (f"console={img.console_tty},115200 root=/dev/vda rw panic=0 "
+                       f"acc.mac={self.mac} acc.ip=10.0.2.15/24 acc.gw=10.0.2.2")
+            if img.access == "cmdline":
+                cmdline += f" acc.sshkey={run.key.public_blob}"
+        meta = X.harness_metadata(run.run_id, os.getpid(), self.spec.role, [self.dir])
+        return X.domain(self.name, virt_type=run.cfg.virt_type, arch=arch,
+                        memory_mib=self.spec.memory_mib or run.cfg.memory_mib,
+                        kernel=img.kernel, initrd=img.initrd, cmdline=cmdline, metadata=meta, devices=devices)
+
+    def define(self) -> "VM":
+        xml = X.to_string(self.build_xml())
+        (self.dir / "defined.xml").write_text(xml)
+        try:
+            self.dom = self.conn.defineXML(xml)
+        except libvirt.libvirtError as e:
+            raise DomainError(f"libvirt refused to define {self.name}: {e.get_error_message()}") from None
+        return self
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, deadline: Deadline | None = None, wait: bool = True) -> "VM":
+        self._reset_boot()
+        try:
+            self.dom.create()
+        except libvirt.libvirtError as e:
+            raise DomainError(f"libvirt could not start {self.name}: {e.get_error_message()}") from None
+        self._after_start()
+        if wait:
+            self.wait_ready(deadline)
+        return self
+
+    def start_with_console(self, transcript: Path) -> Console:
+        """`virsh start --console`: returns the attached console; call wait_ready() next."""
+        self._reset_boot()
+        con = Console.start_attached(self.run.cfg.libvirt_uri, self.name, transcript)
+        self.consoles.append(con)
+        poll(lambda: self.is_active() or not con.child.isalive(), Deadline(20, f"{self.name} to start"))
+        if not self.is_active():
+            raise DomainError(f"'virsh start --console {self.name}' did not start it: {con.tail()!r}")
+        self._after_start()
+        return con
+
+    def _reset_boot(self) -> None:
+        self.boot_id = None
+        if self._guest:
+            self._guest.close()
+            self._guest = None
+
+    def _after_start(self) -> None:
+        alias = self.live_xml().find("devices/interface[@type='user']/alias")
+        netdev = "host" + alias.get("name") if alias is not None else "hostnet0"
+        out = self.monitor(f"hostfwd_add {netdev} tcp:127.0.0.1:{self.ssh_port}-:22", hmp=True)
+        if out.strip():
+            raise DomainError(f"could not forward 127.0.0.1:{self.ssh_port} to {self.name}'s SSH: {out.strip()}")
+
+    def is_active(self) -> bool:
+        try:
+            return bool(self.dom.isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def state(self) -> tuple[str, int]:
+        names = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "paused",
+                 libvirt.VIR_DOMAIN_SHUTOFF: "shutoff", libvirt.VIR_DOMAIN_CRASHED: "crashed",
+                 libvirt.VIR_DOMAIN_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_BLOCKED: "blocked"}
+        st, reason = self.dom.state()
+        return names.get(st, str(st)), reason
+
+    def serial_text(self) -> str:
+        try:
+            return self.serial_log.read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _check_alive(self) -> None:
+        text = self.serial_text()
+        m = PANIC_RE.search(text)
+        if m:
+            raise GuestPanic(f"{self.name}: guest panicked: {m.group(0)}")
+        if not self.is_active():
+            raise GuestNotReady(f"{self.name} stopped while booting (state {self.state()}); "
+                                f"console tail: {text[-400:]!r}")
+
+    def wait_ready(self, deadline: Deadline | None = None) -> Guest:
+        """Ready = the guest printed its ready marker on the console and SSH answers."""
+        deadline = deadline or Deadline(BOOT_BUDGET, f"{self.name} to boot")
+
+        def ready():
+            self._check_alive()
+            return READY_RE.search(self.serial_text())
+
+        if self.run.image.access == "cmdline":
+            m = poll(ready, deadline, interval=0.05,
+                     detail=lambda: f"console marker ACC-READY; console tail: {self.serial_text()[-400:]!r}")
+            self.boot_id = m.group(1)
+        ssh = SSH("127.0.0.1", self.ssh_port, self.run.key)
+        ssh.connect(deadline, alive=self._check_alive)
+        self._guest = Guest(ssh, self)
+        if self.boot_id is None:
+            self.boot_id = self._guest.boot_id()
+        return self._guest
+
+    @property
+    def guest(self) -> Guest:
+        if self._guest is None:
+            raise GuestNotReady(f"{self.name} has no ready guest (start it and wait_ready first)")
+        return self._guest
+
+    def console(self) -> Console:
+        con = Console.attach(self.run.cfg.libvirt_uri, self.name, self.dir / f"console-{len(self.consoles)}.log")
+        self.consoles.append(con)
+        return con
+
+    def poweroff(self, deadline: Deadline | None = None) -> None:
+        """A clean shutdown from inside the guest; waits for libvirt's stopped event."""
+        deadline = deadline or Deadline(30, f"{self.name} to power off")
+        with self.run.session.events.waiter(self.dom, "lifecycle", lambda e: e.detail["event"] == "stopped") as w:
+            try:
+                self.guest.run("sync; poweroff", timeout=10)
+            except (EOFError, OSError, ConnectionError, TimeoutError):
+                pass      # the connection may drop while the guest goes down
+            if self.is_active():
+                w.wait(deadline)
+        self._reset_boot()
+
+    def destroy(self) -> None:
+        if self.dom is not None and self.is_active():
+            try:
+                self.dom.destroy()
+            except libvirt.libvirtError as e:
+                if self.is_active():
+                    raise DomainError(f"could not destroy {self.name}: {e.get_error_message()}") from None
+        self._reset_boot()
+
+    def cleanup(self) -> list[str]:
+        """Undo everything this VM made; returns what was undone."""
+        undone = []
+        for con in self.consoles:
+            con.close()
+        self.consoles = []
+        if self.dom is not None:
+            if self.is_active():
+                self.destroy()
+                undone.append(f"destroyed domain {self.name}")
+            try:
+                self.dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                                       | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                                       | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                undone.append(f"undefined domain {self.name}")
+            except libvirt.libvirtError:
+                pass
+            self.dom = None
+        if self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+            undone.append(f"removed {self.dir}")
+        self.port_lease.release()
+        return undone
+
+    # ------------------------------------------------------------ XML views
+
+    def live_xml(self) -> etree._Element:
+        return X.parse(self.dom.XMLDesc(0))
+
+    def inactive_xml(self) -> etree._Element:
+        return X.parse(self.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+    def monitor(self, command: str, hmp: bool = False) -> str:
+        flags = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP if hmp else 0
+        return libvirt_qemu.qemuMonitorCommand(self.dom, command, flags)
+
+    # ------------------------------------------------------------ devices
+
+    @staticmethod
+    def _flags(live: bool, config: bool) -> int:
+        f = 0
+        if live:
+            f |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        if config:
+            f |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        return f
+
+    def attach(self, device: etree._Element, live: bool = True, config: bool = False) -> etree._Element | None:
+        """Attach; return the device as libvirt now describes it (live XML when live)."""
+        view = self.live_xml if live else self.inactive_xml
+        before = {etree.tostring(d) for d in view().find("devices")}
+        try:
+            self.dom.attachDeviceFlags(X.to_string(device), self._flags(live, config))
+        except libvirt.libvirtError as e:
+            raise AttachRefused(e.get_error_message()) from None
+        new = [d for d in view().find("devices") if etree.tostring(d) not in before and d.tag == device.tag]
+        return new[0] if new else None
+
+    def detach(self, device: etree._Element, live: bool = True, config: bool = False,
+               deadline: Deadline | None = None) -> None:
+        """Detach with the same XML; for live, wait for DEVICE_REMOVED (registered
+        before the request), then confirm from the re-read XML."""
+        deadline = deadline or Deadline(30, f"{device.tag} to leave {self.name}")
+        xml = X.to_string(device)
+        if live:
+            with self.run.session.events.waiter(self.dom, {"device-removed", "device-removal-failed"}) as w:
+                try:
+                    self.dom.detachDeviceFlags(xml, self._flags(live, config))
+                except libvirt.libvirtError as e:
+                    raise DomainError(f"detach from {self.name} refused: {e.get_error_message()}") from None
+                ev = w.wait(deadline)
+                if ev.kind == "device-removal-failed":
+                    raise DomainError(f"guest refused to release {ev.detail['alias']} on {self.name}")
+        else:
+            try:
+                self.dom.detachDeviceFlags(xml, self._flags(live, config))
+            except libvirt.libvirtError as e:
+                raise DomainError(f"detach from {self.name} refused: {e.get_error_message()}") from None
+
+    # ------------------------------------------------------------ evidence
+
+    def evidence(self) -> dict[str, str]:
+        out = {"console (serial log)": self.serial_text()}
+        for con in self.consoles:
+            try:
+                out[f"console transcript {con.transcript.name}"] = con.transcript.read_bytes().decode(errors="replace")
+            except OSError:
+                pass
+        try:
+            out["live domain XML"] = self.dom.XMLDesc(0) if self.dom else "(no domain)"
+        except libvirt.libvirtError as e:
+            out["live domain XML"] = f"(unavailable: {e.get_error_message()})"
+        qlog = Path("/var/log/libvirt/qemu") / f"{self.name}.log"
+        if qlog.exists():
+            out["QEMU log"] = qlog.read_text(errors="replace")[-200000:]
+        if self._guest is not None:
+            try:
+                out["guest dmesg"] = self._guest.run("dmesg", timeout=10).stdout
+            except Exception as e:     # evidence must never mask the failure itself
+                out["guest dmesg"] = f"(unavailable over SSH: {type(e).__name__}: {e})"
+        return out
+
+
+class AttachRefused(AssertionError):
+    """libvirt (or QEMU) refused a device attach; the message is libvirt's."""

@@ -1,0 +1,117 @@
+"""The guest's serial console over the pty (`virsh console`), driven by pexpect.
+
+Every expect also fails fast on a kernel panic, and the whole session is
+written to a transcript file (the evidence attached on failure).  Commands use
+a marker protocol so the exit code is recovered even when the echo of the
+typed line or kernel messages are interleaved with the output.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+from pathlib import Path
+
+import pexpect
+
+from ..timeouts import Deadline
+
+PANIC_PATTERNS = [
+    r"Kernel panic - not syncing[^\r\n]*",
+    r"BUG: kernel NULL pointer dereference[^\r\n]*",
+    r"general protection fault[^\r\n]*",
+    r"Oops: [^\r\n]*",
+]
+PANIC_RE = re.compile("|".join(PANIC_PATTERNS))
+
+
+class GuestPanic(AssertionError):
+    pass
+
+
+class ConsoleError(AssertionError):
+    pass
+
+
+class Console:
+    def __init__(self, argv: list[str], transcript: Path, description: str):
+        self.argv = argv
+        self.transcript = transcript
+        self.description = description
+        self._log = open(transcript, "ab")
+        self.child = pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False)
+        self.child.logfile_read = self._log
+
+    @classmethod
+    def attach(cls, uri: str, name: str, transcript: Path) -> "Console":
+        return cls(["virsh", "-c", uri, "console", name, "--force"], transcript, f"console of {name}")
+
+    @classmethod
+    def start_attached(cls, uri: str, name: str, transcript: Path) -> "Console":
+        """`virsh start --console`: start the domain and attach from its first byte."""
+        return cls(["virsh", "-c", uri, "start", "--console", name], transcript, f"start --console of {name}")
+
+    # -------------------------------------------------------------- expect
+
+    def expect(self, patterns, deadline: Deadline, what: str) -> re.Match:
+        """Wait for one of `patterns` (regexes); fail fast on a panic or EOF."""
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        idx = self.child.expect([PANIC_RE, pexpect.EOF, pexpect.TIMEOUT, *patterns],
+                                timeout=max(deadline.remaining, 0.01))
+        if idx == 0:
+            raise GuestPanic(f"{self.description}: guest panicked while waiting for {what}: "
+                             f"{self.child.match.group(0).decode(errors='replace')}")
+        if idx == 1:
+            raise ConsoleError(f"{self.description}: console closed while waiting for {what}; last output: "
+                               f"{self.tail()!r}")
+        if idx == 2:
+            raise deadline.fail(f"{what} on the {self.description}; last output: {self.tail()!r}")
+        return self.child.match
+
+    def tail(self, n: int = 400) -> str:
+        before = self.child.before or b""
+        if not isinstance(before, bytes):
+            before = b""
+        return before[-n:].decode(errors="replace")
+
+    def wait_connected(self, deadline: Deadline) -> None:
+        self.expect(r"Escape character is", deadline, "virsh to connect the console")
+
+    def sync_shell(self, deadline: Deadline) -> None:
+        """Get a shell prompt we can type into (press Enter until one answers)."""
+        token = secrets.token_hex(4)
+        while True:
+            self.child.sendline(f"echo ACC_SYNC_{token}''_OK")
+            try:
+                self.expect(f"ACC_SYNC_{token}_OK", deadline.sub(3, "shell answer"), "a shell answer")
+                return
+            except TimeoutError:
+                if deadline.expired:
+                    raise deadline.fail(f"a shell on the {self.description}; last output: {self.tail()!r}")
+
+    def run(self, command: str, deadline: Deadline) -> tuple[int, str]:
+        """Run `command` in the console shell; returns (exit code, output)."""
+        n = secrets.token_hex(4)
+        # The typed line reads "ACC_B n" / "ACC_E n"; only the output has "ACC_B_n".
+        self.child.sendline(f"printf '%s_%s\\n' ACC_B {n}; {command}; printf '%s_%s_rc=%s\\n' ACC_E {n} $?")
+        self.expect(f"ACC_B_{n}\r?\n", deadline, f"start of {command!r}")
+        m = self.expect(rf"ACC_E_{n}_rc=(\d+)", deadline, f"end of {command!r}")
+        out = (self.child.before or b"").decode(errors="replace").replace("\r\n", "\n")
+        return int(m.group(1)), out
+
+    def close(self) -> None:
+        try:
+            if self.child.isalive():
+                self.child.sendcontrol("]")
+                self.child.expect(pexpect.EOF, timeout=3)
+        except (pexpect.ExceptionPexpect, OSError):
+            pass
+        finally:
+            self.child.close(force=True)
+            self._log.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

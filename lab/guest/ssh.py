@@ -1,0 +1,142 @@
+"""Guest shell over SSH (paramiko): `run(cmd, *args)` with shlex-quoted args,
+a per-command timeout and a result object (pytest-testinfra's shape)."""
+from __future__ import annotations
+
+import base64
+import io
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ..timeouts import Deadline
+
+GUEST_PATH = "export PATH=/usr/sbin:/usr/bin:/sbin:/bin; "
+
+
+class CommandFailed(AssertionError):
+    pass
+
+
+@dataclass
+class Result:
+    command: str
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def check(self) -> "Result":
+        if self.rc != 0:
+            raise CommandFailed(f"guest command {self.command!r} exited {self.rc}: {self.stderr.strip()[-500:] or self.stdout.strip()[-500:]}")
+        return self
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """A fresh ed25519 key for one run; never a password."""
+    pkey: paramiko.Ed25519Key
+    public_blob: str        # base64 of the public key, as in authorized_keys
+
+    @property
+    def public_line(self) -> str:
+        return f"ssh-ed25519 {self.public_blob} acc-harness"
+
+    @classmethod
+    def generate(cls) -> "RunKey":
+        priv = Ed25519PrivateKey.generate()
+        pem = priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                 serialization.NoEncryption()).decode()
+        pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
+        pub = priv.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+        return cls(pkey=pkey, public_blob=pub.split()[1])
+
+    def save(self, path) -> None:
+        self.pkey.write_private_key_file(str(path))
+
+
+def quote_command(cmd: str, args) -> str:
+    return cmd % tuple(shlex.quote(str(a)) for a in args) if args else cmd
+
+
+class SSH:
+    def __init__(self, host: str, port: int, key: RunKey, user: str = "root"):
+        self.host, self.port, self.key, self.user = host, port, key, user
+        self._client: paramiko.SSHClient | None = None
+
+    def connect(self, deadline: Deadline, alive=lambda: None) -> None:
+        """Connect, retrying until the deadline; `alive()` raises to fail fast
+        (guest panicked, domain died)."""
+        last = "no attempt"
+        while True:
+            alive()
+            c = paramiko.SSHClient()
+            c.set_missing_host_key_policy(paramiko.AutoAddPolicy())   # ephemeral guests, loopback only
+            try:
+                c.connect(self.host, self.port, username=self.user, pkey=self.key.pkey,
+                          timeout=min(5, max(deadline.remaining, 0.5)),
+                          banner_timeout=min(5, max(deadline.remaining, 0.5)),
+                          auth_timeout=5, allow_agent=False, look_for_keys=False)
+                c.get_transport().set_keepalive(5)
+                self._client = c
+                return
+            except (paramiko.SSHException, OSError, EOFError) as e:
+                last = f"{type(e).__name__}: {e}"
+                c.close()
+            if deadline.expired:
+                raise deadline.fail(f"SSH to {self.host}:{self.port}, last error {last}")
+            time.sleep(0.2)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client and self._client.get_transport() and self._client.get_transport().is_active())
+
+    def run(self, cmd: str, *args, timeout: float = 60.0, check: bool = False, stdin: bytes | None = None) -> Result:
+        command = quote_command(cmd, args)
+        if not self.connected:
+            raise ConnectionError(f"SSH to {self.host}:{self.port} is not connected")
+        deadline = Deadline(timeout, f"guest command {command!r}")
+        chan = self._client.get_transport().open_session(timeout=min(10, timeout))
+        chan.settimeout(0.5)
+        chan.exec_command(GUEST_PATH + command)
+        if stdin is not None:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        out, err = bytearray(), bytearray()
+        while True:
+            while chan.recv_ready():
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if deadline.expired:
+                chan.close()
+                raise deadline.fail(f"output so far: {out[-300:].decode(errors='replace')!r}")
+            try:
+                chunk = chan.recv(65536)
+                out += chunk
+                if not chunk and chan.exit_status_ready():
+                    break
+            except socket.timeout:
+                pass
+        rc = chan.recv_exit_status()
+        chan.close()
+        r = Result(command, rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        return r.check() if check else r
+
+    def close(self) -> None:
+        if self._client:
+            self._client.close()
+            self._client = None
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

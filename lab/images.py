@@ -1,0 +1,308 @@
+"""Guest images: the default image built offline from Debian packages, a
+content-addressed cache, per-VM qcow2 overlays, and NoCloud seeds for lab
+hosts that bring their own cloud image.
+
+The default image is three files: a Debian kernel, a tiny initramfs that mounts
+the root disk, and a qcow2 root file system (the guest's vda) with busybox,
+dropbear and the real `lspci`, `lsusb`, `ethtool`.  The cache key is a hash of
+every input (package versions, module lists, guest scripts, builder version),
+so a rebuild happens exactly when something changed.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .arch import ArchProfile
+
+BUILDER_VERSION = "3"
+HERE = Path(__file__).parent / "guest_image"
+
+# Modules the initramfs needs to mount the root disk.
+INITRD_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]
+# Modules the claims need inside the guest (loaded at boot, in this order).
+GUEST_MODULES = [
+    "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_console",
+    "scsi_mod", "sd_mod", "isofs",
+    "usbcore", "uhci_hcd", "ehci_hcd", "ehci_pci", "xhci_pci", "usb_storage",
+    "usbhid", "hid_generic",
+    "8021q", "igbvf", "ixgbevf", "iavf",
+]
+# Debian packages whose programs are copied into the guest root, with the files.
+GUEST_PROGRAMS = {
+    "dropbear-bin": ["/usr/sbin/dropbear"],
+    "pciutils": ["/usr/bin/lspci"],
+    "usbutils": ["/usr/bin/lsusb"],
+    "ethtool": ["/usr/sbin/ethtool"],
+}
+GUEST_DATA = {"pci.ids": ["/usr/share/misc/pci.ids"]}
+HOST_PACKAGES = ["busybox-static", "cpio", "e2fsprogs", "qemu-utils", "kmod",
+                 "genisoimage", *GUEST_PROGRAMS, *GUEST_DATA]
+ROOT_SIZE = "1G"
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """A built (or lab-provided) guest image."""
+    root: Path                   # qcow2 base of the guest's vda
+    kernel: Path | None = None   # None: boot the disk through firmware
+    initrd: Path | None = None
+    digest: str = ""
+    access: str = "cmdline"      # how the run's SSH key reaches the guest: cmdline | nocloud
+    console_tty: str = "ttyS0"
+
+    def describe(self) -> str:
+        return f"{self.root.name} ({self.digest or 'lab-provided'}, key via {self.access})"
+
+
+def _run(cmd, **kw):
+    try:
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    except subprocess.CalledProcessError as e:
+        raise ImageError(f"image build step failed: {' '.join(map(str, cmd))}: {e.stderr.strip()[-800:]}") from None
+    except FileNotFoundError:
+        raise ImageError(f"image build needs {cmd[0]!r}; run the lab setup (./harness setup)") from None
+
+
+def _pkg_version(pkg: str) -> str:
+    r = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", pkg], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout:
+        raise ImageError(f"Debian package {pkg!r} is not installed; run the lab setup (./harness setup)")
+    return r.stdout
+
+
+def resolve_kernel_package(arch: ArchProfile) -> tuple[str, str]:
+    """The concrete kernel package behind the arch's meta package, and its version."""
+    out = _run(["apt-cache", "depends", arch.kernel_package]).stdout
+    m = re.search(r"Depends: (linux-image-\S+)", out)
+    if not m:
+        raise ImageError(f"cannot resolve {arch.kernel_package} to a kernel package: run 'apt-get update'")
+    pkg = m.group(1)
+    show = _run(["apt-cache", "show", "--no-all-versions", pkg]).stdout
+    ver = re.search(r"^Version: (\S+)", show, re.M).group(1)
+    return pkg, ver
+
+
+def inputs(arch: ArchProfile) -> dict:
+    if os.uname().machine != arch.name:
+        raise ImageError(f"building a {arch.name} guest image on a {os.uname().machine} host is not supported yet")
+    kpkg, kver = resolve_kernel_package(arch)
+    scripts = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(HERE.iterdir())}
+    return {
+        "builder": BUILDER_VERSION,
+        "arch": arch.name,
+        "kernel": [kpkg, kver],
+        "packages": {p: _pkg_version(p) for p in ["busybox-static", *GUEST_PROGRAMS, *GUEST_DATA]},
+        "initrd_modules": INITRD_MODULES,
+        "guest_modules": GUEST_MODULES,
+        "scripts": scripts,
+        "root_size": ROOT_SIZE,
+    }
+
+
+def digest_of(inp: dict) -> str:
+    return hashlib.sha256(json.dumps(inp, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_image(cache_dir: Path, arch: ArchProfile, log=print) -> GuestImage:
+    """Return the cached default image, building it first when its inputs changed."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    inp = inputs(arch)
+    digest = digest_of(inp)
+    final = cache_dir / f"guest-{arch.name}-{digest}"
+    image = GuestImage(root=final / "root.qcow2", kernel=final / "vmlinuz",
+                       initrd=final / "initrd.img", digest=digest, console_tty=arch.console_tty)
+    if _complete(final):
+        return image
+    with open(cache_dir / f".guest-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(final):
+            return image
+        if final.exists():           # a half-written or corrupted entry: rebuild it
+            shutil.rmtree(final)
+        log(f"building guest image {final.name} (kernel {inp['kernel'][0]} {inp['kernel'][1]})")
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=cache_dir))
+        try:
+            _build(tmp, inp, arch)
+            (tmp / "manifest.json").write_text(json.dumps({"digest": digest, "inputs": inp}, indent=1))
+            os.chmod(tmp, 0o755)     # QEMU runs as another user and must reach the files
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return image
+
+
+def _complete(d: Path) -> bool:
+    try:
+        ok = json.loads((d / "manifest.json").read_text())["digest"] == d.name.rsplit("-", 1)[1]
+    except (OSError, ValueError, KeyError, IndexError):
+        return False
+    return ok and all((d / f).is_file() and (d / f).stat().st_size > 0
+                      for f in ("vmlinuz", "initrd.img", "root.qcow2"))
+
+
+def _build(out: Path, inp: dict, arch: ArchProfile) -> None:
+    kpkg, kver = inp["kernel"]
+    work = out / "work"
+    debs = work / "debs"
+    debs.mkdir(parents=True)
+    _run(["apt-get", "download", f"{kpkg}={kver}"], cwd=debs)
+    kroot = work / "kernel"
+    deb = next(debs.glob("*.deb"))
+    _run(["dpkg-deb", "-x", str(deb), str(kroot)])
+    kdirs = list((kroot / "lib/modules").iterdir())
+    if len(kdirs) != 1:
+        raise ImageError(f"unexpected module trees in {deb.name}: {kdirs}")
+    krel = kdirs[0].name
+    _run(["depmod", "-b", str(kroot), krel])
+    deps = _parse_modules_dep(kroot / "lib/modules" / krel / "modules.dep")
+    builtin = (kroot / "lib/modules" / krel / "modules.builtin").read_text()
+    shutil.copy(next((kroot / "boot").glob("vmlinuz-*")), out / "vmlinuz")
+
+    # initramfs
+    ird = work / "initrd"
+    _busybox_tree(ird)
+    _copy_modules(kroot, krel, deps, builtin, INITRD_MODULES, ird)
+    (ird / "etc").mkdir(exist_ok=True)
+    (ird / "etc/initrd-modules").write_text("\n".join(INITRD_MODULES) + "\n")
+    shutil.copy(HERE / "initramfs-init", ird / "init")
+    os.chmod(ird / "init", 0o755)
+    _run(["sh", "-c", f"cd '{ird}' && find . | cpio -o -H newc --quiet | gzip -1 > '{out}/initrd.img'"])
+
+    # root file system
+    root = work / "root"
+    _busybox_tree(root)
+    _copy_modules(kroot, krel, deps, builtin, GUEST_MODULES, root)
+    for files in [*GUEST_PROGRAMS.values(), *GUEST_DATA.values()]:
+        for f in files:
+            _copy_with_libs(Path(f), root, arch)
+    etc = root / "etc"
+    (etc / "init.d").mkdir(parents=True, exist_ok=True)
+    shutil.copy(HERE / "rcS", etc / "init.d/rcS")
+    os.chmod(etc / "init.d/rcS", 0o755)
+    shutil.copy(HERE / "inittab", etc / "inittab")
+    shutil.copy(HERE / "profile", etc / "profile")
+    (etc / "guest-modules").write_text("\n".join(GUEST_MODULES) + "\n")
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (etc / "group").write_text("root:x:0:\n")
+    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
+    (etc / "shells").write_text("/bin/sh\n")
+    (etc / "acc-image").write_text(json.dumps(inp, sort_keys=True) + "\n")
+    for d in ("root", "proc", "sys", "dev", "tmp", "run", "mnt", "var/log"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "root", 0o700)
+    raw = work / "root.raw"
+    _run(["mkfs.ext4", "-q", "-F", "-L", "accroot", "-E", "root_owner=0:0", "-d", str(root), str(raw), ROOT_SIZE])
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "root.qcow2")])
+    shutil.rmtree(work)
+    for f in out.iterdir():
+        os.chmod(f, 0o644)
+
+
+def _busybox_tree(tree: Path) -> None:
+    (tree / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", tree / "bin/busybox")
+    applets = _run(["/bin/busybox", "--list-full"]).stdout.split()
+    for a in applets:
+        p = tree / a
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if not p.exists() and not p.is_symlink():
+            p.symlink_to("/bin/busybox")
+
+
+def _parse_modules_dep(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """module name -> (relative path, [relative paths of dependencies])."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if ":" not in line:
+            continue
+        mod, rest = line.split(":", 1)
+        name = Path(mod).name.split(".")[0].replace("-", "_")
+        out[name] = (mod, rest.split())
+    return out
+
+
+def _copy_modules(kroot: Path, krel: str, deps, builtin: str, names, tree: Path) -> None:
+    mdir = kroot / "lib/modules" / krel
+    builtin_names = {Path(l).name.split(".")[0].replace("-", "_") for l in builtin.split()}
+    wanted = set()
+    for n in names:
+        key = n.replace("-", "_")
+        if key in builtin_names:
+            continue
+        if key not in deps:
+            raise ImageError(f"kernel {krel} has no module {n!r}")
+        path, dl = deps[key]
+        wanted.add(path)
+        wanted.update(dl)
+    for rel in wanted:
+        dst = tree / "lib/modules" / krel / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(mdir / rel, dst)
+    for f in ("modules.builtin", "modules.order", "modules.builtin.modinfo"):
+        if (mdir / f).exists():
+            shutil.copy(mdir / f, tree / "lib/modules" / krel / f)
+    _run(["depmod", "-b", str(tree), krel])
+
+
+def _copy_with_libs(path: Path, tree: Path, arch: ArchProfile) -> None:
+    if not path.exists():
+        raise ImageError(f"{path} is missing on this host; run the lab setup (./harness setup)")
+    _copy_file(path, tree)
+    if path.suffix in (".ids",):
+        return
+    out = _run(["ldd", str(path)]).stdout
+    for line in out.splitlines():
+        m = re.search(r"(/\S+)", line)
+        if m:
+            _copy_file(Path(m.group(1)), tree)
+
+
+def _copy_file(src: Path, tree: Path) -> None:
+    dst = tree / str(src).lstrip("/")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    shutil.copy2(os.path.realpath(src), dst)
+
+
+# ---------------------------------------------------------------- overlays, seeds
+
+def create_overlay(base: Path, path: Path) -> Path:
+    """A qcow2 overlay on a cached base image: per-VM writes never touch the base."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(path)])
+    return path
+
+
+def create_nocloud_seed(path: Path, instance_id: str, hostname: str, pubkey: str) -> Path:
+    """A NoCloud seed (iso9660, volume id 'cidata') that gives the run's SSH key to root."""
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "meta-data").write_text(f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
+        Path(d, "user-data").write_text(
+            "#cloud-config\n"
+            "disable_root: false\n"
+            "ssh_pwauth: false\n"
+            "ssh_authorized_keys:\n"
+            f"  - {pubkey}\n"
+            "users:\n"
+            "  - name: root\n"
+            "    ssh_authorized_keys:\n"
+            f"      - {pubkey}\n"
+        )
+        _run(["genisoimage", "-quiet", "-output", str(path), "-volid", "cidata", "-joliet", "-rock",
+              str(Path(d, "user-data")), str(Path(d, "meta-data"))])
+    os.chmod(path, 0o644)
+    return path

@@ -1,0 +1,64 @@
+"""Leases: file locks that keep two runs (or two xdist workers) from taking the
+same port, and that mark a run as alive.  A lock dies with its process, so a
+crashed run never holds anything."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+
+class Lease:
+    def __init__(self, path: Path, fd: int, value=None):
+        self.path, self._fd, self.value = path, fd, value
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def try_lock(path: Path) -> Lease | None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return Lease(path, fd)
+
+
+def is_locked(path: Path) -> bool:
+    """True when a live process holds the lock at `path`."""
+    lease = try_lock(path)
+    if lease is None:
+        return True
+    lease.release()
+    return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def lease_port(lease_dir: Path, base: int, span: int = 2000) -> Lease:
+    for port in range(base, base + span):
+        lease = try_lock(lease_dir / f"port-{port}.lock")
+        if lease is None:
+            continue
+        if _port_free(port):
+            lease.value = port
+            return lease
+        lease.release()
+    raise RuntimeError(f"no free local port in {base}..{base + span - 1} for guest SSH; "
+                       "fix: change [ssh] port_base in the lab config")

@@ -1,0 +1,80 @@
+"""One harness run on one lab host: the config, the libvirt session, the run's
+key and image, and every VM it made (undone on close, or swept next time)."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from . import images, timeouts
+from .arch import profile
+from .config import LabConfig
+from .domain import VM, VMSpec
+from .guest.ssh import RunKey
+from .leases import Lease, lease_port, try_lock
+from .session import Session
+from .sweep import PREFIX, sweep
+
+
+class Run:
+    def __init__(self, cfg: LabConfig, log=print):
+        self.cfg = cfg
+        self.log = log
+        timeouts.set_factor(cfg.timeout_factor)
+        self.arch = profile(cfg.arch)
+        self.work_dir = cfg.work_dir
+        self.run_id = time.strftime("%H%M%S") + secrets.token_hex(2)
+        runs = self.work_dir / "runs"
+        self.lock: Lease = try_lock(runs / f"{self.run_id}.lock")
+        self.dir = runs / self.run_id
+        self.dir.mkdir(parents=True)
+        os.chmod(self.dir, 0o755)
+        self.vms: list[VM] = []
+        self._counter = 0
+        self.session = Session(cfg.libvirt_uri)
+        self.swept = sweep(self.session.conn, self.work_dir, log)
+        self.key = RunKey.generate()
+        self.image = self._image()
+
+    def _image(self) -> images.GuestImage:
+        if self.cfg.uses_default_image:
+            img = images.default_image(self.work_dir / "images", self.arch, log=self.log)
+            if self.cfg.image_access == "nocloud":
+                img = images.GuestImage(root=img.root, kernel=img.kernel, initrd=img.initrd,
+                                        digest=img.digest, access="nocloud", console_tty=img.console_tty)
+            return img
+        return images.GuestImage(root=Path(self.cfg.image), access="nocloud", console_tty=self.arch.console_tty)
+
+    def lease_port(self) -> Lease:
+        return lease_port(self.work_dir / "leases", self.cfg.ssh_port_base)
+
+    def new_vm(self, spec: VMSpec) -> VM:
+        """Define (not start) a harness-owned VM."""
+        self._counter += 1
+        name = f"{PREFIX}{self.run_id}-{spec.role}-{self._counter}"
+        vm = VM(self, spec, name)
+        self.vms.append(vm)
+        try:
+            vm.define()
+        except Exception:
+            self.release(vm)
+            raise
+        return vm
+
+    def release(self, vm: VM) -> list[str]:
+        undone = vm.cleanup()
+        if vm in self.vms:
+            self.vms.remove(vm)
+        return undone
+
+    def close(self) -> list[str]:
+        undone = []
+        for vm in reversed(list(self.vms)):
+            undone += self.release(vm)
+        self.session.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.lock.release()
+        (self.work_dir / "runs" / f"{self.run_id}.lock").unlink(missing_ok=True)
+        return undone

@@ -1,0 +1,187 @@
+"""The libvirt session: one connection with its event loop registered before
+open(), keepalive, a close callback, and an event hub that hands out waiters
+registered *before* the action they wait for (nova's pattern)."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import libvirt
+
+from .timeouts import Deadline
+
+_loop_lock = threading.Lock()
+_loop_started = False
+
+
+def _ensure_event_loop() -> None:
+    global _loop_started
+    with _loop_lock:
+        if _loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run():
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _loop_started = True
+
+
+class LabUnreachable(RuntimeError):
+    pass
+
+
+# libvirt silences nothing by default: keep its own error printing off stderr,
+# the harness reports errors itself.
+libvirt.registerErrorHandler(lambda ctx, err: None, None)
+
+LIFECYCLE_NAMES = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined", libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
+    libvirt.VIR_DOMAIN_EVENT_STARTED: "started", libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
+    libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed", libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
+    libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown", libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED: "pmsuspended",
+    libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed",
+}
+
+
+@dataclass
+class Event:
+    kind: str            # lifecycle | device-removed | device-removal-failed | device-added | io-error
+    domain: str          # domain UUID
+    detail: dict = field(default_factory=dict)
+
+
+class Waiter:
+    """Collects matching events from the moment it is created."""
+
+    def __init__(self, hub: "EventHub", uuid: str, kinds: set[str], match):
+        self.hub, self.uuid, self.kinds, self.match = hub, uuid, kinds, match
+        self.events: list[Event] = []
+        self._cond = threading.Condition()
+
+    def _offer(self, ev: Event) -> None:
+        if ev.domain == self.uuid and ev.kind in self.kinds and self.match(ev):
+            with self._cond:
+                self.events.append(ev)
+                self._cond.notify_all()
+
+    def wait(self, deadline: Deadline) -> Event:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.events, timeout=deadline.remaining):
+                raise deadline.fail(f"no {'/'.join(sorted(self.kinds))} event")
+            return self.events[0]
+
+    def close(self) -> None:
+        self.hub._remove(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class EventHub:
+    def __init__(self, conn: libvirt.virConnect):
+        self._waiters: list[Waiter] = []
+        self._lock = threading.Lock()
+        self._ids = []
+        reg = conn.domainEventRegisterAny
+        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None))
+        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._removed, None))
+        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, self._removal_failed, None))
+        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._added, None))
+        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, self._io_error, None))
+
+    def waiter(self, dom: libvirt.virDomain, kinds, match=lambda ev: True) -> Waiter:
+        w = Waiter(self, dom.UUIDString(), set([kinds] if isinstance(kinds, str) else kinds), match)
+        with self._lock:
+            self._waiters.append(w)
+        return w
+
+    def _remove(self, w: Waiter) -> None:
+        with self._lock:
+            if w in self._waiters:
+                self._waiters.remove(w)
+
+    def _dispatch(self, ev: Event) -> None:
+        with self._lock:
+            ws = list(self._waiters)
+        for w in ws:
+            w._offer(ev)
+
+    def _lifecycle(self, conn, dom, event, detail, opaque):
+        self._dispatch(Event("lifecycle", dom.UUIDString(),
+                             {"event": LIFECYCLE_NAMES.get(event, str(event)), "detail": detail}))
+
+    def _removed(self, conn, dom, alias, opaque):
+        self._dispatch(Event("device-removed", dom.UUIDString(), {"alias": alias}))
+
+    def _removal_failed(self, conn, dom, alias, opaque):
+        self._dispatch(Event("device-removal-failed", dom.UUIDString(), {"alias": alias}))
+
+    def _added(self, conn, dom, alias, opaque):
+        self._dispatch(Event("device-added", dom.UUIDString(), {"alias": alias}))
+
+    def _io_error(self, conn, dom, src, dev, action, reason, opaque):
+        self._dispatch(Event("io-error", dom.UUIDString(),
+                             {"source": src, "device": dev, "action": action, "reason": reason}))
+
+
+class Session:
+    """A libvirt connection owned by the harness."""
+
+    def __init__(self, uri: str, timeout_s: float = 10.0):
+        _ensure_event_loop()
+        self.uri = uri
+        self.closed_reason: str | None = None
+        result: dict = {}
+
+        def do_open():
+            try:
+                result["conn"] = libvirt.open(uri)
+            except libvirt.libvirtError as e:
+                result["err"] = e
+
+        t = threading.Thread(target=do_open, daemon=True)
+        t.start()
+        t.join(timeout_s)
+        if t.is_alive():
+            raise LabUnreachable(f"libvirt at {uri} did not answer within {timeout_s:.0f}s "
+                                 "(is libvirtd running? './harness setup' starts it on the local lab)")
+        if "err" in result:
+            raise LabUnreachable(f"cannot connect to libvirt at {uri}: {result['err'].get_error_message()} "
+                                 "(is libvirtd running? './harness setup' starts it on the local lab)")
+        self.conn: libvirt.virConnect = result["conn"]
+        try:
+            self.conn.setKeepAlive(5, 3)
+        except libvirt.libvirtError:
+            pass    # the test:/// driver has no keepalive
+        self.conn.registerCloseCallback(self._on_close, None)
+        self.events = EventHub(self.conn)
+
+    def _on_close(self, conn, reason, opaque):
+        self.closed_reason = {0: "error", 1: "end-of-file", 2: "keepalive timeout", 3: "client closed"}.get(reason, str(reason))
+
+    def check_alive(self) -> None:
+        if self.closed_reason:
+            raise LabUnreachable(f"the libvirt connection to {self.uri} was closed ({self.closed_reason})")
+
+    def versions(self) -> dict:
+        def fmt(v):
+            return f"{v // 1000000}.{(v // 1000) % 1000}.{v % 1000}"
+        out = {"libvirt": fmt(self.conn.getLibVersion())}
+        try:
+            out["hypervisor"] = f"{self.conn.getType()} {fmt(self.conn.getVersion())}"
+        except libvirt.libvirtError:
+            out["hypervisor"] = self.conn.getType()
+        return out
+
+    def close(self) -> None:
+        try:
+            self.conn.unregisterCloseCallback()
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass

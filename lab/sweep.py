@@ -1,0 +1,75 @@
+"""Find and remove a crashed run's leftovers, and nothing else.
+
+A leftover is a domain whose name has the harness prefix AND whose
+`<metadata>` carries the harness tag of a run that is no longer alive (its run
+lock is free), plus that run's directory under the work dir.  A domain with the
+prefix but without the tag, or of a live run, is never touched.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import libvirt
+from lxml import etree
+
+from .leases import is_locked
+from .xml import META_NS
+
+PREFIX = "acc-"
+
+
+def harness_tag(dom: libvirt.virDomain) -> etree._Element | None:
+    try:
+        return etree.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, META_NS).encode())
+    except libvirt.libvirtError:
+        return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
+    runs = work_dir / "runs"
+    undone: list[str] = []
+    for dom in conn.listAllDomains():
+        name = dom.name()
+        if not name.startswith(PREFIX):
+            continue
+        tag = harness_tag(dom)
+        if tag is None:
+            continue                      # has our prefix but is not ours: never touch
+        run_id = tag.get("run", "")
+        if not run_id or is_locked(runs / f"{run_id}.lock"):
+            continue                      # a live run (this one or a concurrent one)
+        try:
+            if dom.isActive():
+                dom.destroy()
+                undone.append(f"destroyed leftover domain {name} of dead run {run_id}")
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                              | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            undone.append(f"undefined leftover domain {name} of dead run {run_id}")
+        except libvirt.libvirtError as e:
+            undone.append(f"could not remove leftover domain {name}: {e.get_error_message()}")
+        for f in tag.iter(f"{{{META_NS}}}file"):
+            p = Path(f.get("path", ""))
+            if p.exists() and _inside(p, work_dir):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
+                undone.append(f"removed {p}")
+    if runs.is_dir():
+        for entry in sorted(runs.iterdir()):
+            if entry.is_dir() and not is_locked(runs / f"{entry.name}.lock"):
+                shutil.rmtree(entry, ignore_errors=True)
+                undone.append(f"removed leftover run directory {entry}")
+        for lock in runs.glob("*.lock"):
+            if not (runs / lock.stem).exists() and not is_locked(lock):
+                lock.unlink(missing_ok=True)
+    for line in undone:
+        log(f"sweep: {line}")
+    return undone
