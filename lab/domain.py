@@ -262,6 +262,13 @@ class VM:
 
     # ------------------------------------------------------------ devices
 
+    def scratch_image(self, name: str, size: str = "64M", fmt: str = "qcow2") -> Path:
+        """An empty image in this VM's directory (removed with the VM)."""
+        from .images import _run
+        path = self.dir / f"{name}.{fmt}"
+        _run(["qemu-img", "create", "-q", "-f", fmt, str(path), size])
+        return path
+
     @staticmethod
     def _flags(live: bool, config: bool) -> int:
         f = 0

@@ -1,0 +1,124 @@
+"""Host facts and capabilities, probed (never assumed from the distribution).
+
+Capabilities are data: a name, whether the host has it, and why not.  A claim
+that needs a missing capability skips with that reason; a capability the lab
+config promises (an inventory entry) but the probe denies is an error.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+
+from .config import LabConfig
+
+
+@dataclass(frozen=True)
+class Capability:
+    name: str
+    present: bool
+    detail: str
+
+
+def _is_local(uri: str) -> bool:
+    return "://" in uri and uri.split("://", 1)[1].startswith("/")
+
+
+def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path = Path("/")) -> dict[str, Capability]:
+    caps: dict[str, Capability] = {}
+
+    def add(name, present, detail):
+        caps[name] = Capability(name, bool(present), detail)
+
+    local = _is_local(cfg.libvirt_uri)
+    p = lambda rel: sysroot / rel.lstrip("/")     # noqa: E731
+    if not local:
+        # Host-side probes of a remote lab host go over SSH (nested/multi-host
+        # issues); until then the capabilities that need them are reported absent.
+        for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit"):
+            add(name, False, f"host probes of remote lab host {cfg.name} are not implemented yet")
+    else:
+        add("vhost-net", p("/dev/vhost-net").exists(), "/dev/vhost-net " + ("present" if p("/dev/vhost-net").exists() else "is missing (no vhost_net module)"))
+        vs = p("/sys/kernel/config/target/vhost").exists() or p("/sys/module/vhost_scsi").exists()
+        add("vhost-scsi", vs, "vhost_scsi target support " + ("present" if vs else "is missing (no vhost_scsi module / LIO configfs)"))
+        groups = list(p("/sys/kernel/iommu_groups").glob("*")) if p("/sys/kernel/iommu_groups").exists() else []
+        vfio = p("/dev/vfio/vfio").exists() and bool(groups)
+        add("vfio", vfio, f"{len(groups)} IOMMU groups, /dev/vfio/vfio " + ("present" if p("/dev/vfio/vfio").exists() else "missing")
+            + ("" if vfio else " (no IOMMU/VFIO on this host)"))
+        dm = p("/dev/mapper/control").exists()
+        add("device-mapper", dm, "/dev/mapper/control " + ("present" if dm else "is missing (no device-mapper in the kernel)"))
+        ovs = shutil.which("ovs-vsctl") and p("/var/run/openvswitch/db.sock").exists()
+        add("openvswitch", ovs, "Open vSwitch " + ("running" if ovs else "is not installed or not running"))
+        add("nbdkit", shutil.which("nbdkit"), "nbdkit " + ("installed" if shutil.which("nbdkit") else "is not installed"))
+    add("vhost-user", False, "no vhost-user backend (OVS-DPDK / testpmd) is configured for this lab")
+    inv = cfg.inventory
+    add("pci-device", inv.pci, f"{len(inv.pci)} PCI device(s) listed in [inventory] pci")
+    add("sriov", inv.sriov_pfs, f"{len(inv.sriov_pfs)} SR-IOV PF(s) listed in [inventory] sriov_pfs")
+    add("hpre", inv.hpre, f"{len(inv.hpre)} HPRE device(s) listed in [inventory] hpre")
+    add("usb-device", inv.usb, f"{len(inv.usb)} host USB device(s) listed in [inventory] usb")
+    add("second-host", False, "the lab config names one host")
+    add("error-policy-retry", False, "error_policy='retry' is not probed yet (openEuler extension)")
+    backend = fault_backend(cfg, caps)
+    add("fault-backend", backend != "none", f"fault backend: {backend}")
+    if conn is not None:
+        kvm = _virt_type_available(conn, "kvm")
+        add("kvm", kvm, "KVM " + ("usable by libvirt" if kvm else "is not offered by libvirt's domain capabilities"))
+    return caps
+
+
+def fault_backend(cfg: LabConfig, caps: dict[str, Capability]) -> str:
+    if cfg.fault_backend != "auto":
+        return cfg.fault_backend
+    if caps.get("device-mapper") and caps["device-mapper"].present:
+        return "dm-error"
+    if caps.get("nbdkit") and caps["nbdkit"].present:
+        return "nbdkit"
+    return "none"
+
+
+def _virt_type_available(conn, virt_type: str) -> bool:
+    try:
+        conn.getDomainCapabilities(None, None, None, virt_type, 0)
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> dict[str, str]:
+    """What the Allure environment and the certification report record."""
+    def ver(v):
+        return f"{v // 1000000}.{(v // 1000) % 1000}.{v % 1000}"
+
+    info = conn.getInfo()
+    out = {
+        "lab.host": cfg.name,
+        "lab.config": str(cfg.path),
+        "host.hostname": conn.getHostname(),
+        "host.cpu": _cpu_model() if _is_local(cfg.libvirt_uri) else info[0],
+        "host.cpus": str(info[2]),
+        "host.memory_mib": str(info[1]),
+        "host.kernel": platform.release() if _is_local(cfg.libvirt_uri) else "(remote)",
+        "libvirt.version": ver(conn.getLibVersion()),
+        "qemu.version": ver(conn.getVersion()),
+        "virt.type": cfg.virt_type,
+        "guest.arch": cfg.arch,
+        "guest.image": image_digest or cfg.image,
+        "timeout.factor": str(cfg.timeout_factor),
+    }
+    caps = probe(cfg, conn)
+    out["fault.backend"] = fault_backend(cfg, caps)
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith(("model name", "CPU part")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or os.uname().machine
