@@ -17,6 +17,7 @@ from . import xml as X
 from .guest.console import PANIC_RE, Console, GuestPanic
 from .guest.ssh import SSH
 from .guest import Guest
+from .sweep import undefine
 from .timeouts import Deadline, poll
 
 READY_RE = re.compile(r"ACC-READY boot_id=(\S+)")
@@ -235,9 +236,7 @@ class VM:
                 self.destroy()
                 undone.append(f"destroyed domain {self.name}")
             try:
-                self.dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                                       | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                                       | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                undefine(self.dom)
                 undone.append(f"undefined domain {self.name}")
             except libvirt.libvirtError:
                 pass

@@ -33,10 +33,6 @@ class LabUnreachable(RuntimeError):
     pass
 
 
-# libvirt silences nothing by default: keep its own error printing off stderr,
-# the harness reports errors itself.
-libvirt.registerErrorHandler(lambda ctx, err: None, None)
-
 LIFECYCLE_NAMES = {
     libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined", libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
     libvirt.VIR_DOMAIN_EVENT_STARTED: "started", libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",

@@ -26,6 +26,21 @@ def harness_tag(dom: libvirt.virDomain) -> etree._Element | None:
         return None
 
 
+def undefine(dom: libvirt.virDomain) -> None:
+    """Undefine with everything libvirt keeps beside the definition; drivers
+    that know fewer flags get fewer."""
+    flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+             | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+    for f in (flags, flags & ~libvirt.VIR_DOMAIN_UNDEFINE_NVRAM, 0):
+        try:
+            dom.undefineFlags(f)
+            return
+        except libvirt.libvirtError as e:
+            if e.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT,
+                                          libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
+                raise
+
+
 def _inside(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
@@ -51,13 +66,11 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
             if dom.isActive():
                 dom.destroy()
                 undone.append(f"destroyed leftover domain {name} of dead run {run_id}")
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                              | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                              | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            undefine(dom)
             undone.append(f"undefined leftover domain {name} of dead run {run_id}")
         except libvirt.libvirtError as e:
             undone.append(f"could not remove leftover domain {name}: {e.get_error_message()}")
-        for f in tag.iter(f"{{{META_NS}}}file"):
+        for f in tag.iter("{*}file"):
             p = Path(f.get("path", ""))
             if p.exists() and _inside(p, work_dir):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()

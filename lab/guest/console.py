@@ -101,8 +101,8 @@ class Console:
 
     def close(self) -> None:
         try:
-            if self.child.isalive():
-                self.child.sendcontrol("]")
+            if self.child.isalive() and self.argv[0] == "virsh":
+                self.child.sendcontrol("]")      # virsh's escape: detach cleanly
                 self.child.expect(pexpect.EOF, timeout=3)
         except (pexpect.ExceptionPexpect, OSError):
             pass

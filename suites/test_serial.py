@@ -1,0 +1,89 @@
+"""Configuring a Virtual Serial Port (SER-1..3): a pty serial port with a
+serial console, reached through `virsh console` and `virsh start --console`."""
+import re
+import secrets
+
+import pytest
+
+from fixtures.plugin import claims
+from lab.domain import VMSpec
+from lab.guest.ssh import SSH
+from lab.timeouts import Deadline
+
+PROMPT_BUDGET = 30
+
+
+@pytest.fixture(scope="module")
+def guest_vm(module_vms):
+    return module_vms.boot(VMSpec("serial"))
+
+
+@claims("SER-1")
+def test_pty_console_gives_an_interactive_shell(guest_vm):
+    xml = guest_vm.live_xml()
+    serial = xml.find("devices/serial[@type='pty']")
+    assert serial is not None and serial.find("source").get("path", "").startswith("/dev/pts/")
+    assert xml.find("devices/console[@type='pty']/target").get("type") == "serial"
+    with guest_vm.console() as con:
+        con.wait_connected(Deadline(10, "virsh console"))
+        con.sync_shell(Deadline(PROMPT_BUDGET, "a console shell"))
+        rc, out = con.run("cat /proc/sys/kernel/random/boot_id", Deadline(10, "boot id over the console"))
+        assert rc == 0 and out.strip() == guest_vm.boot_id, "the console shell belongs to this guest"
+        token = secrets.token_hex(6)
+        rc, out = con.run(f"echo {token} > /tmp/console-proof; cat /tmp/console-proof; false",
+                          Deadline(10, "a command over the console"))
+        assert rc == 1 and out.strip() == token
+    # what was typed on the console really happened in the guest
+    assert guest_vm.guest.check_output("cat /tmp/console-proof").strip() == token
+
+
+@claims("SER-2")
+def test_start_with_console_misses_no_boot_message(vms):
+    vm = vms.define(VMSpec("serial-start"))
+    con = vm.start_with_console(vm.dir / "start-console.log")
+    con.expect(r"Linux version [^\r\n]+", Deadline(30, "the kernel's first line"), "the kernel's first line")
+    # keep reading the console until the guest says it is up: everything in between is the boot
+    con.expect(r"ACC-READY boot_id=\S+", Deadline(60, "the guest's ready marker"), "the guest's ready marker")
+    vm.wait_ready()
+    con.close()
+    transcript = con.transcript.read_bytes().decode(errors="replace").replace("\r", "")
+    # The guest's own record of its boot: every message the console was asked to
+    # print (level < 7) before userspace quietened it must be in the transcript.
+    raw = vm.guest.check_output("dmesg -r")
+    boot_lines = []
+    for line in raw.splitlines():
+        m = re.match(r"<(\d+)>(.*)", line)
+        if not m:
+            continue
+        level = int(m.group(1)) & 7
+        if "EXT4-fs (vda): re-mounted" in m.group(2):
+            break          # the guest's rcS is running; it quietens the console soon after
+        if level < 7:
+            boot_lines.append(m.group(2))
+    assert boot_lines and boot_lines[0].split("]", 1)[1].strip().startswith("Linux version")
+    missing = [line for line in boot_lines if line not in transcript]
+    assert not missing, f"{len(missing)} of {len(boot_lines)} boot messages never reached the console, first: {missing[:3]}"
+    first = transcript.find(boot_lines[0])
+    assert first >= 0 and "Linux version" not in transcript[:first]
+
+
+@claims("SER-3")
+def test_console_works_without_a_network_path(vms):
+    vm = vms.boot(VMSpec("serial-nonet"))
+    mgmt = vm.guest.net.by_mac()[vm.mac]
+    with vm.console() as con:
+        con.wait_connected(Deadline(10, "virsh console"))
+        con.sync_shell(Deadline(PROMPT_BUDGET, "a console shell"))
+        rc, _ = con.run(f"ip link set {mgmt} down && ip addr flush dev {mgmt}", Deadline(10, "taking the network down"))
+        assert rc == 0
+        rc, out = con.run("ip -4 addr show scope global; ip route show", Deadline(10, "the guest's addresses"))
+        assert rc == 0 and "inet " not in out and "default" not in out, f"the guest still has layer 3: {out!r}"
+        # from the host, the guest is now unreachable over the network
+        with pytest.raises(TimeoutError):
+            SSH("127.0.0.1", vm.ssh_port, vm.run.key).connect(Deadline(4, "SSH to a guest without network"))
+        token = secrets.token_hex(6)
+        rc, out = con.run(f"echo {token} | tee /root/offline-proof; cat /proc/sys/kernel/random/boot_id",
+                          Deadline(10, "a command over the console"))
+        assert rc == 0 and out.split() == [token, vm.boot_id]
+        rc, out = con.run("cat /root/offline-proof", Deadline(10, "reading back"))
+        assert (rc, out.strip()) == (0, token)

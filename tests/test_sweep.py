@@ -1,0 +1,60 @@
+"""The sweeper removes a dead run's leftovers and never anything else
+(libvirt's test:///default driver, a real lock directory)."""
+import libvirt
+import pytest
+
+from lab import xml as X
+from lab.arch import profile
+from lab.leases import try_lock
+from lab.sweep import sweep
+
+
+@pytest.fixture
+def conn():
+    c = libvirt.open("test:///default")
+    yield c
+    c.close()
+
+
+def define(conn, name, run_id=None, files=()):
+    meta = X.harness_metadata(run_id, 1, "t", files) if run_id else None
+    el = X.domain(name, virt_type="test", arch=profile("x86_64"), metadata=meta)
+    el.find("os/type").attrib.pop("machine")
+    dom = conn.defineXML(X.to_string(el))
+    dom.create()
+    return dom
+
+
+def names(conn):
+    return {d.name() for d in conn.listAllDomains()}
+
+
+def test_sweeps_dead_runs_only(conn, tmp_path):
+    work = tmp_path / "work"
+    leftover_dir = work / "runs" / "dead1" / "acc-dead1-t-1"
+    leftover_dir.mkdir(parents=True)
+    (leftover_dir / "root.qcow2").write_text("overlay")
+    live_lock = try_lock(work / "runs" / "live1.lock")
+    (work / "runs" / "live1").mkdir()
+    outside = tmp_path / "not-ours.img"
+    outside.write_text("keep")
+
+    define(conn, "acc-dead1-t-1", "dead1", [leftover_dir, outside])
+    define(conn, "acc-live1-t-1", "live1")
+    define(conn, "acc-lookalike", None)          # our prefix, no harness tag
+    define(conn, "someone-elses-vm", None)
+    try:
+        undone = sweep(conn, work, log=lambda m: None)
+        assert "acc-dead1-t-1" not in names(conn)
+        assert {"acc-live1-t-1", "acc-lookalike", "someone-elses-vm", "test"} <= names(conn)
+        assert not leftover_dir.exists() and not (work / "runs" / "dead1").exists()
+        assert outside.exists(), "a file outside the work dir is never removed"
+        assert (work / "runs" / "live1").exists()
+        assert any("destroyed leftover domain acc-dead1-t-1" in u for u in undone)
+        assert sweep(conn, work, log=lambda m: None) == [], "a second sweep finds nothing"
+    finally:
+        live_lock.release()
+        for n in ("acc-live1-t-1", "acc-lookalike", "someone-elses-vm"):
+            d = conn.lookupByName(n)
+            d.destroy()
+            d.undefine()
