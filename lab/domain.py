@@ -40,6 +40,7 @@ class VMSpec:
     devices: list = field(default_factory=list)   # further device elements (cold-plugged)
     memory_mib: int | None = None
     usb: bool = False                     # False: no USB controller at all
+    extra_cmdline: str = ""               # appended to the guest kernel command line
 
 
 def random_mac() -> str:
@@ -95,6 +96,8 @@ class VM:
                        f"acc.mac={self.mac} acc.ip=10.0.2.15/24 acc.gw=10.0.2.2")
             if img.access == "cmdline":
                 cmdline += f" acc.sshkey={run.key.public_blob}"
+            if self.spec.extra_cmdline:
+                cmdline += " " + self.spec.extra_cmdline
         meta = X.harness_metadata(run.run_id, os.getpid(), self.spec.role, [self.dir])
         return X.domain(self.name, virt_type=run.cfg.virt_type, arch=arch,
                         memory_mib=self.spec.memory_mib or run.cfg.memory_mib,

@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Boot N fresh guests one after another; print the median and max time from
+`start` to SSH ready, split into start -> console marker -> SSH, and the
+per-VM harness overhead (define + overlay, and teardown).
+
+    ./harness bench            (N=5)
+    .venv/bin/python bench/boot.py -n 10 --lab labs/local.toml
+"""
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from lab import config  # noqa: E402
+from lab.domain import READY_RE, VMSpec  # noqa: E402
+from lab.run import Run  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("-n", type=int, default=5)
+    p.add_argument("--lab", default=None)
+    a = p.parse_args()
+    t0 = time.monotonic()
+    run = Run(config.load(a.lab))
+    setup = time.monotonic() - t0
+    rows = []
+    try:
+        for i in range(a.n):
+            t = time.monotonic()
+            vm = run.new_vm(VMSpec("bench"))
+            t_def = time.monotonic()
+            vm.dom.create()
+            vm._after_start()
+            t_start = time.monotonic()
+            marker = None
+            while marker is None and time.monotonic() - t_start < 60:
+                if READY_RE.search(vm.serial_text()):
+                    marker = time.monotonic()
+                time.sleep(0.02)
+            vm.wait_ready()
+            t_ssh = time.monotonic()
+            vm.guest.run("true", check=True)
+            run.release(vm)
+            t_end = time.monotonic()
+            rows.append({"define": t_def - t, "start": t_start - t_def,
+                         "marker": (marker or t_ssh) - t_def, "ssh": t_ssh - t_def, "teardown": t_end - t_ssh})
+            print(f"boot {i + 1}: start->marker {rows[-1]['marker']:.2f}s start->ssh {rows[-1]['ssh']:.2f}s "
+                  f"(define {rows[-1]['define']:.2f}s, teardown {rows[-1]['teardown']:.2f}s)", flush=True)
+    finally:
+        run.close()
+    ssh = [r["ssh"] for r in rows]
+    print(f"\nrun setup (connect, sweep, key, image check): {setup:.2f}s")
+    print(f"start -> SSH ready: median {statistics.median(ssh):.2f}s, max {max(ssh):.2f}s over {len(ssh)} boots")
+    print(f"start -> console marker: median {statistics.median(r['marker'] for r in rows):.2f}s")
+    over = [r["define"] + r["teardown"] for r in rows]
+    print(f"harness overhead per VM (define+overlay, teardown): median {statistics.median(over):.2f}s")
+
+
+if __name__ == "__main__":
+    main()
