@@ -1,0 +1,58 @@
+"""What a lab engineer sees when a test fails or a run is interrupted."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from lab import config
+
+pytestmark = pytest.mark.lab
+REPO = config.REPO
+SAMPLE = "tests/data/sample_suite.py"
+
+
+def test_failure_attaches_console_xml_qemu_log_and_dmesg(tmp_path, pytester_like):
+    r = pytester_like(SAMPLE, "--alluredir", str(tmp_path),
+                      timeout=180, env_extra={"ACC_SAMPLE": "fail"})
+    assert r.returncode == 1, r.stdout[-2000:]
+    result = next(json.loads(p.read_text()) for p in tmp_path.glob("*-result.json"))
+    assert result["status"] == "failed"
+    names = {a["name"].split(": ", 1)[1]: a["source"] for a in result.get("attachments", [])}
+    assert {"console (serial log)", "live domain XML", "QEMU log", "guest dmesg"} <= set(names), names
+    dmesg = (tmp_path / names["guest dmesg"]).read_text()
+    assert "evidence-marker-in-dmesg" in dmesg, "the dmesg is the failed guest's own"
+    assert "Linux version" in (tmp_path / names["console (serial log)"]).read_text()
+    assert {"name": "claim", "value": "SER-1"} in result["labels"]
+    env = (tmp_path / "environment.properties").read_text()
+    for key in ("libvirt.version", "qemu.version", "host.kernel", "host.cpu", "guest.image", "fault.backend"):
+        assert key + "=" in env
+
+
+def test_ctrl_c_tears_down_and_says_what_it_undid():
+    env = dict(os.environ, ACC_SAMPLE="hang")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", SAMPLE],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    name = None
+    deadline = time.monotonic() + 120
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "SAMPLE-VM-RUNNING" in line:
+            name = line.split()[-1]
+            break
+    assert name, "".join(lines)[-2000:]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    conn = libvirt.open(config.load().libvirt_uri)
+    try:
+        assert name not in [d.name() for d in conn.listAllDomains()], "the VM was undone"
+    finally:
+        conn.close()
+    assert f"destroyed domain {name}" in out and f"undefined domain {name}" in out, out[-2000:]
