@@ -2,6 +2,7 @@
 attach()/detach() that wait for the outcome and then re-read the XML."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -17,6 +18,7 @@ from . import xml as X
 from .guest.console import PANIC_RE, Console, GuestPanic
 from .guest.ssh import SSH
 from .guest import Guest
+from .images import create_image, image_sha256
 from .sweep import undefine
 from .timeouts import Deadline, poll
 
@@ -92,7 +94,7 @@ class VM:
         devices += self.spec.devices
         cmdline = None
         if img.kernel:
-            cmdline = (f"console={img.console_tty},115200 root=/dev/vda rw panic=0 "
+            cmdline = (f"console={img.console_tty},115200 acc.rootserial=acc-root rw panic=0 "
                        f"acc.mac={self.mac} acc.ip=10.0.2.15/24 acc.gw=10.0.2.2")
             if img.access == "cmdline":
                 cmdline += f" acc.sshkey={run.key.public_blob}"
@@ -258,6 +260,19 @@ class VM:
     def inactive_xml(self) -> etree._Element:
         return X.parse(self.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
+    def qemu_pid(self) -> int:
+        """The QEMU process of this domain (local lab hosts)."""
+        return int(Path(f"/run/libvirt/qemu/{self.name}.pid").read_text().strip())
+
+    def qmp(self, command: str, **arguments):
+        cmd = {"execute": command}
+        if arguments:
+            cmd["arguments"] = arguments
+        reply = json.loads(self.monitor(json.dumps(cmd)))
+        if "error" in reply:
+            raise DomainError(f"QMP {command} on {self.name}: {reply['error']}")
+        return reply["return"]
+
     def monitor(self, command: str, hmp: bool = False) -> str:
         flags = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP if hmp else 0
         return libvirt_qemu.qemuMonitorCommand(self.dom, command, flags)
@@ -266,10 +281,10 @@ class VM:
 
     def scratch_image(self, name: str, size: str = "64M", fmt: str = "qcow2") -> Path:
         """An empty image in this VM's directory (removed with the VM)."""
-        from .images import _run
-        path = self.dir / f"{name}.{fmt}"
-        _run(["qemu-img", "create", "-q", "-f", fmt, str(path), size])
-        return path
+        return create_image(self.dir / f"{name}.{fmt}", size, fmt)
+
+    def image_sha256(self, path, mib: int, fmt: str = "qcow2") -> str:
+        return image_sha256(Path(path), mib, fmt)
 
     @staticmethod
     def _flags(live: bool, config: bool) -> int:

@@ -351,3 +351,21 @@ def create_nocloud_seed(path: Path, instance_id: str, hostname: str, pubkey: str
               str(Path(d, "user-data")), str(Path(d, "meta-data"))])
     os.chmod(path, 0o644)
     return path
+
+
+def create_image(path: Path, size: str = "64M", fmt: str = "qcow2") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run(["qemu-img", "create", "-q", "-f", fmt, str(path), size])
+    return path
+
+
+def image_sha256(path: Path, mib: int, fmt: str = "qcow2") -> str:
+    """sha256 of the first `mib` MiB of an image's guest-visible content, read
+    on the host while a VM may hold it (shared read)."""
+    with tempfile.TemporaryDirectory() as d:
+        raw = Path(d) / "content.raw"
+        _run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), str(raw)])
+        h = hashlib.sha256()
+        with open(raw, "rb") as f:
+            h.update(f.read(mib * 1024 * 1024))
+        return h.hexdigest()

@@ -82,3 +82,20 @@ def test_guest_pci_parse_on_recorded_guest():
     assert bridges[0].parent == "0000:00:01.0"
     virtio = [d for d in devs if d.vendor == "0x1af4"]
     assert virtio and all(d.parent in {p.bdf for p in ports} for d in virtio)
+
+
+def test_block_parse_maps_serials_and_scsi_addresses():
+    from lab.guest.probes import parse_block
+    text = ("vda acc-root - 2097152 /sys/devices/pci0000:00/0000:00:01.1/0000:02:00.0/virtio1\n"
+            "sdaa acc-scsi-26 2:0:0:26 2048 /sys/devices/pci0000:00/0000:00:01.3/0000:04:00.0/virtio3/host2/target2:0:0/2:0:0:26\n"
+            "loop0 - - 0 -\n")
+    disks = parse_block(text)
+    assert [d.name for d in disks] == ["vda", "sdaa"]
+    assert disks[1].serial == "acc-scsi-26" and disks[1].target_lun == (0, 0, 26)
+    assert disks[0].pci_path == ("0000:00:01.1", "0000:02:00.0") and disks[0].target_lun is None
+
+
+def test_kernel_disk_names_past_26():
+    from suites.test_disks import kernel_names
+    names = kernel_names("sd", 28)
+    assert names[:2] == ["sda", "sdb"] and names[25:] == ["sdz", "sdaa", "sdab"]

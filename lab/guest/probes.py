@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+ROOT_SERIAL = "acc-root"      # the serial of every harness guest's system disk
 BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 EXPRESS_RE = re.compile(r"Capabilities: \[[0-9a-f]+\] Express \(v\d\) (.+?)(?: \(Slot[+-]\))?, ")
 
@@ -75,18 +76,83 @@ class PciProbe:
         return [d for d in self.devices() if d.is_root_port]
 
 
+BLOCK_SCRIPT = r"""
+for b in /sys/block/*; do
+  n=${b##*/}; ser=-; hctl=-
+  [ -f "$b/serial" ] && ser=$(cat "$b/serial")
+  if [ -f "$b/device/vpd_pg80" ]; then
+    ser=$(dd if="$b/device/vpd_pg80" bs=1 skip=4 2>/dev/null | tr -d '\000 ')
+    hctl=$(basename "$(readlink -f "$b/device")")
+  fi
+  echo "$n ${ser:--} $hctl $(cat "$b/size") $(readlink -f "$b/device" 2>/dev/null || echo -)"
+done
+"""
+
+
+@dataclass(frozen=True)
+class GuestDisk:
+    name: str               # kernel name: vda, sdaa, ...
+    serial: str | None
+    hctl: str | None        # SCSI host:channel:target:lun
+    sectors: int
+    sysfs: str
+
+    @property
+    def pci_path(self) -> tuple:
+        return pci_path_of(self.sysfs)
+
+    @property
+    def target_lun(self) -> tuple[int, int, int] | None:
+        """(channel, target, lun); the host number depends on probe order."""
+        if not self.hctl:
+            return None
+        _, c, t, l = (int(x) for x in self.hctl.split(":"))
+        return c, t, l
+
+
+def parse_block(text: str) -> list[GuestDisk]:
+    out = []
+    for line in text.strip().splitlines():
+        name, ser, hctl, size, path = line.split(" ", 4)
+        if name.startswith(("loop", "ram")):
+            continue
+        out.append(GuestDisk(name, None if ser == "-" else ser, None if hctl == "-" else hctl, int(size), path))
+    return out
+
+
 class BlockProbe:
     def __init__(self, guest):
         self.guest = guest
 
+    def disks(self) -> list[GuestDisk]:
+        return parse_block(self.guest.check_output(BLOCK_SCRIPT))
+
     def by_serial(self) -> dict[str, str]:
-        """serial -> kernel name, for every virtio-blk disk the guest sees."""
-        out = self.guest.check_output(
-            'for b in /sys/block/*; do [ -f "$b/serial" ] && echo "$(cat "$b/serial") ${b##*/}"; done; true')
-        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        """serial -> kernel name, for every disk the guest sees (virtio-blk and SCSI)."""
+        return {d.serial: d.name for d in self.disks() if d.serial}
+
+    def find(self, serial: str) -> GuestDisk | None:
+        return next((d for d in self.disks() if d.serial == serial), None)
 
     def pci_path(self, name: str) -> tuple:
         return pci_path_of(self.guest.check_output("readlink -f /sys/block/%s/device", name).strip())
+
+    def write_and_verify(self, name: str, mib: int = 4, seek_mib: int = 0) -> str:
+        """Write a random pattern with direct I/O, flush, drop caches, read it back;
+        returns the pattern's sha256 (raises if the read-back differs)."""
+        if any(d.name == name and d.serial == ROOT_SERIAL for d in self.disks()):
+            raise ValueError(f"/dev/{name} is the guest's system disk; refusing to overwrite it")
+        out = self.guest.check_output(
+            "set -e; dd if=/dev/urandom of=/tmp/pattern bs=1M count=%s 2>/dev/null; "
+            "sha256sum /tmp/pattern; "
+            "dd if=/tmp/pattern of=/dev/%s bs=1M seek=%s oflag=direct conv=fsync 2>/dev/null; "
+            "sync; echo 3 > /proc/sys/vm/drop_caches; "
+            "dd if=/dev/%s bs=1M skip=%s count=%s iflag=direct 2>/dev/null | sha256sum",
+            mib, name, seek_mib, name, seek_mib, mib, timeout=120)
+        written, read = (line.split()[0] for line in out.strip().splitlines())
+        if written != read:
+            raise AssertionError(f"/dev/{name}: read back {read}, wrote {written}")
+        return written
 
 
 class NetProbe:

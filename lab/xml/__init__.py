@@ -98,6 +98,17 @@ def simplified_pcie_topology(root_ports: int, bridge: bool = True) -> list[etree
     return out
 
 
+def scsi_controller(index: int = 0, model: str = "virtio-scsi", address: dict | None = None) -> etree._Element:
+    c = el("controller", {"type": "scsi", "index": index, "model": model})
+    if address:
+        c.append(el("address", {"type": "pci", **address}))
+    return c
+
+
+def pci_address(bus: int, slot: int, function: int = 0) -> dict:
+    return {"domain": "0x0000", "bus": f"{bus:#04x}", "slot": f"{slot:#04x}", "function": f"{function:#x}"}
+
+
 def usb_controller(model: str, index: int | None = None) -> etree._Element:
     return el("controller", {"type": "usb", "index": index, "model": model})
 
@@ -107,7 +118,8 @@ def usb_controller(model: str, index: int | None = None) -> etree._Element:
 def disk(source: str, *, target: str, bus: str = "virtio", fmt: str = "qcow2", serial: str | None = None,
          cache: str | None = None, io: str | None = None, readonly: bool = False,
          device: str = "disk", kind: str = "file", drive_address: dict | None = None,
-         error_policy: str | None = None, rerror_policy: str | None = None) -> etree._Element:
+         error_policy: str | None = None, rerror_policy: str | None = None,
+         pci_address: dict | None = None) -> etree._Element:
     src_attr = {"file": "file", "block": "dev"}[kind]
     d = el("disk", {"type": kind, "device": device},
            el("driver", {"name": "qemu", "type": fmt, "cache": cache, "io": io,
@@ -120,6 +132,8 @@ def disk(source: str, *, target: str, bus: str = "virtio", fmt: str = "qcow2", s
         d.append(el("readonly"))
     if drive_address:
         d.append(el("address", {"type": "drive", **drive_address}))
+    if pci_address:
+        d.append(el("address", {"type": "pci", **pci_address}))
     return d
 
 

@@ -1,0 +1,30 @@
+"""What a QEMU process really does on the host, read from /proc (local lab
+hosts): which files it holds open and with which flags, whether it set up
+Linux native AIO."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+O_DIRECT = 0o40000 if os.uname().machine in ("x86_64", "i686") else 0o200000
+
+
+def open_flags(pid: int, path: Path) -> list[int]:
+    """The open flags of every descriptor of `pid` that refers to `path`."""
+    target = os.path.realpath(path)
+    out = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) != target:
+                continue
+            for line in Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text().splitlines():
+                if line.startswith("flags:"):
+                    out.append(int(line.split()[1], 8))
+        except OSError:
+            continue
+    return out
+
+
+def aio_rings(pid: int) -> int:
+    """Linux AIO contexts (io_setup) show up as '/[aio]' mappings."""
+    return sum(1 for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "[aio]" in line)
