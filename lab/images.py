@@ -369,3 +369,8 @@ def image_sha256(path: Path, mib: int, fmt: str = "qcow2") -> str:
         with open(raw, "rb") as f:
             h.update(f.read(mib * 1024 * 1024))
         return h.hexdigest()
+
+
+def image_info(path: Path) -> dict:
+    """`qemu-img info` of an image, also while a VM holds it."""
+    return json.loads(_run(["qemu-img", "info", "-U", "--output=json", str(path)]).stdout)

@@ -13,6 +13,7 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
+from . import loopdev
 from .leases import is_locked
 from .xml import META_NS
 
@@ -75,6 +76,12 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
             if p.exists() and _inside(p, work_dir):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
                 undone.append(f"removed {p}")
+    for dev, back in loopdev.list_loops():
+        parts = Path(back).parts
+        if back and _inside(Path(back), runs) and len(parts) > len(runs.parts) \
+                and not is_locked(runs / f"{parts[len(runs.parts)]}.lock"):
+            loopdev.detach(dev)
+            undone.append(f"detached leftover loop device {dev} ({back})")
     if runs.is_dir():
         for entry in sorted(runs.iterdir()):
             if entry.is_dir() and not is_locked(runs / f"{entry.name}.lock"):
