@@ -11,6 +11,7 @@ from lab import hostproc
 from lab import xml as X
 from lab.domain import VMSpec
 from lab.timeouts import Deadline, poll
+from lab.vhost_scsi import VhostScsiTarget
 
 MANY = 27          # one past the 26 single-letter names
 
@@ -149,3 +150,20 @@ def test_live_attach_is_gone_after_restart_config_attach_stays(scsi_vm):
             vm.detach(persistent, live=True, config=True)
         elif any(s.text == "acc-persistent" for s in vm.inactive_xml().findall("devices/disk/serial")):
             vm.detach(persistent, live=False, config=True)
+
+
+@claims("DISK-3")
+def test_vhost_scsi_disk_appears_as_sd(scsi_vm):
+    vm = scsi_vm
+    backing = vm.scratch_image("vhost-lun", "64M", "raw")
+    with VhostScsiTarget(backing, 64 << 20) as target:
+        hostdev = vm.attach(target.hostdev(), live=True)
+        try:
+            disk = poll(lambda: next((d for d in vm.guest.block.disks()
+                                      if d.name.startswith("sd") and d.sectors == (64 << 20) // 512
+                                      and d.serial != "acc-root"), None),
+                        Deadline(30, "the guest to see the vhost-scsi LUN"), interval=0.3)
+            assert disk.name.startswith("sd")
+            vm.guest.block.write_and_verify(disk.name, mib=4)
+        finally:
+            vm.detach(hostdev, live=True)
