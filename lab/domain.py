@@ -321,11 +321,18 @@ class VM:
                 ev = w.wait(deadline)
                 if ev.kind == "device-removal-failed":
                     raise DomainError(f"guest refused to release {ev.detail['alias']} on {self.name}")
+            if self.live_xml().find(f"devices/*/alias[@name='{ev.detail['alias']}']") is not None:
+                raise DomainError(f"{ev.detail['alias']} is still in {self.name}'s live XML after DEVICE_REMOVED")
         else:
             try:
                 self.dom.detachDeviceFlags(xml, self._flags(live, config))
             except libvirt.libvirtError as e:
                 raise DomainError(f"detach from {self.name} refused: {e.get_error_message()}") from None
+        if config:
+            # a --config change sends no event: confirm it from the inactive XML
+            key = device_key(device)
+            if any(device_key(d) == key for d in self.inactive_xml().find("devices")):
+                raise DomainError(f"{key} is still in {self.name}'s persistent definition after detach --config")
 
     # ------------------------------------------------------------ evidence
 
@@ -349,6 +356,16 @@ class VM:
             except Exception as e:     # evidence must never mask the failure itself
                 out["guest dmesg"] = f"(unavailable over SSH: {type(e).__name__}: {e})"
         return out
+
+
+def device_key(d: etree._Element) -> tuple:
+    """What identifies a device across libvirt's re-rendering of it."""
+    src = d.find("source")
+    mac = d.find("mac")
+    tgt = d.find("target")
+    return (d.tag, tgt.get("dev") if tgt is not None else None,
+            (src.get("file") or src.get("dev") or src.get("wwpn")) if src is not None else None,
+            mac.get("address") if mac is not None else None)
 
 
 class AttachRefused(AssertionError):

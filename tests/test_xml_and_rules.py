@@ -99,3 +99,19 @@ def test_kernel_disk_names_past_26():
     from suites.test_disks import kernel_names
     names = kernel_names("sd", 28)
     assert names[:2] == ["sda", "sdb"] and names[25:] == ["sdz", "sdaa", "sdab"]
+
+
+def test_network_and_block_disk_sources():
+    nbd = X.disk("/run/nbd.sock", target="vdb", fmt="raw", kind="network")
+    assert nbd.get("type") == "network" and nbd.find("source").get("protocol") == "nbd"
+    assert nbd.find("source/host").attrib == {"transport": "unix", "socket": "/run/nbd.sock"}
+    blk = X.disk("/dev/loop3", target="vdc", fmt="raw", kind="block")
+    assert blk.find("source").get("dev") == "/dev/loop3"
+
+
+def test_device_key_survives_libvirt_rerendering():
+    from lab.domain import device_key
+    a = X.disk("/img", target="sdb", bus="scsi", serial="s")
+    b = X.parse('<disk type="file" device="disk"><driver name="qemu" type="qcow2"/><source file="/img" index="2"/>'
+                '<target dev="sdb" bus="scsi"/><alias name="scsi0-0-0-1"/></disk>')
+    assert device_key(a) == device_key(b)

@@ -120,11 +120,15 @@ def disk(source: str, *, target: str, bus: str = "virtio", fmt: str = "qcow2", s
          device: str = "disk", kind: str = "file", drive_address: dict | None = None,
          error_policy: str | None = None, rerror_policy: str | None = None,
          pci_address: dict | None = None) -> etree._Element:
-    src_attr = {"file": "file", "block": "dev"}[kind]
+    if kind == "network":
+        # `source` is an NBD unix socket path
+        src = el("source", {"protocol": "nbd"}, el("host", {"transport": "unix", "socket": source}))
+    else:
+        src = el("source", {{"file": "file", "block": "dev"}[kind]: source})
     d = el("disk", {"type": kind, "device": device},
            el("driver", {"name": "qemu", "type": fmt, "cache": cache, "io": io,
                          "error_policy": error_policy, "rerror_policy": rerror_policy}),
-           el("source", {src_attr: source}),
+           src,
            el("target", {"dev": target, "bus": bus}))
     if serial:
         d.append(el("serial", text=serial))
