@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Hot-plug latency: attach -> visible in the guest, detach -> gone from the
-guest, for a virtio-blk disk on a root port; median and max of N.
+guest, for a virtio-blk disk or a virtio NIC (on the harness's bridge) on a
+root port; median and max of N.
 
-    .venv/bin/python bench/hotplug.py -n 5
+    .venv/bin/python bench/hotplug.py -n 5 [--device nic]
 """
 import argparse
 import statistics
@@ -14,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lab import config  # noqa: E402
 from lab import xml as X  # noqa: E402
-from lab.domain import VMSpec  # noqa: E402
+from lab import network  # noqa: E402
+from lab.domain import VMSpec, random_mac  # noqa: E402
 from lab.run import Run  # noqa: E402
 from lab.timeouts import Deadline, poll  # noqa: E402
 
@@ -23,6 +25,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("-n", type=int, default=5)
     p.add_argument("--lab", default=None)
+    p.add_argument("--device", choices=("disk", "nic"), default="disk")
     a = p.parse_args()
     run = Run(config.load(a.lab))
     plug, unplug = [], []
@@ -30,15 +33,21 @@ def main():
         vm = run.new_vm(VMSpec("bench-hotplug", pcie_root_ports=4))
         vm.start()
         for i in range(a.n):
-            serial = f"acc-bench-{i}"
-            disk = X.disk(str(vm.scratch_image(serial, "16M")), target="vdb", serial=serial)
+            if a.device == "disk":
+                serial = f"acc-bench-{i}"
+                dev = X.disk(str(vm.scratch_image(serial, "16M")), target="vdb", serial=serial)
+                seen = lambda: vm.guest.block.find(serial)      # noqa: E731
+            else:
+                mac = random_mac()
+                dev = network.bridge_interface(mac, run.bridge().name)
+                seen = lambda: vm.guest.net.find(mac)           # noqa: E731
             t = time.monotonic()
-            vm.attach(disk)
-            poll(lambda: vm.guest.block.find(serial), Deadline(30, "the disk in the guest"), interval=0.05)
+            vm.attach(dev)
+            poll(seen, Deadline(30, f"the {a.device} in the guest"), interval=0.05)
             plug.append(time.monotonic() - t)
             t = time.monotonic()
-            vm.detach(disk)
-            poll(lambda: vm.guest.block.find(serial) is None, Deadline(30, "the disk to leave"), interval=0.05)
+            vm.detach(dev)
+            poll(lambda: seen() is None, Deadline(30, f"the {a.device} to leave"), interval=0.05)
             unplug.append(time.monotonic() - t)
             print(f"round {i + 1}: attach->visible {plug[-1]:.2f}s detach->gone {unplug[-1]:.2f}s", flush=True)
     finally:

@@ -41,6 +41,8 @@ class VMSpec:
     pcie_bridge: bool = False
     devices: list = field(default_factory=list)   # further device elements (cold-plugged)
     memory_mib: int | None = None
+    vcpus: int = 1
+    shared_memory: bool = False           # vhost-user backends map guest memory
     usb: bool = False                     # False: no USB controller at all
     extra_cmdline: str = ""               # appended to the guest kernel command line
 
@@ -100,10 +102,11 @@ class VM:
                 cmdline += f" acc.sshkey={run.key.public_blob}"
             if self.spec.extra_cmdline:
                 cmdline += " " + self.spec.extra_cmdline
-        meta = X.harness_metadata(run.run_id, os.getpid(), self.spec.role, [self.dir])
+        meta = X.harness_metadata(run.run_id, os.getpid(), self.spec.role, [self.dir], work_dir=run.work_dir)
         return X.domain(self.name, virt_type=run.cfg.virt_type, arch=arch,
-                        memory_mib=self.spec.memory_mib or run.cfg.memory_mib,
-                        kernel=img.kernel, initrd=img.initrd, cmdline=cmdline, metadata=meta, devices=devices)
+                        memory_mib=self.spec.memory_mib or run.cfg.memory_mib, vcpus=self.spec.vcpus,
+                        kernel=img.kernel, initrd=img.initrd, cmdline=cmdline, metadata=meta, devices=devices,
+                        shared_memory=self.spec.shared_memory)
 
     def define(self) -> "VM":
         xml = X.to_string(self.build_xml())

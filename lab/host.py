@@ -54,7 +54,12 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
         ovs = shutil.which("ovs-vsctl") and p("/var/run/openvswitch/db.sock").exists()
         add("openvswitch", ovs, "Open vSwitch " + ("running" if ovs else "is not installed or not running"))
         add("nbdkit", shutil.which("nbdkit"), "nbdkit " + ("installed" if shutil.which("nbdkit") else "is not installed"))
-    add("vhost-user", False, "no vhost-user backend (OVS-DPDK / testpmd) is configured for this lab")
+    if local:
+        from .network import ovs_dpdk_ready
+        ok, why = ovs_dpdk_ready() if shutil.which("ovs-vsctl") else (False, "Open vSwitch is not installed")
+        add("vhost-user", ok, f"vhost-user backend (OVS-DPDK): {why}")
+    else:
+        add("vhost-user", False, f"host probes of remote lab host {cfg.name} are not implemented yet")
     inv = cfg.inventory
     add("pci-device", inv.pci, f"{len(inv.pci)} PCI device(s) listed in [inventory] pci")
     add("sriov", inv.sriov_pfs, f"{len(inv.sriov_pfs)} SR-IOV PF(s) listed in [inventory] sriov_pfs")

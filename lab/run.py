@@ -14,6 +14,7 @@ from .config import LabConfig
 from .domain import VM, VMSpec
 from .guest.ssh import RunKey
 from .leases import Lease, lease_port, try_lock
+from .network import Bridge
 from .session import Session
 from .sweep import PREFIX, sweep
 
@@ -32,7 +33,9 @@ class Run:
         self.dir.mkdir(parents=True)
         os.chmod(self.dir, 0o755)
         self.vms: list[VM] = []
+        self._undo: list[tuple[str, object]] = []     # host changes, undone in reverse at close
         self._counter = 0
+        self._bridge = None
         self.session = Session(cfg.libvirt_uri)
         self.swept = sweep(self.session.conn, self.work_dir, log)
         self.key = RunKey.generate()
@@ -46,6 +49,28 @@ class Run:
                                         digest=img.digest, access="nocloud", console_tty=img.console_tty)
             return img
         return images.GuestImage(root=Path(self.cfg.image), access="nocloud", console_tty=self.arch.console_tty)
+
+    def push_undo(self, what: str, fn) -> None:
+        """Register the undo of a host change, right after the change succeeded."""
+        self._undo.append((what, fn))
+
+    def undo_now(self, fn) -> None:
+        for i, (what, f) in enumerate(self._undo):
+            if f is fn:
+                del self._undo[i]
+                fn()
+                return
+
+    def bridge(self) -> "Bridge":
+        """The documented br0: the lab's own bridge when the config names one,
+        else an isolated bridge made (and removed) by this run."""
+        if self.cfg.bridge:
+            return Bridge(self.run_id, self.cfg.bridge)
+        if self._bridge is None:
+            b = Bridge(self.run_id, work_dir=self.work_dir).create()
+            self.push_undo(f"removed bridge {b.name}", b.remove)
+            self._bridge = b
+        return self._bridge
 
     def lease_port(self) -> Lease:
         return lease_port(self.work_dir / "leases", self.cfg.ssh_port_base)
@@ -73,6 +98,13 @@ class Run:
         undone = []
         for vm in reversed(list(self.vms)):
             undone += self.release(vm)
+        while self._undo:
+            what, fn = self._undo.pop()
+            try:
+                fn()
+                undone.append(what)
+            except Exception as e:          # keep undoing the rest
+                undone.append(f"FAILED to undo ({what}): {e}")
         self.session.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.lock.release()

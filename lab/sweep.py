@@ -13,7 +13,7 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
-from . import loopdev
+from . import loopdev, network
 from .leases import is_locked
 from .xml import META_NS
 
@@ -61,6 +61,8 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
         if tag is None:
             continue                      # has our prefix but is not ours: never touch
         run_id = tag.get("run", "")
+        if tag.get("dir") != str(work_dir):
+            continue                      # a run with another work dir (another lab config) owns it
         if not run_id or is_locked(runs / f"{run_id}.lock"):
             continue                      # a live run (this one or a concurrent one)
         try:
@@ -76,6 +78,10 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
             if p.exists() and _inside(p, work_dir):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
                 undone.append(f"removed {p}")
+    for br, run_id in network.harness_bridges(work_dir).items():
+        if not is_locked(runs / f"{run_id}.lock"):
+            network.host_run("ip", "link", "del", br, check=False)
+            undone.append(f"removed leftover bridge {br} of dead run {run_id}")
     for dev, back in loopdev.list_loops():
         parts = Path(back).parts
         if back and _inside(Path(back), runs) and len(parts) > len(runs.parts) \

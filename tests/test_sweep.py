@@ -16,8 +16,8 @@ def conn():
     c.close()
 
 
-def define(conn, name, run_id=None, files=()):
-    meta = X.harness_metadata(run_id, 1, "t", files) if run_id else None
+def define(conn, name, run_id=None, files=(), work=None):
+    meta = X.harness_metadata(run_id, 1, "t", files, work_dir=work) if run_id else None
     el = X.domain(name, virt_type="test", arch=profile("x86_64"), metadata=meta)
     el.find("os/type").attrib.pop("machine")
     dom = conn.defineXML(X.to_string(el))
@@ -39,14 +39,15 @@ def test_sweeps_dead_runs_only(conn, tmp_path):
     outside = tmp_path / "not-ours.img"
     outside.write_text("keep")
 
-    define(conn, "acc-dead1-t-1", "dead1", [leftover_dir, outside])
-    define(conn, "acc-live1-t-1", "live1")
+    define(conn, "acc-dead1-t-1", "dead1", [leftover_dir, outside], work=work)
+    define(conn, "acc-live1-t-1", "live1", work=work)
+    define(conn, "acc-otherdir-t-1", "dead2", work=tmp_path / "another-work-dir")   # another lab's run
     define(conn, "acc-lookalike", None)          # our prefix, no harness tag
     define(conn, "someone-elses-vm", None)
     try:
         undone = sweep(conn, work, log=lambda m: None)
         assert "acc-dead1-t-1" not in names(conn)
-        assert {"acc-live1-t-1", "acc-lookalike", "someone-elses-vm", "test"} <= names(conn)
+        assert {"acc-live1-t-1", "acc-otherdir-t-1", "acc-lookalike", "someone-elses-vm", "test"} <= names(conn)
         assert not leftover_dir.exists() and not (work / "runs" / "dead1").exists()
         assert outside.exists(), "a file outside the work dir is never removed"
         assert (work / "runs" / "live1").exists()
@@ -54,7 +55,7 @@ def test_sweeps_dead_runs_only(conn, tmp_path):
         assert sweep(conn, work, log=lambda m: None) == [], "a second sweep finds nothing"
     finally:
         live_lock.release()
-        for n in ("acc-live1-t-1", "acc-lookalike", "someone-elses-vm"):
+        for n in ("acc-live1-t-1", "acc-otherdir-t-1", "acc-lookalike", "someone-elses-vm"):
             d = conn.lookupByName(n)
             d.destroy()
             d.undefine()

@@ -31,7 +31,7 @@ def test_domain_builder_and_metadata_round_trip():
     assert back.find("os/type").get("machine") == "q35"
     assert back.find("features/acpi") is not None, "q35 hot-plug needs ACPI"
     tag = back.find(f"metadata/{{{X.META_NS}}}harness")
-    assert (tag.get("run"), tag.get("pid")) == ("r1", "42")
+    assert (tag.get("run"), tag.get("pid"), tag.get("dir")) == ("r1", "42", "")
     assert back.find("devices/serial/log").get("file") == "/log"
 
 

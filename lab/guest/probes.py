@@ -155,13 +155,72 @@ class BlockProbe:
         return written
 
 
+NET_SCRIPT = r"""
+for n in /sys/class/net/*; do
+  i=${n##*/}; drv=-; [ -e "$n/device/driver" ] && drv=$(basename "$(readlink "$n/device/driver")")
+  echo "$i $(cat "$n/address") $(cat "$n/operstate") $drv $(ls -d "$n"/queues/rx-* 2>/dev/null | wc -l) $(readlink -f "$n/device" 2>/dev/null || echo -)"
+done
+"""
+
+
+@dataclass(frozen=True)
+class GuestNic:
+    name: str
+    mac: str
+    operstate: str
+    driver: str          # the PCI/virtio device's driver ("virtio_net" lives on the virtio device)
+    rx_queues: int
+    sysfs: str
+
+
+def parse_nics(text: str) -> list[GuestNic]:
+    out = []
+    for line in text.strip().splitlines():
+        name, mac, state, drv, rxq, path = line.split(" ", 5)
+        out.append(GuestNic(name, mac, state, drv, int(rxq), path))
+    return out
+
+
+def parse_channels(ethtool_l: str) -> dict[str, dict[str, int]]:
+    """`ethtool -l` -> {"max": {...}, "current": {...}} with rx/tx/other/combined."""
+    res, section = {"max": {}, "current": {}}, None
+    for line in ethtool_l.splitlines():
+        low = line.strip().lower()
+        if low.startswith("pre-set maximums"):
+            section = "max"
+        elif low.startswith("current hardware settings"):
+            section = "current"
+        elif section and ":" in low:
+            k, v = (x.strip() for x in low.split(":", 1))
+            if k in ("rx", "tx", "other", "combined"):
+                res[section][k] = int(v) if v.isdigit() else 0
+    return res
+
+
 class NetProbe:
     def __init__(self, guest):
         self.guest = guest
 
+    def nics(self) -> list[GuestNic]:
+        return parse_nics(self.guest.check_output(NET_SCRIPT))
+
     def by_mac(self) -> dict[str, str]:
-        out = self.guest.check_output('for n in /sys/class/net/*; do echo "$(cat "$n/address") ${n##*/}"; done')
-        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        return {n.mac: n.name for n in self.nics()}
+
+    def find(self, mac: str) -> GuestNic | None:
+        return next((n for n in self.nics() if n.mac == mac.lower()), None)
 
     def pci_path(self, ifname: str) -> tuple:
         return pci_path_of(self.guest.check_output("readlink -f /sys/class/net/%s/device", ifname).strip())
+
+    def channels(self, ifname: str) -> dict[str, dict[str, int]]:
+        return parse_channels(self.guest.check_output("ethtool -l %s", ifname))
+
+    def link_local(self, ifname: str) -> str | None:
+        """The interface's IPv6 link-local address once DAD finished (None before)."""
+        out = self.guest.check_output("ip -6 addr show dev %s scope link", ifname)
+        for line in out.splitlines():
+            line = line.strip()
+            if line.startswith("inet6 fe80:") and "tentative" not in line:
+                return line.split()[1].split("/")[0]
+        return None

@@ -32,7 +32,7 @@ def parse(xml: str) -> etree._Element:
 
 def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 384, vcpus: int = 1,
            kernel=None, initrd=None, cmdline: str | None = None, metadata: etree._Element | None = None,
-           devices=(), acpi: bool = True) -> etree._Element:
+           devices=(), acpi: bool = True, shared_memory: bool = False) -> etree._Element:
     os_el = el("os", None, el("type", {"arch": arch.name, "machine": arch.machine}, text="hvm"))
     if kernel:
         os_el.append(el("kernel", text=str(kernel)))
@@ -55,6 +55,8 @@ def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 38
         el("name", text=name),
         el("metadata", None, metadata) if metadata is not None else None,
         el("memory", {"unit": "MiB"}, text=str(memory_mib)),
+        el("memoryBacking", None, el("source", {"type": "memfd"}), el("access", {"mode": "shared"}))
+        if shared_memory else None,
         el("vcpu", text=str(vcpus)),
         os_el,
         feats,
@@ -67,10 +69,11 @@ def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 38
     )
 
 
-def harness_metadata(run_id: str, pid: int, role: str, files=()) -> etree._Element:
+def harness_metadata(run_id: str, pid: int, role: str, files=(), work_dir: str = "") -> etree._Element:
     """Tag that marks a domain as the harness's own; the sweeper reads it back."""
     m = etree.Element(f"{{{META_NS}}}harness", nsmap={"acc": META_NS})
     m.set("run", run_id)
+    m.set("dir", str(work_dir))
     m.set("pid", str(pid))
     m.set("role", role)
     for f in files:

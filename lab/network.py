@@ -1,0 +1,153 @@
+"""Lab networking the harness owns, and host-side probes of NICs.
+
+The harness's bridge is isolated: no IPv4, IPv6 disabled on the bridge itself
+(so the host has no address on it), tagged with an interface alias naming its
+run so a crashed run's bridge is swept.  Guests talk over IPv6 link-local only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+ALIAS_PREFIX = "acc-harness run="
+SYS_NET = Path("/sys/class/net")
+
+
+class HostCommandError(RuntimeError):
+    pass
+
+
+def host_run(*argv, check: bool = True, runner=subprocess.run) -> subprocess.CompletedProcess:
+    r = runner(list(argv), capture_output=True, text=True)
+    if check and r.returncode != 0:
+        raise HostCommandError(f"host command {' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+class Bridge:
+    """An isolated Linux bridge (the documented `br0`, when the lab names none)."""
+
+    def __init__(self, run_id: str, name: str | None = None, work_dir: Path | str = ""):
+        self.name = name or f"accbr{secrets.token_hex(3)}"
+        self.run_id = run_id
+        self.work_dir = str(work_dir)
+
+    def create(self) -> "Bridge":
+        host_run("ip", "link", "add", self.name, "type", "bridge")
+        try:
+            host_run("ip", "link", "set", self.name, "alias", f"{ALIAS_PREFIX}{self.run_id} dir={self.work_dir}")
+            Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6").write_text("1")
+            host_run("ip", "link", "set", self.name, "up")
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        host_run("ip", "link", "del", self.name, check=False)
+
+    def ports(self) -> list[str]:
+        d = SYS_NET / self.name / "brif"
+        return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+    def host_addresses(self) -> list[str]:
+        out = host_run("ip", "-j", "addr", "show", "dev", self.name).stdout
+        return [a["local"] for i in json.loads(out or "[]") for a in i.get("addr_info", [])]
+
+
+def harness_bridges(work_dir: Path | str | None = None) -> dict[str, str]:
+    """bridge name -> run id, for every bridge a harness run made (with the
+    given work dir only, when one is given: runs of other work dirs are not ours)."""
+    out = host_run("ip", "-j", "link", "show", "type", "bridge", check=False).stdout
+    res = {}
+    for link in json.loads(out or "[]"):
+        alias = link.get("ifalias", "")
+        if not alias.startswith(ALIAS_PREFIX):
+            continue
+        run_id, _, rest = alias[len(ALIAS_PREFIX):].partition(" dir=")
+        if work_dir is None or rest == str(work_dir):
+            res[link["ifname"]] = run_id
+    return res
+
+
+def tap_master(tap: str, sys_net: Path = SYS_NET) -> str | None:
+    m = sys_net / tap / "master"
+    return os.path.basename(os.readlink(m)) if m.is_symlink() else None
+
+
+def qemu_holds(pid: int, path: str, proc: Path = Path("/proc")) -> bool:
+    """True when process `pid` has `path` open (for example /dev/vhost-net)."""
+    for fd in (proc / str(pid) / "fd").iterdir():
+        try:
+            if os.readlink(fd) == path:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class OvsBridge:
+    """An Open vSwitch bridge for NIC-5 (lab hosts with ovs-vswitchd running)."""
+
+    def __init__(self, run_id: str, name: str | None = None, runner=subprocess.run, datapath: str = "system"):
+        self.name = name or f"accovs{secrets.token_hex(3)}"
+        self.run_id = run_id
+        self.runner = runner
+        self.datapath = datapath          # "netdev" for an OVS-DPDK (userspace) bridge
+
+    def create(self) -> "OvsBridge":
+        host_run("ovs-vsctl", "--may-exist", "add-br", self.name, "--", "set", "bridge", self.name,
+                 f"datapath_type={self.datapath}", f"external-ids:acc-harness-run={self.run_id}",
+                 runner=self.runner)
+        return self
+
+    def add_vhostuser_port(self, port: str, socket: str) -> None:
+        """An OVS-DPDK vhost-user client port; QEMU is the server on `socket`."""
+        host_run("ovs-vsctl", "add-port", self.name, port, "--", "set", "Interface", port,
+                 "type=dpdkvhostuserclient", f"options:vhost-server-path={socket}", runner=self.runner)
+
+    def remove(self) -> None:
+        host_run("ovs-vsctl", "--if-exists", "del-br", self.name, check=False, runner=self.runner)
+
+    def ports(self) -> list[str]:
+        out = host_run("ovs-vsctl", "list-ports", self.name, runner=self.runner).stdout
+        return sorted(out.split())
+
+
+def bridge_interface(mac: str, bridge: str, model: str = "virtio", driver: str | None = None,
+                     queues: int | None = None, virtualport: str | None = None):
+    """The guide's `<interface type='bridge'>`."""
+    from . import xml as X
+    i = X.el("interface", {"type": "bridge"}, X.el("mac", {"address": mac}), X.el("source", {"bridge": bridge}))
+    if virtualport:
+        i.append(X.el("virtualport", {"type": virtualport}))
+    i.append(X.el("model", {"type": model}))
+    if driver or queues:
+        i.append(X.el("driver", {"name": driver, "queues": queues}))
+    return i
+
+
+def ovs_dpdk_ready(runner=subprocess.run) -> tuple[bool, str]:
+    """Whether Open vSwitch runs with DPDK initialised (the vhost-user backend)."""
+    try:
+        r = host_run("ovs-vsctl", "get", "Open_vSwitch", ".", "dpdk_initialized", check=False, runner=runner)
+    except FileNotFoundError:
+        return False, "Open vSwitch is not installed"
+    if r.returncode != 0:
+        return False, f"ovs-vsctl failed: {r.stderr.strip() or 'ovsdb not running'}"
+    if r.stdout.strip() != "true":
+        return False, "Open vSwitch runs without DPDK (dpdk_initialized is not true)"
+    return True, "OVS-DPDK is initialised"
+
+
+def vhostuser_interface(mac: str, socket: str, queues: int | None = None):
+    """QEMU as the vhost-user server on `socket` (OVS connects as the client)."""
+    from . import xml as X
+    i = X.el("interface", {"type": "vhostuser"}, X.el("mac", {"address": mac}),
+             X.el("source", {"type": "unix", "path": socket, "mode": "server"}), X.el("model", {"type": "virtio"}))
+    if queues:
+        i.append(X.el("driver", {"queues": queues}))
+    return i

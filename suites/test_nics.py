@@ -1,0 +1,161 @@
+"""Managing vNICs (NIC-1..9): the guide's `<interface type='bridge'>` attached
+to running VMs, seen by the guest (MAC, driver, queues, traffic) and by the
+host (the tap on the bridge, QEMU holding vhost-net, the OVS port)."""
+import pytest
+
+from fixtures.plugin import claims
+from lab import network
+from lab.domain import VMSpec, random_mac
+from lab.timeouts import Deadline, poll
+
+
+def wait_nic(vm, mac, seconds=30):
+    return poll(lambda: vm.guest.net.find(mac), Deadline(seconds, f"the guest to see NIC {mac}"), interval=0.2)
+
+
+def wait_nic_gone(vm, mac, seconds=30):
+    poll(lambda: vm.guest.net.find(mac) is None, Deadline(seconds, f"NIC {mac} to leave the guest"), interval=0.2)
+
+
+def tap_of(live_iface):
+    return live_iface.find("target").get("dev")
+
+
+def driver_name(run):
+    """The guide asks for vhost; hosts without vhost-net get QEMU's own backend."""
+    from lab import host
+    return "vhost" if host.probe(run.cfg)["vhost-net"].present else "qemu"
+
+
+@pytest.fixture(scope="module")
+def nic_vm(module_vms):
+    # 2 vCPUs: virtio-net enables at most as many queue pairs as the guest has CPUs
+    return module_vms.boot(VMSpec("nics", vcpus=2, pcie_root_ports=6))
+
+
+@claims("NIC-1", "NIC-3", "NIC-4", "NIC-7")
+def test_attach_virtio_nic_with_two_queues_on_the_bridge_then_detach(nic_vm, lab):
+    vm = nic_vm
+    br = lab.bridge()
+    mac = random_mac()
+    iface = network.bridge_interface(mac, br.name, driver=driver_name(lab), queues=2)
+    live = vm.attach(iface, live=True)
+    tap = tap_of(live)
+    try:
+        nic = wait_nic(vm, mac)                                               # NIC-1
+        assert nic.driver == "virtio_net", f"guest NIC {nic.name} is driven by {nic.driver}"
+        ch = vm.guest.net.channels(nic.name)                                  # NIC-3
+        assert ch["max"].get("combined") == 2 and ch["current"].get("combined") == 2, \
+            f"guest channels for queues='2': {ch}"
+        assert nic.rx_queues == 2, f"guest has {nic.rx_queues} rx queues"
+        assert network.tap_master(tap) == br.name, f"tap {tap} is not on bridge {br.name}"   # NIC-4
+        assert tap in br.ports()
+        assert br.host_addresses() == [], "the harness's bridge must carry no host address"
+    finally:
+        vm.detach(iface, live=True)                                           # NIC-7, same XML
+    wait_nic_gone(vm, mac)
+    assert tap not in br.ports() and network.tap_master(tap) is None
+
+
+@claims("NIC-6")
+def test_live_nic_is_gone_after_restart_config_nic_stays(nic_vm, lab):
+    vm = nic_vm
+    br = lab.bridge()
+    live_only = network.bridge_interface(random_mac(), br.name)
+    persistent = network.bridge_interface(random_mac(), br.name)
+    vm.attach(live_only, live=True)
+    vm.attach(persistent, live=True, config=True)
+    wait_nic(vm, live_only.find("mac").get("address"))
+    wait_nic(vm, persistent.find("mac").get("address"))
+    try:
+        vm.poweroff()
+        vm.start()
+        assert vm.guest.net.find(live_only.find("mac").get("address")) is None, "a live-only NIC survived a restart"
+        assert vm.guest.net.find(persistent.find("mac").get("address")) is not None, "the --config NIC is gone"
+    finally:
+        vm.detach(persistent, live=vm.guest.net.find(persistent.find("mac").get("address")) is not None,
+                  config=True)
+
+
+@claims("NIC-9")
+def test_hot_plugged_nics_carry_traffic_between_two_guests(nic_vm, vms, lab):
+    br = lab.bridge()
+    peer = vms.boot(VMSpec("nics-peer"))
+    ends = []
+    for vm in (nic_vm, peer):
+        iface = network.bridge_interface(random_mac(), br.name)
+        vm.attach(iface, live=True)
+        nic = wait_nic(vm, iface.find("mac").get("address"))
+        vm.guest.run("ip link set %s up", nic.name, check=True)
+        ends.append((vm, iface, nic))
+    try:
+        (a, _, nic_a), (b, _, nic_b) = ends
+        addr_b = poll(lambda: b.guest.net.link_local(nic_b.name), Deadline(20, "the peer's IPv6 link-local address"),
+                      interval=0.3)
+        poll(lambda: a.guest.net.link_local(nic_a.name), Deadline(20, "the sender's IPv6 link-local address"),
+             interval=0.3)
+        rx_before = int(b.guest.check_output("cat /sys/class/net/%s/statistics/rx_packets", nic_b.name))
+        r = a.guest.run("ping -6 -c 5 -w 15 %s", f"{addr_b}%{nic_a.name}", timeout=30)
+        assert r.rc == 0 and " 0% packet loss" in r.stdout, f"ping over the bridge failed: {r.stdout}{r.stderr}"
+        rx_after = int(b.guest.check_output("cat /sys/class/net/%s/statistics/rx_packets", nic_b.name))
+        assert rx_after - rx_before >= 5, "the peer's NIC did not receive the echo requests"
+    finally:
+        for vm, iface, _ in ends:
+            vm.detach(iface, live=True)
+
+
+@claims("NIC-2")
+def test_vhost_driver_makes_a_vhost_net_nic(nic_vm, lab):
+    vm = nic_vm
+    iface = network.bridge_interface(random_mac(), lab.bridge().name, driver="vhost")
+    live = vm.attach(iface, live=True)
+    try:
+        assert live.find("driver").get("name") == "vhost"
+        assert network.qemu_holds(vm.qemu_pid(), "/dev/vhost-net"), "QEMU does not hold /dev/vhost-net"
+        assert wait_nic(vm, iface.find("mac").get("address")).driver == "virtio_net"
+    finally:
+        vm.detach(iface, live=True)
+
+
+@claims("NIC-5")
+def test_openvswitch_virtualport_makes_an_ovs_port(nic_vm, lab):
+    vm = nic_vm
+    ovs = network.OvsBridge(lab.run_id).create()
+    lab.push_undo(f"removed OVS bridge {ovs.name}", ovs.remove)
+    try:
+        iface = network.bridge_interface(random_mac(), ovs.name, virtualport="openvswitch")
+        tap = tap_of(vm.attach(iface, live=True))
+        try:
+            assert tap in ovs.ports(), f"ovs-vsctl list-ports {ovs.name}: {ovs.ports()}"
+            wait_nic(vm, iface.find("mac").get("address"))
+        finally:
+            vm.detach(iface, live=True)
+        assert tap not in ovs.ports()
+    finally:
+        lab.undo_now(ovs.remove)
+
+
+@claims("NIC-8")
+def test_vhost_user_nics_carry_traffic(vms, lab):
+    """Two guests with vhost-user NICs on one OVS-DPDK bridge ping each other."""
+    ovs = network.OvsBridge(lab.run_id, datapath="netdev").create()
+    lab.push_undo(f"removed OVS bridge {ovs.name}", ovs.remove)
+    try:
+        ends = []
+        for n in range(2):
+            sock = f"/run/openvswitch/acc-{lab.run_id}-{n}.sock"
+            iface = network.vhostuser_interface(random_mac(), sock)
+            vm = vms.define(VMSpec(f"nics-vhu{n}", shared_memory=True, devices=[iface]))
+            vm.start()
+            ovs.add_vhostuser_port(f"accvhu{n}{lab.run_id[-4:]}", sock)
+            nic = wait_nic(vm, iface.find("mac").get("address"))
+            vm.guest.run("ip link set %s up", nic.name, check=True)
+            ends.append((vm, nic))
+        (a, nic_a), (b, nic_b) = ends
+        addr_b = poll(lambda: b.guest.net.link_local(nic_b.name), Deadline(20, "the peer's link-local address"))
+        r = a.guest.run("ping -6 -c 5 -w 15 %s", f"{addr_b}%{nic_a.name}", timeout=30)
+        assert r.rc == 0 and " 0% packet loss" in r.stdout, f"ping over vhost-user failed: {r.stdout}{r.stderr}"
+    finally:
+        for vm in list(vms.vms):
+            vms.release(vm)
+        lab.undo_now(ovs.remove)

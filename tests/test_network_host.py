@@ -1,0 +1,102 @@
+"""Host-side NIC logic on recorded trees and a recording command runner."""
+import os
+import subprocess
+from pathlib import Path
+
+from lab import network
+from lab.guest.probes import parse_channels, parse_nics
+
+ETHTOOL_L = """Channel parameters for eth1:
+Pre-set maximums:
+RX:		n/a
+TX:		n/a
+Other:		n/a
+Combined:	2
+Current hardware settings:
+RX:		n/a
+TX:		n/a
+Other:		n/a
+Combined:	1
+"""
+
+
+class Recorder:
+    def __init__(self, stdout="", rc=0):
+        self.calls, self.stdout, self.rc = [], stdout, rc
+
+    def __call__(self, argv, **kw):
+        self.calls.append(argv)
+        return subprocess.CompletedProcess(argv, self.rc, self.stdout, "")
+
+
+def test_channels_parse_distinguishes_max_and_current():
+    ch = parse_channels(ETHTOOL_L)
+    assert ch["max"]["combined"] == 2 and ch["current"]["combined"] == 1, \
+        "a guest showing 1 current queue must not pass as 2"
+
+
+def test_nic_parse():
+    nics = parse_nics("eth1 52:54:00:aa:bb:cc up virtio_net 2 /sys/devices/pci0000:00/0000:00:01.3/0000:04:00.0/virtio3\n")
+    assert nics[0].driver == "virtio_net" and nics[0].rx_queues == 2 and nics[0].mac == "52:54:00:aa:bb:cc"
+
+
+def test_tap_master_and_qemu_holds_on_recorded_trees(tmp_path):
+    sysnet = tmp_path / "sys/class/net"
+    (sysnet / "accbr1").mkdir(parents=True)
+    (sysnet / "vnet7").mkdir()
+    os.symlink("../accbr1", sysnet / "vnet7" / "master")
+    (sysnet / "vnet8").mkdir()
+    assert network.tap_master("vnet7", sysnet) == "accbr1"
+    assert network.tap_master("vnet8", sysnet) is None
+    fd = tmp_path / "proc/123/fd"
+    fd.mkdir(parents=True)
+    os.symlink("/dev/vhost-net", fd / "31")
+    os.symlink("/dev/null", fd / "0")
+    assert network.qemu_holds(123, "/dev/vhost-net", tmp_path / "proc")
+    assert not network.qemu_holds(123, "/dev/vfio/vfio", tmp_path / "proc")
+
+
+def test_ovs_bridge_commands_are_tagged_and_removed():
+    rec = Recorder()
+    br = network.OvsBridge("run42", name="accovs1", runner=rec, datapath="netdev").create()
+    br.add_vhostuser_port("vhu0", "/run/openvswitch/s0.sock")
+    br.remove()
+    assert rec.calls[0][:4] == ["ovs-vsctl", "--may-exist", "add-br", "accovs1"]
+    assert "datapath_type=netdev" in rec.calls[0] and "external-ids:acc-harness-run=run42" in rec.calls[0]
+    assert "type=dpdkvhostuserclient" in rec.calls[1] and "options:vhost-server-path=/run/openvswitch/s0.sock" in rec.calls[1]
+    assert rec.calls[2] == ["ovs-vsctl", "--if-exists", "del-br", "accovs1"]
+
+
+def test_ovs_dpdk_probe_reasons():
+    assert network.ovs_dpdk_ready(Recorder("true\n")) == (True, "OVS-DPDK is initialised")
+    ok, why = network.ovs_dpdk_ready(Recorder("false\n"))
+    assert not ok and "without DPDK" in why
+    ok, why = network.ovs_dpdk_ready(Recorder("", rc=1))
+    assert not ok and "ovs-vsctl failed" in why
+
+
+def test_interface_builders_follow_the_guide():
+    i = network.bridge_interface("52:54:00:76:f2:bb", "br0", driver="vhost", queues=2, virtualport="openvswitch")
+    assert [c.tag for c in i] == ["mac", "source", "virtualport", "model", "driver"]
+    assert i.find("driver").attrib == {"name": "vhost", "queues": "2"}
+    v = network.vhostuser_interface("52:54:00:00:00:01", "/run/s.sock")
+    assert v.get("type") == "vhostuser" and v.find("source").get("mode") == "server"
+
+
+def test_harness_bridge_is_isolated_and_swept(tmp_path):
+    """A real bridge: no host address, tagged with its run, found by the sweeper's scan."""
+    from lab.sweep import sweep
+    import libvirt
+    work = tmp_path / "work"
+    br = network.Bridge("deadrun1", work_dir=work).create()
+    try:
+        assert br.host_addresses() == []
+        assert network.harness_bridges(work).get(br.name) == "deadrun1"
+        assert br.name not in network.harness_bridges(tmp_path / "other-work-dir")
+        conn = libvirt.open("test:///default")
+        undone = sweep(conn, work, log=lambda m: None)
+        conn.close()
+        assert f"removed leftover bridge {br.name} of dead run deadrun1" in undone
+    finally:
+        br.remove()
+    assert br.name not in network.harness_bridges()
