@@ -66,7 +66,11 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     add("hpre", inv.hpre, f"{len(inv.hpre)} HPRE device(s) listed in [inventory] hpre")
     add("usb-device", inv.usb, f"{len(inv.usb)} host USB device(s) listed in [inventory] usb")
     add("second-host", False, "the lab config names one host")
-    add("error-policy-retry", False, "error_policy='retry' is not probed yet (openEuler extension)")
+    if conn is not None:
+        ok, why = probe_retry_policy(conn, cfg)
+        add("error-policy-retry", ok, why)
+    else:
+        add("error-policy-retry", False, "error_policy='retry' needs a libvirt connection to probe")
     backend = fault_backend(cfg, caps)
     add("fault-backend", backend != "none", f"fault backend: {backend}")
     if conn is not None:
@@ -127,3 +131,33 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or os.uname().machine
+
+
+def probe_retry_policy(conn, cfg: LabConfig) -> tuple[bool, str]:
+    """Does this host's libvirt accept the openEuler disk I/O suspension XML
+    (error_policy='retry' with retry_interval/retry_timeout)?  Asked of libvirt
+    itself with a validating define, never guessed from the distribution."""
+    import secrets
+
+    from . import xml as X
+    from .arch import profile
+    from .sweep import undefine
+
+    d = X.disk("/dev/null", target="vdb", fmt="raw", kind="block", error_policy="retry", rerror_policy="retry")
+    d.find("driver").set("retry_interval", "1000")
+    d.find("driver").set("retry_timeout", "0")
+    meta = X.harness_metadata("probe", 0, "probe", work_dir=cfg.work_dir)
+    dom_xml = X.domain(f"acc-probe-{secrets.token_hex(3)}", virt_type=cfg.virt_type, arch=profile(cfg.arch),
+                       metadata=meta, devices=[d])
+    try:
+        dom = conn.defineXMLFlags(X.to_string(dom_xml), libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+    except libvirt.libvirtError as e:
+        return False, f"libvirt refuses error_policy='retry' ({e.get_error_message()})"
+    try:
+        back = X.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    finally:
+        undefine(dom)
+    drv = back.find("devices/disk/driver")
+    if drv is None or drv.get("error_policy") != "retry" or drv.get("retry_interval") != "1000":
+        return False, "libvirt accepted but dropped error_policy='retry' / retry_interval"
+    return True, "libvirt accepts error_policy='retry' with retry_interval/retry_timeout"

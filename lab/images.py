@@ -44,6 +44,7 @@ GUEST_PROGRAMS = {
     "pciutils": ["/usr/bin/lspci"],
     "usbutils": ["/usr/bin/lsusb"],
     "ethtool": ["/usr/sbin/ethtool"],
+    "e2fsprogs": ["/usr/sbin/mke2fs"],
 }
 GUEST_DATA = {"pci.ids": ["/usr/share/misc/pci.ids"]}
 HOST_PACKAGES = ["busybox-static", "cpio", "e2fsprogs", "qemu-utils", "kmod",

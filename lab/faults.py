@@ -1,0 +1,234 @@
+"""Storage fault backends behind one interface.
+
+A backend is a real block storage path that can fail and heal at run time:
+
+- `dm-error`: a device-mapper device over a loop device whose table is
+  swapped between `linear` and `error` (dmsetup suspend/load/resume); the VM
+  gets it as `<disk type='block'>`.
+- `nbdkit`: an NBD export (nbdkit's memory plugin behind its error filter) on a
+  unix socket, failing while its error file exists; the VM gets it as an NBD
+  network disk.  For hosts without device-mapper.
+
+Used as context managers: on every exit path the fault is healed and the
+backend removed.  `describe()` says which backend ran, for the report.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+from . import loopdev
+from . import xml as X
+from .timeouts import Deadline, poll
+
+KINDS = ("all", "read", "write")
+
+
+class FaultError(RuntimeError):
+    pass
+
+
+class FaultBackend:
+    name = "?"
+    state = "new"                     # new -> healthy <-> failing -> removed
+
+    def setup(self) -> "FaultBackend":
+        raise NotImplementedError
+
+    def disk(self, target: str, bus: str = "virtio", **driver) -> "X.etree._Element":
+        raise NotImplementedError
+
+    def fail(self, kind: str = "all") -> None:
+        raise NotImplementedError
+
+    def heal(self) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def healthy(self) -> bool:
+        return self.state == "healthy"
+
+    def _check_kind(self, kind):
+        if kind not in KINDS:
+            raise ValueError(f"fault kind {kind!r}: use one of {KINDS}")
+
+    def __enter__(self):
+        return self.setup()
+
+    def __exit__(self, *exc):
+        try:
+            if self.state == "failing":
+                self.heal()
+        finally:
+            self.remove()
+
+
+# ------------------------------------------------------------------ nbdkit
+
+class NbdkitBackend(FaultBackend):
+    name = "nbdkit"
+
+    def __init__(self, workdir: Path, size_mib: int = 64):
+        self.dir = workdir
+        self.size_mib = size_mib
+        self.socket = workdir / f"nbd-{secrets.token_hex(3)}.sock"
+        self.files = {k: workdir / f"fault-{k}-{secrets.token_hex(3)}" for k in ("read", "write")}
+        self.proc: subprocess.Popen | None = None
+        self.log = workdir / f"{self.socket.stem}.log"
+
+    def command(self) -> list[str]:
+        return ["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(self.socket),
+                "--filter=error", "memory", f"{self.size_mib}M",
+                "error-pread=EIO", "error-pread-rate=100%", f"error-pread-file={self.files['read']}",
+                "error-pwrite=EIO", "error-pwrite-rate=100%", f"error-pwrite-file={self.files['write']}",
+                "error-trim=EIO", "error-trim-rate=100%", f"error-trim-file={self.files['write']}",
+                "error-zero=EIO", "error-zero-rate=100%", f"error-zero-file={self.files['write']}"]
+
+    def setup(self) -> "NbdkitBackend":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as log:
+            try:
+                self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            except FileNotFoundError:
+                raise FaultError("nbdkit is not installed (Debian package nbdkit)") from None
+
+        def up():
+            if self.proc.poll() is not None:
+                raise FaultError(f"nbdkit exited {self.proc.returncode}: {self.log.read_text()[-500:]}")
+            return self.socket.exists()
+
+        poll(up, Deadline(10, "nbdkit's socket"), interval=0.05)
+        os.chmod(self.socket, 0o666)       # QEMU runs as another user
+        self.state = "healthy"
+        return self
+
+    def disk(self, target, bus="virtio", **driver):
+        return X.disk(str(self.socket), target=target, bus=bus, fmt="raw", kind="network", **driver)
+
+    def fail(self, kind: str = "all") -> None:
+        self._check_kind(kind)
+        for k in (("read", "write") if kind == "all" else (kind,)):
+            self.files[k].touch()
+        self.state = "failing"
+
+    def heal(self) -> None:
+        for f in self.files.values():
+            f.unlink(missing_ok=True)
+        self.state = "healthy"
+
+    def remove(self) -> None:
+        self.heal()
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.socket.unlink(missing_ok=True)
+        self.state = "removed"
+
+    def describe(self) -> str:
+        return (f"nbdkit memory {self.size_mib}M behind the error filter (EIO while the error file exists) "
+                f"on {self.socket.name}; fallback for a host without device-mapper")
+
+
+# ------------------------------------------------------------------ dm-error
+
+def dm_tables(sectors: int, device: str) -> dict[str, str]:
+    """The linear (healthy) and error (failing) tables for a whole device."""
+    if sectors <= 0:
+        raise ValueError(f"device {device} has {sectors} sectors")
+    return {"linear": f"0 {sectors} linear {device} 0", "error": f"0 {sectors} error"}
+
+
+class DmErrorBackend(FaultBackend):
+    name = "dm-error"
+
+    def __init__(self, workdir: Path, run_id: str, size_mib: int = 64, runner=subprocess.run):
+        self.dir = workdir
+        self.size_mib = size_mib
+        self.dm_name = f"acc-{run_id}-{secrets.token_hex(3)}"
+        self.backing = workdir / f"{self.dm_name}.img"
+        self.loop: str | None = None
+        self.tables: dict[str, str] = {}
+        self.runner = runner
+
+    def _dmsetup(self, *args, stdin=None):
+        r = self.runner(["dmsetup", *args], input=stdin, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise FaultError(f"dmsetup {' '.join(args)} failed: {r.stderr.strip()}")
+        return r
+
+    def setup(self) -> "DmErrorBackend":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.backing, "wb") as f:
+            f.truncate(self.size_mib << 20)
+        try:
+            self.loop = loopdev.attach(self.backing)
+            sectors = int(self.runner(["blockdev", "--getsz", self.loop], capture_output=True,
+                                      text=True).stdout.strip() or 0)
+            self.tables = dm_tables(sectors, self.loop)
+            self._dmsetup("create", self.dm_name, stdin=self.tables["linear"] + "\n")
+        except BaseException:
+            self.remove()
+            raise
+        self.state = "healthy"
+        return self
+
+    @property
+    def path(self) -> str:
+        return f"/dev/mapper/{self.dm_name}"
+
+    def disk(self, target, bus="virtio", **driver):
+        return X.disk(self.path, target=target, bus=bus, fmt="raw", kind="block", **driver)
+
+    def _swap(self, table: str) -> None:
+        self._dmsetup("suspend", "--noflush", self.dm_name)
+        try:
+            self._dmsetup("load", self.dm_name, stdin=table + "\n")
+        finally:
+            self._dmsetup("resume", self.dm_name)
+
+    def fail(self, kind: str = "all") -> None:
+        self._check_kind(kind)
+        if kind != "all":
+            raise FaultError("dm-error fails reads and writes together; use the nbdkit backend for one direction")
+        self._swap(self.tables["error"])
+        self.state = "failing"
+
+    def heal(self) -> None:
+        self._swap(self.tables["linear"])
+        self.state = "healthy"
+
+    def remove(self) -> None:
+        if self.tables:
+            for _ in range(20):          # the VM may still hold it for a moment
+                r = self.runner(["dmsetup", "remove", self.dm_name], capture_output=True, text=True)
+                if r.returncode == 0 or "No such device" in r.stderr:
+                    break
+                time.sleep(0.1)
+        if self.loop:
+            loopdev.detach(self.loop)
+        self.backing.unlink(missing_ok=True)
+        self.state = "removed"
+
+    def describe(self) -> str:
+        return f"device-mapper {self.dm_name}: linear over {self.loop} swapped with an error table"
+
+
+def make_backend(name: str, workdir: Path, run_id: str) -> FaultBackend:
+    if name == "nbdkit":
+        return NbdkitBackend(workdir)
+    if name == "dm-error":
+        return DmErrorBackend(workdir, run_id)
+    raise FaultError(f"no fault backend on this lab host (faults.backend = {name!r}); "
+                     "install nbdkit or use a host with device-mapper")
