@@ -136,27 +136,38 @@ def _cpu_model() -> str:
 def probe_retry_policy(conn, cfg: LabConfig) -> tuple[bool, str]:
     """Does this host's libvirt accept the openEuler disk I/O suspension XML
     (error_policy='retry' with retry_interval/retry_timeout)?  Asked of libvirt
-    itself with a validating define, never guessed from the distribution."""
+    itself with a validating define, never guessed from the distribution.  The
+    same domain with error_policy='stop' must validate first, so a refusal is
+    about 'retry' and nothing else."""
     import secrets
 
     from . import xml as X
     from .arch import profile
     from .sweep import undefine
 
-    d = X.disk("/dev/null", target="vdb", fmt="raw", kind="block", error_policy="retry", rerror_policy="retry")
-    d.find("driver").set("retry_interval", "1000")
-    d.find("driver").set("retry_timeout", "0")
-    meta = X.harness_metadata("probe", 0, "probe", work_dir=cfg.work_dir)
-    dom_xml = X.domain(f"acc-probe-{secrets.token_hex(3)}", virt_type=cfg.virt_type, arch=profile(cfg.arch),
-                       metadata=meta, devices=[d])
-    try:
+    def define(policy, retry):
+        d = X.disk("/dev/null", target="vdb", fmt="raw", kind="block", error_policy=policy, rerror_policy=policy)
+        if retry:
+            d.find("driver").set("retry_interval", "1000")
+            d.find("driver").set("retry_timeout", "0")
+        meta = X.harness_metadata("probe", 0, "probe", work_dir=cfg.work_dir)
+        dom_xml = X.domain(f"acc-probe-{secrets.token_hex(3)}", virt_type=cfg.virt_type, arch=profile(cfg.arch),
+                           metadata=meta, devices=[d])
         dom = conn.defineXMLFlags(X.to_string(dom_xml), libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
-    except libvirt.libvirtError as e:
-        return False, f"libvirt refuses error_policy='retry' ({e.get_error_message()})"
+        try:
+            return X.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        finally:
+            undefine(dom)
+
     try:
-        back = X.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    finally:
-        undefine(dom)
+        define("stop", False)
+    except libvirt.libvirtError as e:
+        return False, f"probe inconclusive: libvirt refused even error_policy='stop' ({e.get_error_message().splitlines()[0]})"
+    try:
+        back = define("retry", True)
+    except libvirt.libvirtError as e:
+        return False, f"libvirt's domain schema rejects error_policy='retry' with retry_interval/retry_timeout " \
+                      f"(upstream libvirt; the openEuler extension is absent): {e.get_error_message().splitlines()[0]}"
     drv = back.find("devices/disk/driver")
     if drv is None or drv.get("error_policy") != "retry" or drv.get("retry_interval") != "1000":
         return False, "libvirt accepted but dropped error_policy='retry' / retry_interval"

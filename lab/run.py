@@ -55,8 +55,9 @@ class Run:
         self._undo.append((what, fn))
 
     def undo_now(self, fn) -> None:
+        """Run a registered undo now (once): it leaves the stack."""
         for i, (what, f) in enumerate(self._undo):
-            if f is fn:
+            if f == fn:
                 del self._undo[i]
                 fn()
                 return

@@ -8,6 +8,7 @@ prefix but without the tag, or of a live run, is never touched.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import libvirt
@@ -40,6 +41,30 @@ def undefine(dom: libvirt.virDomain) -> None:
             if e.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT,
                                           libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
                 raise
+
+
+def dm_leftovers(runs: Path, sys_dev: Path = Path("/sys/dev/block"), runner=subprocess.run) -> list[tuple[str, str]]:
+    """Device-mapper devices a dead run of this work dir made: named acc-<run>-*,
+    and mapped onto a loop device whose backing file lies in that run's directory."""
+    if not Path("/dev/mapper/control").exists() and runner is subprocess.run:
+        return []
+    r = runner(["dmsetup", "ls"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return []
+    out = []
+    for line in r.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if not name.startswith(PREFIX) or name.count("-") < 2:
+            continue
+        run_id = name.split("-")[1]
+        if is_locked(runs / f"{run_id}.lock"):
+            continue
+        table = runner(["dmsetup", "table", name], capture_output=True, text=True).stdout.split()
+        majmin = table[3] if len(table) > 3 and table[2] == "linear" else None
+        back = sys_dev / majmin / "loop" / "backing_file" if majmin else None
+        if back is not None and back.exists() and _inside(Path(back.read_text().strip()), runs / run_id):
+            out.append((name, run_id))
+    return out
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -82,6 +107,9 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
         if not is_locked(runs / f"{run_id}.lock"):
             network.host_run("ip", "link", "del", br, check=False)
             undone.append(f"removed leftover bridge {br} of dead run {run_id}")
+    for name, run_id in dm_leftovers(runs):
+        subprocess.run(["dmsetup", "remove", "--force", name], capture_output=True, text=True)
+        undone.append(f"removed leftover device-mapper device {name} of dead run {run_id}")
     for dev, back in loopdev.list_loops():
         parts = Path(back).parts
         if back and _inside(Path(back), runs) and len(parts) > len(runs.parts) \

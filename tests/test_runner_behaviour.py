@@ -18,10 +18,11 @@ SAMPLE = "tests/data/sample_suite.py"
 
 
 def test_failure_attaches_console_xml_qemu_log_and_dmesg(tmp_path, pytester_like):
-    r = pytester_like(SAMPLE, "--alluredir", str(tmp_path),
+    r = pytester_like(SAMPLE + "::test_sample", "--alluredir", str(tmp_path),
                       timeout=180, env_extra={"ACC_SAMPLE": "fail"})
     assert r.returncode == 1, r.stdout[-2000:]
-    result = next(json.loads(p.read_text()) for p in tmp_path.glob("*-result.json"))
+    result = next(r for r in (json.loads(p.read_text()) for p in tmp_path.glob("*-result.json"))
+                  if r["name"] == "test_sample")
     assert result["status"] == "failed"
     names = {a["name"].split(": ", 1)[1]: a["source"] for a in result.get("attachments", [])}
     assert {"console (serial log)", "live domain XML", "QEMU log", "guest dmesg"} <= set(names), names
@@ -36,7 +37,7 @@ def test_failure_attaches_console_xml_qemu_log_and_dmesg(tmp_path, pytester_like
 
 def test_ctrl_c_tears_down_and_says_what_it_undid():
     env = dict(os.environ, ACC_SAMPLE="hang")
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", SAMPLE],
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", SAMPLE + "::test_sample"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     name = None
     deadline = time.monotonic() + 120
@@ -56,3 +57,24 @@ def test_ctrl_c_tears_down_and_says_what_it_undid():
     finally:
         conn.close()
     assert f"destroyed domain {name}" in out and f"undefined domain {name}" in out, out[-2000:]
+
+
+def test_ctrl_c_heals_a_fault_in_place():
+    env = dict(os.environ, ACC_SAMPLE="fault")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", SAMPLE + "::test_sample_fault"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    files, lines = None, []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if "SAMPLE-FAULT-IN-PLACE" in line:
+            files = [Path(p) for p in line.split("SAMPLE-FAULT-IN-PLACE", 1)[1].split()]
+            break
+    assert files and all(f.exists() for f in files), "".join(lines)[-2000:]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert not any(f.exists() for f in files), "the fault was left in place"
+    assert "nbdkit" not in subprocess.run(["pgrep", "-a", "-f", str(files[0].parent)], capture_output=True,
+                                          text=True).stdout, "the fault backend process was left running"
+    assert "healed and removed fault backend" in out, out[-2000:]

@@ -59,3 +59,29 @@ def test_sweeps_dead_runs_only(conn, tmp_path):
             d = conn.lookupByName(n)
             d.destroy()
             d.undefine()
+
+
+def test_dm_leftovers_only_of_dead_runs_of_this_work_dir(tmp_path):
+    import subprocess as sp
+
+    from lab.sweep import dm_leftovers
+    runs = tmp_path / "runs"
+    (runs / "dead1").mkdir(parents=True)
+    live = try_lock(runs / "live1.lock")
+    sysdev = tmp_path / "sys/dev/block"
+    for majmin, back in (("7:1", runs / "dead1/faults/x.img"), ("7:2", runs / "live1/faults/y.img"),
+                         ("7:3", tmp_path / "elsewhere/z.img")):
+        (sysdev / majmin / "loop").mkdir(parents=True)
+        (sysdev / majmin / "loop/backing_file").write_text(f"{back}\n")
+    tables = {"acc-dead1-aa": "0 100 linear 7:1 0", "acc-live1-bb": "0 100 linear 7:2 0",
+              "acc-dead2-cc": "0 100 linear 7:3 0", "vg0-root": "0 100 linear 8:1 0"}
+
+    def runner(argv, **kw):
+        if argv[1] == "ls":
+            return sp.CompletedProcess(argv, 0, "".join(f"{n}\t(253:{i})\n" for i, n in enumerate(tables)), "")
+        return sp.CompletedProcess(argv, 0, tables[argv[2]] + "\n", "")
+
+    try:
+        assert dm_leftovers(runs, sysdev, runner) == [("acc-dead1-aa", "dead1")]
+    finally:
+        live.release()

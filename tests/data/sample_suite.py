@@ -2,6 +2,7 @@
 
 ACC_SAMPLE=fail: a test that fails after its guest booted (evidence must be attached).
 ACC_SAMPLE=hang: a test that waits forever with a VM running (for SIGINT).
+ACC_SAMPLE=fault: a test that waits forever with a storage fault in place.
 """
 import os
 import time
@@ -18,3 +19,11 @@ def test_sample(vms):
         print(f"SAMPLE-VM-RUNNING {vm.name}", flush=True)
         time.sleep(600)
     assert False, "deliberate failure"
+
+
+def test_sample_fault(fault):
+    if os.environ.get("ACC_SAMPLE") != "fault":
+        return
+    fault.fail("all")
+    print(f"SAMPLE-FAULT-IN-PLACE {' '.join(str(f) for f in fault.files.values())}", flush=True)
+    time.sleep(600)
