@@ -13,6 +13,8 @@ class Guest:
         self.pci = PciProbe(self)
         self.block = BlockProbe(self)
         self.net = NetProbe(self)
+        from ..usb import UsbProbe
+        self.usb = UsbProbe(self)
 
     def run(self, cmd: str, *args, timeout: float = 60.0, check: bool = False) -> Result:
         return self.ssh.run(cmd, *args, timeout=timeout, check=check)
