@@ -78,6 +78,22 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_discover(args) -> int:
+    """What passthrough hardware this host has (read-only), and a config snippet."""
+    from . import pci
+    devs = pci.discover()
+    hpre = pci.hpre_devices()
+    print(f"{'BDF':14} {'IDs':10} {'class':9} {'driver':12} {'group':5} SR-IOV")
+    for d in devs:
+        sriov = f"PF {d.numvfs}/{d.totalvfs} VFs" if d.is_pf else (f"VF of {d.physfn}" if d.is_vf else "")
+        print(f"{d.bdf:14} {d.ids:10} {d.pci_class:9} {d.driver or '-':12} {str(d.iommu_group):5} {sriov}")
+    for h in hpre:
+        print(f"HPRE {h['name']} at {h['bdf']} ({h['vendor']}:{h['device']})")
+    print("\n# a lab-config snippet; keep only what the harness may take from this host")
+    print(pci.config_snippet(devs, hpre))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     p.add_argument("--lab", default=None, help="lab config (default: labs/local.toml)")
@@ -85,9 +101,10 @@ def main(argv=None) -> int:
     sub.add_parser("doctor", help="what this lab host can do, and which claims will run or skip")
     sub.add_parser("image", help="build (or check) the default guest image")
     sub.add_parser("sweep", help="remove leftovers of dead runs")
+    sub.add_parser("discover", help="host PCI/SR-IOV/HPRE devices (read-only) and a lab-config snippet")
     args = p.parse_args(argv)
     try:
-        return {"doctor": cmd_doctor, "image": cmd_image, "sweep": cmd_sweep}[args.cmd](args)
+        return {"doctor": cmd_doctor, "image": cmd_image, "sweep": cmd_sweep, "discover": cmd_discover}[args.cmd](args)
     except (config.LabConfigError, images.ImageError, LabUnreachable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -117,6 +117,11 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
             loopdev.detach(dev)
             undone.append(f"detached leftover loop device {dev} ({back})")
     if runs.is_dir():
+        for saved in sorted(runs.glob("*/host-state-*.json")):
+            if not is_locked(runs / f"{saved.parent.name}.lock"):
+                from .pci import HostState
+                undone += [f"{line} (left by dead run {saved.parent.name})" for line in HostState.restore_saved(saved)]
+                saved.unlink()
         for entry in sorted(runs.iterdir()):
             if entry.is_dir() and not is_locked(runs / f"{entry.name}.lock"):
                 shutil.rmtree(entry, ignore_errors=True)

@@ -1,0 +1,201 @@
+"""Host PCI discovery (read-only, from sysfs), SR-IOV and HPRE views, and the
+safety rules for passthrough: only devices the lab config lists, never one
+whose IOMMU group holds anything unlisted, and host state recorded before any
+change and restored on every exit path."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SYS = Path("/sys")
+HPRE_VENDOR, HPRE_PF, HPRE_VF, HPRE_MAX_VFS = "0x19e5", "0xa258", "0xa259", 63
+
+
+@dataclass(frozen=True)
+class HostPci:
+    bdf: str
+    vendor: str
+    device: str
+    pci_class: str
+    driver: str | None
+    iommu_group: int | None
+    totalvfs: int = 0
+    numvfs: int = 0
+    virtfns: tuple = ()          # VF BDFs, by VF index
+    physfn: str | None = None
+    netdevs: tuple = ()
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.pci_class.startswith("0x0604") or self.pci_class.startswith("0x0600")
+
+    @property
+    def is_pf(self) -> bool:
+        return self.totalvfs > 0
+
+    @property
+    def is_vf(self) -> bool:
+        return self.physfn is not None
+
+    @property
+    def ids(self) -> str:
+        return f"{self.vendor[2:]}:{self.device[2:]}"
+
+
+def _read(p: Path, default: str = "") -> str:
+    try:
+        return p.read_text().strip()
+    except OSError:
+        return default
+
+
+def read_device(bdf: str, sys: Path = SYS) -> HostPci:
+    d = sys / "bus/pci/devices" / bdf
+    if not d.exists():
+        raise LookupError(f"no PCI device {bdf} on this host")
+    drv = os.path.basename(os.readlink(d / "driver")) if (d / "driver").is_symlink() else None
+    grp = int(os.path.basename(os.readlink(d / "iommu_group"))) if (d / "iommu_group").is_symlink() else None
+    vfs = sorted(((int(l.name[len("virtfn"):]), os.path.basename(os.readlink(l))) for l in d.glob("virtfn*")))
+    physfn = os.path.basename(os.readlink(d / "physfn")) if (d / "physfn").is_symlink() else None
+    nets = tuple(sorted(p.name for p in (d / "net").iterdir())) if (d / "net").is_dir() else ()
+    return HostPci(bdf, _read(d / "vendor"), _read(d / "device"), _read(d / "class"), drv, grp,
+                   int(_read(d / "sriov_totalvfs", "0") or 0), int(_read(d / "sriov_numvfs", "0") or 0),
+                   tuple(b for _, b in vfs), physfn, nets)
+
+
+def discover(sys: Path = SYS) -> list[HostPci]:
+    root = sys / "bus/pci/devices"
+    return [read_device(p.name, sys) for p in sorted(root.iterdir())] if root.exists() else []
+
+
+def iommu_group_members(group: int, sys: Path = SYS) -> list[str]:
+    d = sys / "kernel/iommu_groups" / str(group) / "devices"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def hpre_devices(sys: Path = SYS) -> list[dict]:
+    """HPRE accelerators as uacce shows them: name, PF BDF, and its sriov_numvfs path."""
+    out = []
+    uacce = sys / "class/uacce"
+    for q in sorted(uacce.glob("hisi_hpre-*")) if uacce.exists() else []:
+        dev = q / "device"
+        bdf = os.path.basename(os.path.realpath(dev))
+        out.append({"name": q.name, "bdf": bdf, "numvfs_path": str(dev / "sriov_numvfs"),
+                    "vendor": _read(dev / "vendor"), "device": _read(dev / "device")})
+    return out
+
+
+class UnsafeDevice(RuntimeError):
+    pass
+
+
+def check_passthrough_safe(bdf: str, listed: set[str], sys: Path = SYS) -> HostPci:
+    """Refuse a device that is not listed, or whose IOMMU group holds an unlisted
+    endpoint (binding the group to VFIO would take the host's own device away)."""
+    if bdf not in listed:
+        raise UnsafeDevice(f"{bdf} is not listed in the lab config's [inventory]; the harness never touches it")
+    dev = read_device(bdf, sys)
+    if dev.iommu_group is None:
+        raise UnsafeDevice(f"{bdf} has no IOMMU group (IOMMU off?): VFIO passthrough is impossible")
+    for other in iommu_group_members(dev.iommu_group, sys):
+        if other == bdf or other in listed:
+            continue
+        if read_device(other, sys).is_bridge:
+            continue
+        raise UnsafeDevice(f"{bdf} shares IOMMU group {dev.iommu_group} with unlisted {other}; "
+                           "list it too (it goes to the VM with it) or pick another device")
+    return dev
+
+
+def config_snippet(devs: list[HostPci], hpre: list[dict]) -> str:
+    """A paste-able [inventory] for the lab config (the engineer decides what to keep)."""
+    pfs = [d for d in devs if d.is_pf]
+    candidates = [d for d in devs if not d.is_bridge and not d.is_vf and d.iommu_group is not None]
+    lines = ["[inventory]", "# every device below is a candidate: keep only what the harness may take from the host"]
+    lines.append("pci = [" + ", ".join(f'{{ bdf = "{d.bdf}", note = "{d.ids} {d.driver or "no driver"}" }}'
+                                        for d in candidates) + "]")
+    lines.append("sriov_pfs = [" + ", ".join(f'{{ bdf = "{d.bdf}", max_vfs = {d.totalvfs} }}' for d in pfs) + "]")
+    lines.append("hpre = [" + ", ".join(f'{{ bdf = "{h["bdf"]}", note = "{h["name"]}" }}' for h in hpre) + "]")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ host state, recorded and restored
+
+@dataclass
+class HostStateRecord:
+    """What a test may change on the host, as it was before."""
+    drivers: dict = field(default_factory=dict)       # bdf -> driver or None
+    numvfs: dict = field(default_factory=dict)        # PF bdf -> sriov_numvfs
+    vf_settings: dict = field(default_factory=dict)   # PF netdev -> [vf dicts from `ip -j link show`]
+
+
+class HostState:
+    def __init__(self, sys: Path = SYS, runner=subprocess.run, writer=None, save_to: Path | None = None):
+        self.sys, self.runner = sys, runner
+        self.writer = writer or (lambda path, value: Path(path).write_text(value))
+        self.record = HostStateRecord()
+        self.save_to = save_to       # kept on disk, so a crashed run's changes are restored by the sweeper
+
+    def _save(self) -> None:
+        if self.save_to:
+            self.save_to.write_text(json.dumps(self.record.__dict__))
+
+    @classmethod
+    def restore_saved(cls, path: Path) -> list[str]:
+        st = cls()
+        st.record = HostStateRecord(**json.loads(path.read_text()))
+        return st.restore()
+
+    def remember_device(self, bdf: str) -> None:
+        self.record.drivers.setdefault(bdf, read_device(bdf, self.sys).driver)
+        self._save()
+
+    def remember_pf(self, bdf: str) -> None:
+        dev = read_device(bdf, self.sys)
+        self.record.numvfs.setdefault(bdf, dev.numvfs)
+        for net in dev.netdevs:
+            r = self.runner(["ip", "-j", "link", "show", net], capture_output=True, text=True)
+            if r.returncode == 0 and r.stdout.strip():
+                self.record.vf_settings.setdefault(net, json.loads(r.stdout)[0].get("vfinfo_list", []))
+        self._save()
+
+    def set_numvfs(self, bdf: str, n: int) -> None:
+        self.remember_pf(bdf)
+        path = self.sys / "bus/pci/devices" / bdf / "sriov_numvfs"
+        if n and read_device(bdf, self.sys).numvfs:
+            self.writer(path, "0")               # the kernel wants 0 before another non-zero count
+        self.writer(path, str(n))
+
+    def restore(self) -> list[str]:
+        """Put back what was recorded: VF settings, VF counts, drivers."""
+        done = []
+        for net, vfs in self.record.vf_settings.items():
+            for i, vf in enumerate(vfs):
+                if "address" in vf:
+                    self.runner(["ip", "link", "set", net, "vf", str(i), "mac", vf["address"]], capture_output=True)
+                vlan = (vf.get("vlan_list") or [{}])[0].get("vlan", 0)
+                self.runner(["ip", "link", "set", net, "vf", str(i), "vlan", str(vlan)], capture_output=True)
+                rate = vf.get("rate", {}).get("max_tx", 0)
+                self.runner(["ip", "link", "set", net, "vf", str(i), "max_tx_rate", str(rate)], capture_output=True)
+            done.append(f"restored VF settings of {net}")
+        for bdf, n in self.record.numvfs.items():
+            path = self.sys / "bus/pci/devices" / bdf / "sriov_numvfs"
+            if read_device(bdf, self.sys).numvfs != n:
+                self.writer(path, "0")
+                if n:
+                    self.writer(path, str(n))
+                done.append(f"restored sriov_numvfs={n} on {bdf}")
+        for bdf, drv in self.record.drivers.items():
+            now = read_device(bdf, self.sys).driver if (self.sys / "bus/pci/devices" / bdf).exists() else drv
+            if now != drv:
+                if now:
+                    self.writer(self.sys / "bus/pci/devices" / bdf / "driver/unbind", bdf)
+                if drv:
+                    self.writer(self.sys / "bus/pci/devices" / bdf / "driver_override", drv)
+                    self.writer(self.sys / "bus/pci/drivers_probe", bdf)
+                    self.writer(self.sys / "bus/pci/devices" / bdf / "driver_override", "\n")
+                done.append(f"rebound {bdf} to {drv}")
+        return done
