@@ -22,7 +22,7 @@ from .images import create_image, image_sha256
 from .sweep import undefine
 from .timeouts import Deadline, poll
 
-READY_RE = re.compile(r"ACC-READY boot_id=(\S+)")
+READY_RE = re.compile(r"ACC-READY boot_id=(\S+)(?: mgmt_if=\S+)?(?: hostkey=(\S+))?")
 BOOT_BUDGET = 60.0        # seconds, scaled by the lab's timeout factor
 
 
@@ -63,6 +63,7 @@ class VM:
         self.port_lease = run.lease_port()
         self.ssh_port: int = self.port_lease.value
         self.boot_id: str | None = None
+        self.host_key: str | None = None
         self.consoles: list[Console] = []
         self._guest: Guest | None = None
         self.dom: libvirt.virDomain | None = None
@@ -194,8 +195,11 @@ class VM:
             m = poll(ready, deadline, interval=0.05,
                      detail=lambda: f"console marker ACC-READY; console tail: {self.serial_text()[-400:]!r}")
             self.boot_id = m.group(1)
-        ssh = SSH("127.0.0.1", self.ssh_port, self.run.key)
+            if m.group(2) and m.group(2) != "none":
+                self.host_key = m.group(2)          # pinned from the console, before any SSH
+        ssh = SSH("127.0.0.1", self.ssh_port, self.run.key, host_key=self.host_key)
         ssh.connect(deadline, alive=self._check_alive)
+        self.host_key = ssh.host_key               # trust on first use for images without a marker
         self._guest = Guest(ssh, self)
         if self.boot_id is None:
             self.boot_id = self._guest.boot_id()

@@ -40,7 +40,7 @@ GUEST_MODULES = [
 ]
 # Debian packages whose programs are copied into the guest root, with the files.
 GUEST_PROGRAMS = {
-    "dropbear-bin": ["/usr/sbin/dropbear"],
+    "dropbear-bin": ["/usr/sbin/dropbear", "/usr/bin/dropbearkey"],
     "pciutils": ["/usr/bin/lspci"],
     "usbutils": ["/usr/bin/lsusb"],
     "ethtool": ["/usr/sbin/ethtool"],

@@ -113,3 +113,18 @@ def test_sigkill_mid_suite_is_swept_next_run_and_foreign_domains_survive(cfg):
             os.killpg(proc.pid, signal.SIGKILL)
         foreign.undefine()
         conn.close()
+
+
+def test_guest_host_key_is_pinned_from_the_console(cfg):
+    from lab.guest.ssh import SSH, HostKeyMismatch
+    run = Run(cfg)
+    try:
+        vm = run.new_vm(VMSpec("hostkey"))
+        vm.start()
+        assert vm.host_key and vm.host_key.startswith("AAAAC3NzaC1lZDI1NTE5"), "the console announced the host key"
+        assert vm.guest.ssh.host_key == vm.host_key
+        wrong = "AAAAC3NzaC1lZDI1NTE5AAAAI" + "A" * 43
+        with pytest.raises(HostKeyMismatch, match="not the guest's own"):
+            SSH("127.0.0.1", vm.ssh_port, run.key, host_key=wrong).connect(Deadline(10, "SSH to an impostor"))
+    finally:
+        run.close()

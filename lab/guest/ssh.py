@@ -2,7 +2,6 @@
 a per-command timeout and a result object (pytest-testinfra's shape)."""
 from __future__ import annotations
 
-import base64
 import io
 import shlex
 import socket
@@ -20,6 +19,10 @@ GUEST_PATH = "export PATH=/usr/sbin:/usr/bin:/sbin:/bin; "
 
 class CommandFailed(AssertionError):
     pass
+
+
+class HostKeyMismatch(AssertionError):
+    """The SSH server is not the guest we booted."""
 
 
 @dataclass
@@ -67,8 +70,9 @@ def quote_command(cmd: str, args) -> str:
 
 
 class SSH:
-    def __init__(self, host: str, port: int, key: RunKey, user: str = "root"):
+    def __init__(self, host: str, port: int, key: RunKey, user: str = "root", host_key: str | None = None):
         self.host, self.port, self.key, self.user = host, port, key, user
+        self.host_key = host_key     # base64 of the guest's host key; None: learn it on first connect
         self._client: paramiko.SSHClient | None = None
 
     def connect(self, deadline: Deadline, alive=lambda: None) -> None:
@@ -78,13 +82,19 @@ class SSH:
         while True:
             alive()
             c = paramiko.SSHClient()
-            c.set_missing_host_key_policy(paramiko.AutoAddPolicy())   # ephemeral guests, loopback only
+            c.set_missing_host_key_policy(paramiko.AutoAddPolicy())   # checked against the pinned key below
             try:
                 c.connect(self.host, self.port, username=self.user, pkey=self.key.pkey,
                           timeout=min(5, max(deadline.remaining, 0.5)),
                           banner_timeout=min(5, max(deadline.remaining, 0.5)),
                           auth_timeout=5, allow_agent=False, look_for_keys=False)
                 c.get_transport().set_keepalive(5)
+                got = c.get_transport().get_remote_server_key().get_base64()
+                if self.host_key and got != self.host_key:
+                    c.close()
+                    raise HostKeyMismatch(f"{self.host}:{self.port} presented host key {got[:24]}..., "
+                                          f"not the guest's own {self.host_key[:24]}... (from its console)")
+                self.host_key = got
                 self._client = c
                 return
             except (paramiko.SSHException, OSError, EOFError) as e:
@@ -136,7 +146,3 @@ class SSH:
         if self._client:
             self._client.close()
             self._client = None
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
