@@ -55,7 +55,7 @@ def random_mac() -> str:
 class VM:
     def __init__(self, run, spec: VMSpec, name: str):
         self.run, self.spec, self.name = run, spec, name
-        self.conn: libvirt.virConnect = run.session.conn
+        self.session = run.session
         self.dir: Path = run.dir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.serial_log = self.dir / "serial.log"
@@ -66,8 +66,29 @@ class VM:
         self.host_key: str | None = None
         self.consoles: list[Console] = []
         self._guest: Guest | None = None
-        self.dom: libvirt.virDomain | None = None
+        self._dom: libvirt.virDomain | None = None
+        self._dom_gen = 0
+        self.uuid: str | None = None
         self.files: list[Path] = []
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        return self.session.conn
+
+    @property
+    def dom(self) -> libvirt.virDomain | None:
+        """The domain, looked up again when the session reconnected to libvirt."""
+        conn = self.session.conn                 # reconnects first if libvirtd went away
+        if self._dom is not None and self._dom_gen != self.session.generation:
+            self._dom = conn.lookupByUUIDString(self.uuid)
+            self._dom_gen = self.session.generation
+        return self._dom
+
+    @dom.setter
+    def dom(self, value) -> None:
+        self._dom = value
+        self._dom_gen = self.session.generation
+        self.uuid = value.UUIDString() if value is not None else self.uuid
 
     # ------------------------------------------------------------ XML
 

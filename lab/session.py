@@ -4,6 +4,7 @@ registered *before* the action they wait for (nova's pattern)."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import libvirt
@@ -80,16 +81,23 @@ class Waiter:
 
 
 class EventHub:
+    """Waiters outlive the connection: after a reconnect the hub registers its
+    callbacks on the new connection and keeps every waiter."""
+
     def __init__(self, conn: libvirt.virConnect):
         self._waiters: list[Waiter] = []
         self._lock = threading.Lock()
-        self._ids = []
+        self.bind(conn)
+
+    def bind(self, conn: libvirt.virConnect) -> None:
         reg = conn.domainEventRegisterAny
-        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None))
-        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._removed, None))
-        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, self._removal_failed, None))
-        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._added, None))
-        self._ids.append(reg(None, libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, self._io_error, None))
+        self._ids = [
+            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None),
+            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._removed, None),
+            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, self._removal_failed, None),
+            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._added, None),
+            reg(None, libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, self._io_error, None),
+        ]
 
     def waiter(self, dom: libvirt.virDomain, kinds, match=lambda ev: True) -> Waiter:
         w = Waiter(self, dom.UUIDString(), set([kinds] if isinstance(kinds, str) else kinds), match)
@@ -127,17 +135,26 @@ class EventHub:
 
 
 class Session:
-    """A libvirt connection owned by the harness."""
+    """A libvirt connection owned by the harness.  When libvirtd restarts, the
+    next use of `conn` reconnects (within a deadline) and bumps `generation`, so
+    holders of domain objects look them up again."""
 
     def __init__(self, uri: str, timeout_s: float = 10.0):
         _ensure_event_loop()
         self.uri = uri
+        self.timeout_s = timeout_s
         self.closed_reason: str | None = None
+        self.generation = 0
+        self.reconnects = 0
+        self._conn = self._open(timeout_s)
+        self.events = EventHub(self._conn)
+
+    def _open(self, timeout_s: float) -> libvirt.virConnect:
         result: dict = {}
 
         def do_open():
             try:
-                result["conn"] = libvirt.open(uri)
+                result["conn"] = libvirt.open(self.uri)
             except libvirt.libvirtError as e:
                 result["err"] = e
 
@@ -145,25 +162,58 @@ class Session:
         t.start()
         t.join(timeout_s)
         if t.is_alive():
-            raise LabUnreachable(f"libvirt at {uri} did not answer within {timeout_s:.0f}s "
+            raise LabUnreachable(f"libvirt at {self.uri} did not answer within {timeout_s:.0f}s "
                                  "(is libvirtd running? './harness setup' starts it on the local lab)")
         if "err" in result:
-            raise LabUnreachable(f"cannot connect to libvirt at {uri}: {result['err'].get_error_message()} "
+            raise LabUnreachable(f"cannot connect to libvirt at {self.uri}: {result['err'].get_error_message()} "
                                  "(is libvirtd running? './harness setup' starts it on the local lab)")
-        self.conn: libvirt.virConnect = result["conn"]
+        conn = result["conn"]
         try:
-            self.conn.setKeepAlive(5, 3)
+            conn.setKeepAlive(5, 3)
         except libvirt.libvirtError:
             pass    # the test:/// driver has no keepalive
-        self.conn.registerCloseCallback(self._on_close, None)
-        self.events = EventHub(self.conn)
+        conn.registerCloseCallback(self._on_close, None)
+        return conn
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        if self.closed_reason is not None or not self._alive():
+            self.reconnect(Deadline(30, f"libvirt at {self.uri} to come back"))
+        return self._conn
+
+    def _alive(self) -> bool:
+        try:
+            return bool(self._conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def reconnect(self, deadline: Deadline) -> None:
+        last = ""
+        while not deadline.expired:
+            try:
+                conn = self._open(min(10.0, max(deadline.remaining, 1.0)))
+            except LabUnreachable as e:
+                last = str(e)
+                time.sleep(0.5)
+                continue
+            old, self._conn = self._conn, conn
+            try:
+                old.close()
+            except libvirt.libvirtError:
+                pass
+            self.events.bind(conn)
+            self.closed_reason = None
+            self.generation += 1
+            self.reconnects += 1
+            return
+        raise LabUnreachable(f"lost the libvirt connection to {self.uri} and could not reconnect "
+                             f"within {deadline.budget:.0f}s: {last}")
 
     def _on_close(self, conn, reason, opaque):
         self.closed_reason = {0: "error", 1: "end-of-file", 2: "keepalive timeout", 3: "client closed"}.get(reason, str(reason))
 
     def check_alive(self) -> None:
-        if self.closed_reason:
-            raise LabUnreachable(f"the libvirt connection to {self.uri} was closed ({self.closed_reason})")
+        self.conn  # noqa: B018  (reconnects or raises LabUnreachable)
 
     def versions(self) -> dict:
         def fmt(v):
@@ -177,7 +227,7 @@ class Session:
 
     def close(self) -> None:
         try:
-            self.conn.unregisterCloseCallback()
-            self.conn.close()
+            self._conn.unregisterCloseCallback()
+            self._conn.close()
         except libvirt.libvirtError:
             pass

@@ -1,0 +1,138 @@
+"""Chaos on the local lab: libvirtd restarted under a running VM, QEMU killed
+under a test, a guest that hangs.  Each ends in a reconnect or a clear failure
+within its deadline, and the next step works."""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from lab import config
+from lab.domain import GuestNotReady, VMSpec
+from lab.run import Run
+from lab.timeouts import Deadline, WaitTimeout, poll
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def run():
+    r = Run(config.load())
+    yield r
+    r.close()
+
+
+def restart_libvirtd():
+    if shutil.which("systemctl") and os.path.exists("/run/systemd/system"):
+        subprocess.run(["systemctl", "restart", "libvirtd"], check=True)
+        return
+    pid = int(subprocess.run(["pgrep", "-xo", "libvirtd"], capture_output=True, text=True, check=True).stdout)
+    os.kill(pid, signal.SIGTERM)
+    poll(lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0,
+         Deadline(30, "libvirtd to exit"), interval=0.2)
+    subprocess.run(["libvirtd", "-d"], check=True)
+
+
+def test_libvirtd_restart_under_a_running_vm_reconnects(run):
+    vm = run.new_vm(VMSpec("chaos-libvirtd"))
+    vm.start()
+    boot_id = vm.boot_id
+    before = run.session.reconnects
+    restart_libvirtd()
+    assert vm.guest.boot_id() == boot_id, "the guest kept running through the restart"
+    assert vm.state()[0] == "running"                  # reconnects on first use
+    assert run.session.reconnects == before + 1
+    assert vm.live_xml().find("name").text == vm.name
+    # events flow on the new connection: a clean power-off is seen
+    vm.poweroff(Deadline(60, "power-off after the reconnect"))
+    assert not vm.is_active()
+    run.release(vm)
+
+
+def test_qemu_killed_under_a_test_fails_fast_and_the_next_vm_boots(run):
+    vm = run.new_vm(VMSpec("chaos-qemu"))
+    vm.start()
+    os.kill(vm.qemu_pid(), signal.SIGKILL)
+    t = time.monotonic()
+    with pytest.raises((WaitTimeout, GuestNotReady, ConnectionError, EOFError, OSError)):
+        vm.guest.run("sleep 30", timeout=20)
+    assert time.monotonic() - t < 25
+    poll(lambda: not vm.is_active(), Deadline(20, "libvirt to see QEMU gone"))
+    assert "shut off" in vm.evidence()["live domain XML"] or not vm.is_active()
+    run.release(vm)
+    nxt = run.new_vm(VMSpec("chaos-next"))
+    nxt.start()
+    assert nxt.guest.boot_id()
+    run.release(nxt)
+
+
+def test_guest_that_hangs_in_boot_fails_within_the_boot_deadline(run):
+    # init=/bin/sleep-forever: the kernel boots, userspace never says it is ready
+    vm = run.new_vm(VMSpec("chaos-hang", extra_cmdline="rdinit=/bin/sh"))
+    t = time.monotonic()
+    with pytest.raises(WaitTimeout, match="ACC-READY"):
+        vm.start(Deadline(20, "a guest that hangs"))
+    assert time.monotonic() - t < 30
+    assert "Linux version" in vm.serial_text(), "the console evidence is there"
+    run.release(vm)
+
+
+TRIALS = int(os.environ.get("ACC_CHAOS_TRIALS", "10"))
+CHILD_SUITES = ["suites/test_nics.py", "suites/test_ios.py", "suites/test_snapshots.py"]
+
+
+def leftovers_of_dead_runs(cfg):
+    """Everything a dead run of this work dir could have left: domains, run
+    directories, bridges, loop devices, nbdkit processes."""
+    import libvirt
+
+    from lab import loopdev, network
+    from lab.leases import is_locked
+    from lab.sweep import harness_tag
+    runs = cfg.work_dir / "runs"
+    dead = lambda rid: not is_locked(runs / f"{rid}.lock")          # noqa: E731
+    found = []
+    conn = libvirt.open(cfg.libvirt_uri)
+    try:
+        for d in conn.listAllDomains():
+            tag = harness_tag(d) if d.name().startswith("acc-") else None
+            if tag is not None and tag.get("dir") == str(cfg.work_dir) and dead(tag.get("run")):
+                found.append(f"domain {d.name()}")
+    finally:
+        conn.close()
+    found += [f"run dir {p}" for p in runs.iterdir() if p.is_dir() and dead(p.name)] if runs.exists() else []
+    found += [f"bridge {b}" for b, rid in network.harness_bridges(cfg.work_dir).items() if dead(rid)]
+    found += [f"loop {d} ({b})" for d, b in loopdev.list_loops() if str(runs) in b]
+    ps = subprocess.run(["pgrep", "-af", "nbdkit"], capture_output=True, text=True).stdout
+    found += [f"process {line}" for line in ps.splitlines() if str(runs) in line]
+    return found
+
+
+def test_sigkill_at_random_points_is_swept_by_the_next_run(tmp_path):
+    import json
+    import random
+    cfg = config.load()
+    seed = int(os.environ.get("ACC_CHAOS_SEED", time.time()))
+    rng = random.Random(seed)
+    report = []
+    for trial in range(TRIALS):
+        results = tmp_path / f"allure-{trial}"
+        delay = rng.uniform(1.0, 25.0)
+        proc = subprocess.Popen([os.sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--alluredir",
+                                 str(results), *CHILD_SUITES], cwd=config.REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(delay)                    # a random point of the suite, not a wait for anything
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        Run(cfg).close()                     # the next run: it sweeps at start
+        left = leftovers_of_dead_runs(cfg)
+        for f in results.glob("*.json") if results.exists() else []:
+            try:
+                json.loads(f.read_text())
+            except ValueError:
+                left.append(f"unreadable Allure file {f.name}")
+        report.append(f"trial {trial + 1}: killed after {delay:.1f}s, leftovers: {left or 'none'}")
+        assert not left, f"seed {seed}: " + "\n".join(report)
+    print("\n".join(report))
