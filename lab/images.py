@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .arch import ArchProfile
 
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "6"
 HERE = Path(__file__).parent / "guest_image"
 
 # Modules the initramfs needs to mount the root disk.
@@ -127,33 +127,68 @@ def default_image(cache_dir: Path, arch: ArchProfile, log=print) -> GuestImage:
     final = cache_dir / f"guest-{arch.name}-{digest}"
     image = GuestImage(root=final / "root.qcow2", kernel=final / "kernel",
                        initrd=final / "initrd.img", digest=digest, console_tty=arch.console_tty)
-    if _complete(final):
-        return image
+    with open(cache_dir / f".guest-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        if _complete(final):
+            os.utime(final / "manifest.json")        # most recently used
+            return image
     with open(cache_dir / f".guest-{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _complete(final):
             return image
-        if final.exists():           # a half-written or corrupted entry: rebuild it
+        if final.exists():
+            log(f"guest image {final.name} is incomplete or corrupted; rebuilding it")
             shutil.rmtree(final)
         log(f"building guest image {final.name} (kernel {inp['kernel'][0]} {inp['kernel'][1]})")
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=cache_dir))
         try:
             _build(tmp, inp, arch)
-            (tmp / "manifest.json").write_text(json.dumps({"digest": digest, "inputs": inp}, indent=1))
+            files = {f: _sha256(tmp / f) for f in IMAGE_FILES}
+            (tmp / "manifest.json").write_text(json.dumps({"digest": digest, "files": files, "inputs": inp}, indent=1))
             os.chmod(tmp, 0o755)     # QEMU runs as another user and must reach the files
             os.rename(tmp, final)
+        except OSError as e:
+            raise ImageError(f"building the guest image in {cache_dir} failed: {e.strerror or e} "
+                             f"({'free some space there, or set [host] work_dir elsewhere' if e.errno == 28 else 'see above'})") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+    prune(cache_dir, arch, keep=3, log=log)
     return image
 
 
+IMAGE_FILES = ("kernel", "initrd.img", "root.qcow2")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def prune(cache_dir: Path, arch: ArchProfile, keep: int = 3, log=print) -> None:
+    """Keep the `keep` most recently used images of an arch; drop older ones no run holds."""
+    entries = sorted((d for d in cache_dir.glob(f"guest-{arch.name}-*") if d.is_dir()),
+                     key=lambda d: (d / "manifest.json").stat().st_mtime if (d / "manifest.json").exists() else 0,
+                     reverse=True)
+    for d in entries[keep:]:
+        with open(cache_dir / f".guest-{d.name.rsplit('-', 1)[1]}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            log(f"pruned old guest image {d.name}")
+
+
 def _complete(d: Path) -> bool:
+    """The entry is whole: its manifest names it and every file has the hash it was built with."""
     try:
-        ok = json.loads((d / "manifest.json").read_text())["digest"] == d.name.rsplit("-", 1)[1]
+        m = json.loads((d / "manifest.json").read_text())
+        return m["digest"] == d.name.rsplit("-", 1)[1] and all(_sha256(d / f) == m["files"][f] for f in IMAGE_FILES)
     except (OSError, ValueError, KeyError, IndexError):
         return False
-    return ok and all((d / f).is_file() and (d / f).stat().st_size > 0
-                      for f in ("kernel", "initrd.img", "root.qcow2"))
 
 
 def _build(out: Path, inp: dict, arch: ArchProfile) -> None:
@@ -182,7 +217,7 @@ def _build(out: Path, inp: dict, arch: ArchProfile) -> None:
     (ird / "etc/initrd-modules").write_text("\n".join(INITRD_MODULES) + "\n")
     shutil.copy(HERE / "initramfs-init", ird / "init")
     os.chmod(ird / "init", 0o755)
-    _run(["sh", "-c", f"cd '{ird}' && find . | cpio -o -H newc --quiet | gzip -1 > '{out}/initrd.img'"])
+    _cpio_gz(ird, out / "initrd.img")
 
     # root file system
     root = work / "root"
@@ -255,6 +290,18 @@ def _has_pvh_note(elf: bytes) -> bool:
                 return True
             pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
     return False
+
+
+def _cpio_gz(tree: Path, dst: Path) -> None:
+    """`find . | cpio -o -H newc | gzip` in `tree`, with argument lists only (no shell)."""
+    names = sorted(str(p.relative_to(tree)) for p in tree.rglob("*"))
+    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, input=("\n".join(names) + "\n").encode(),
+                          capture_output=True)
+    if cpio.returncode != 0:
+        raise ImageError(f"cpio failed: {cpio.stderr.decode(errors='replace')[-400:]}")
+    import gzip
+    with gzip.open(dst, "wb", compresslevel=1) as f:
+        f.write(cpio.stdout)
 
 
 def _busybox_tree(tree: Path) -> None:

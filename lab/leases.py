@@ -62,3 +62,29 @@ def lease_port(lease_dir: Path, base: int, span: int = 2000) -> Lease:
         lease.release()
     raise RuntimeError(f"no free local port in {base}..{base + span - 1} for guest SSH; "
                        "fix: change [ssh] port_base in the lab config")
+
+
+class DeviceBusy(RuntimeError):
+    pass
+
+
+def lease_device(lease_dir: Path, kind: str, ident: str, owner: str, deadline=None) -> Lease:
+    """An exclusive lease on a scarce host device (a PF, a USB device, an HPRE),
+    across runs and xdist workers.  Waits until `deadline` (a Deadline) for a
+    busy device, then refuses naming the holder."""
+    import time
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in ident)
+    path = lease_dir / f"dev-{kind}-{safe}.lock"
+    while True:
+        lease = try_lock(path)
+        if lease is not None:
+            os.ftruncate(lease._fd, 0)
+            os.pwrite(lease._fd, owner.encode(), 0)
+            lease.value = ident
+            return lease
+        if deadline is None or deadline.expired:
+            holder = path.read_text().strip() if path.exists() else "unknown"
+            raise DeviceBusy(f"{kind} {ident} is leased by {holder}; "
+                             + ("waited " + f"{deadline.budget:.0f}s; " if deadline else "")
+                             + "run again when that run ends, or give this run another device in the lab config")
+        time.sleep(0.2)

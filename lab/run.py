@@ -73,6 +73,15 @@ class Run:
             self._bridge = b
         return self._bridge
 
+    def lease_device(self, kind: str, ident: str, wait_s: float = 0) -> Lease:
+        """Hold a scarce host device for this run (released at close)."""
+        from .leases import lease_device
+        from .timeouts import Deadline
+        lease = lease_device(self.work_dir / "leases", kind, ident, f"run {self.run_id} (pid {os.getpid()})",
+                             Deadline(wait_s, f"{kind} {ident} to be free") if wait_s else None)
+        self.push_undo(f"released lease on {kind} {ident}", lease.release)
+        return lease
+
     def lease_port(self) -> Lease:
         return lease_port(self.work_dir / "leases", self.cfg.ssh_port_base)
 

@@ -63,6 +63,7 @@ def host_lspci_vfs(pf_bdf):
 @claims("PCI-1", "PCI-2")
 def test_managed_vfio_passthrough_with_rom_bar_off(lab, vms, host_state):
     bdf = sorted(listed(lab, "pci"))[0]
+    lab.lease_device("pci", bdf, wait_s=600)
     dev = pci.check_passthrough_safe(bdf, listed(lab, "pci"))
     host_state.remember_device(bdf)
     vm = vms.boot(VMSpec("pci-pass", devices=[hostdev_pci(bdf)]))
@@ -98,6 +99,7 @@ def test_iommu_group_goes_to_one_vm_only(lab, vms, host_state):
 @pytest.fixture
 def pf(lab, host_state):
     entry = lab.cfg.inventory.sriov_pfs[0]
+    lab.lease_device("pf", entry.bdf, wait_s=600)
     dev = pci.read_device(entry.bdf)
     if not dev.is_pf:
         raise pci.UnsafeDevice(f"{entry.bdf} is listed as an SR-IOV PF but has no sriov_totalvfs")
@@ -150,6 +152,7 @@ def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(pf, host_state, vms):
 @pytest.fixture
 def hpre(lab, host_state):
     bdf = lab.cfg.inventory.hpre[0].bdf
+    lab.lease_device("hpre", bdf, wait_s=600)
     found = next((h for h in pci.hpre_devices() if h["bdf"] == bdf), None)
     if found is None:
         raise pci.UnsafeDevice(f"lab HPRE {bdf} is not under /sys/class/uacce")

@@ -136,3 +136,43 @@ def test_sigkill_at_random_points_is_swept_by_the_next_run(tmp_path):
         report.append(f"trial {trial + 1}: killed after {delay:.1f}s, leftovers: {left or 'none'}")
         assert not left, f"seed {seed}: " + "\n".join(report)
     print("\n".join(report))
+
+
+def test_two_runs_at_once_do_not_collide_and_share_no_device():
+    import threading
+
+    from lab.leases import DeviceBusy
+    cfg = config.load()
+    a, b = Run(cfg), Run(cfg)
+    try:
+        vms, errors = [], []
+
+        def boot(r):
+            try:
+                vm = r.new_vm(VMSpec("concurrent"))
+                vm.start()
+                vms.append(vm)
+            except Exception as e:        # reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=boot, args=(r,)) for r in (a, b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert len({v.name for v in vms}) == 2 and len({v.ssh_port for v in vms}) == 2
+        assert len({v.mac for v in vms}) == 2 and len({v.guest.boot_id() for v in vms}) == 2
+        a.lease_device("usb", "0781:5567@1-3")
+        t = time.monotonic()
+        with pytest.raises(DeviceBusy, match=f"leased by run {a.run_id}"):
+            b.lease_device("usb", "0781:5567@1-3", wait_s=1)
+        assert time.monotonic() - t < 5
+    finally:
+        a.close()
+        b.close()
+    b2 = Run(cfg)
+    try:
+        b2.lease_device("usb", "0781:5567@1-3")       # free again once the holder closed
+    finally:
+        b2.close()
