@@ -21,6 +21,8 @@ class ArchProfile:
     lib_dir: str              # multiarch library dir
     usb_controllers: tuple    # USB controller models the platform offers
     rootport_model: str = "pcie-root-port"
+    acpi: bool = True         # aarch64 has ACPI only with UEFI firmware; direct kernel boot uses DT
+    tcg_cpu: str | None = None   # libvirt CPU mode for TCG guests (None: the machine default)
 
 
 ARCHES = {
@@ -34,7 +36,7 @@ ARCHES = {
         name="aarch64", deb_arch="arm64", machine="virt", emulator_hint="qemu-system-aarch64",
         console_tty="ttyAMA0", kernel_package="linux-image-arm64", firmware="efi",
         ld_so="/lib/ld-linux-aarch64.so.1", lib_dir="/lib/aarch64-linux-gnu",
-        usb_controllers=("qemu-xhci", "nec-xhci", "ehci"),
+        usb_controllers=("qemu-xhci", "nec-xhci", "ehci"), acpi=False, tcg_cpu="maximum",
     ),
 }
 

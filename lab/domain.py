@@ -22,7 +22,8 @@ from .images import create_image, image_sha256
 from .sweep import undefine
 from .timeouts import Deadline, poll
 
-READY_RE = re.compile(r"ACC-READY boot_id=(\S+)(?: mgmt_if=\S+)?(?: hostkey=(\S+))?")
+# The whole line, up to its end: the serial log can be read while a slow console is mid-line.
+READY_RE = re.compile(r"ACC-READY boot_id=(\S+)(?: mgmt_if=\S+)?(?: hostkey=(\S+))?[ \t]*\r?\n")
 BOOT_BUDGET = 60.0        # seconds, scaled by the lab's timeout factor
 
 

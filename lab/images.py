@@ -38,6 +38,8 @@ GUEST_MODULES = [
     "usbhid", "hid_generic",
     "8021q", "igbvf", "ixgbevf", "iavf",
 ]
+# Modules a kernel of some architecture lacks (arm64 has no UHCI); their claims say so in the guest.
+OPTIONAL_MODULES = {"uhci_hcd", "ehci_pci", "igbvf", "ixgbevf", "iavf"}
 # Debian packages whose programs are copied into the guest root, with the files.
 GUEST_PROGRAMS = {
     "dropbear-bin": ["/usr/sbin/dropbear", "/usr/bin/dropbearkey"],
@@ -88,26 +90,32 @@ def _pkg_version(pkg: str) -> str:
 
 def resolve_kernel_package(arch: ArchProfile) -> tuple[str, str]:
     """The concrete kernel package behind the arch's meta package, and its version."""
-    out = _run(["apt-cache", "depends", arch.kernel_package]).stdout
-    m = re.search(r"Depends: (linux-image-\S+)", out)
+    out = subprocess.run(["apt-cache", "depends", f"{arch.kernel_package}:{arch.deb_arch}"],
+                         capture_output=True, text=True).stdout
+    m = re.search(r"Depends: (linux-image-[^\s:]+)", out)
     if not m:
-        raise ImageError(f"cannot resolve {arch.kernel_package} to a kernel package: run 'apt-get update'")
-    pkg = m.group(1)
+        raise ImageError(f"cannot resolve {arch.kernel_package} ({arch.deb_arch}) to a kernel package: run "
+                         + ("'apt-get update'" if native(arch) else
+                            f"'dpkg --add-architecture {arch.deb_arch} && apt-get update'"))
+    pkg = f"{m.group(1)}:{arch.deb_arch}"
     show = _run(["apt-cache", "show", "--no-all-versions", pkg]).stdout
     ver = re.search(r"^Version: (\S+)", show, re.M).group(1)
     return pkg, ver
 
 
+def native(arch: ArchProfile) -> bool:
+    return os.uname().machine == arch.name
+
+
 def inputs(arch: ArchProfile) -> dict:
-    if os.uname().machine != arch.name:
-        raise ImageError(f"building a {arch.name} guest image on a {os.uname().machine} host is not supported yet")
     kpkg, kver = resolve_kernel_package(arch)
     scripts = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(HERE.iterdir())}
+    version = _pkg_version if native(arch) else (lambda p: package_version(p, arch))
     return {
         "builder": BUILDER_VERSION,
         "arch": arch.name,
         "kernel": [kpkg, kver],
-        "packages": {p: _pkg_version(p) for p in ["busybox-static", *GUEST_PROGRAMS, *GUEST_DATA]},
+        "packages": {p: version(p) for p in ["busybox-static", *GUEST_PROGRAMS, *GUEST_DATA]},
         "initrd_modules": INITRD_MODULES,
         "guest_modules": GUEST_MODULES,
         "scripts": scripts,
@@ -209,9 +217,15 @@ def _build(out: Path, inp: dict, arch: ArchProfile) -> None:
     builtin = (kroot / "lib/modules" / krel / "modules.builtin").read_text()
     _install_kernel(next((kroot / "boot").glob("vmlinuz-*")), out / "kernel", arch)
 
+    stage = None if native(arch) else _stage(["busybox-static", *GUEST_PROGRAMS, *GUEST_DATA], arch, work)
+    busybox = Path("/bin/busybox") if stage is None else _resolve_in(stage, "/bin/busybox")
+    if stage is not None and inp["packages"]["busybox-static"] != _pkg_version("busybox-static"):
+        raise ImageError("the host's busybox-static (its applet list names the guest's links) differs in version "
+                         f"from the {arch.deb_arch} one; upgrade the host's busybox-static")
+
     # initramfs
     ird = work / "initrd"
-    _busybox_tree(ird)
+    _busybox_tree(ird, busybox)
     _copy_modules(kroot, krel, deps, builtin, INITRD_MODULES, ird)
     (ird / "etc").mkdir(exist_ok=True)
     (ird / "etc/initrd-modules").write_text("\n".join(INITRD_MODULES) + "\n")
@@ -221,11 +235,14 @@ def _build(out: Path, inp: dict, arch: ArchProfile) -> None:
 
     # root file system
     root = work / "root"
-    _busybox_tree(root)
+    _busybox_tree(root, busybox)
     _copy_modules(kroot, krel, deps, builtin, GUEST_MODULES, root)
-    for files in [*GUEST_PROGRAMS.values(), *GUEST_DATA.values()]:
-        for f in files:
+    programs = [f for files in [*GUEST_PROGRAMS.values(), *GUEST_DATA.values()] for f in files]
+    if stage is None:
+        for f in programs:
             _copy_with_libs(Path(f), root, arch)
+    else:
+        _copy_staged(stage, programs, root, arch)
     etc = root / "etc"
     (etc / "init.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "rcS", etc / "init.d/rcS")
@@ -304,9 +321,9 @@ def _cpio_gz(tree: Path, dst: Path) -> None:
         f.write(cpio.stdout)
 
 
-def _busybox_tree(tree: Path) -> None:
+def _busybox_tree(tree: Path, busybox: Path = Path("/bin/busybox")) -> None:
     (tree / "bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy("/bin/busybox", tree / "bin/busybox")
+    shutil.copy(busybox, tree / "bin/busybox")
     applets = _run(["/bin/busybox", "--list-full"]).stdout.split()
     for a in applets:
         p = tree / a
@@ -336,6 +353,8 @@ def _copy_modules(kroot: Path, krel: str, deps, builtin: str, names, tree: Path)
         if key in builtin_names:
             continue
         if key not in deps:
+            if n in OPTIONAL_MODULES:
+                continue           # not on this architecture (uhci_hcd on arm64); the guest lives without it
             raise ImageError(f"kernel {krel} has no module {n!r}")
         path, dl = deps[key]
         wanted.add(path)
@@ -369,6 +388,111 @@ def _copy_file(src: Path, tree: Path) -> None:
     if dst.is_symlink() or dst.exists():
         dst.unlink()
     shutil.copy2(os.path.realpath(src), dst)
+
+
+# ---------------------------------------------------------------- packages of the guest's architecture
+
+def _deb_arch_suffix(arch: ArchProfile) -> str:
+    return f":{arch.deb_arch}"
+
+
+def _qualified(pkg: str, arch: ArchProfile) -> str:
+    """pkg:arch, or plain pkg for an Architecture: all package."""
+    r = subprocess.run(["apt-cache", "show", "--no-all-versions", pkg], capture_output=True, text=True)
+    return pkg if re.search(r"^Architecture: all$", r.stdout, re.M) else pkg + _deb_arch_suffix(arch)
+
+
+def package_version(pkg: str, arch: ArchProfile) -> str:
+    show = subprocess.run(["apt-cache", "show", "--no-all-versions", _qualified(pkg, arch)],
+                          capture_output=True, text=True).stdout
+    m = re.search(r"^Version: (\S+)", show, re.M)
+    if not m:
+        raise ImageError(f"no {arch.deb_arch} package {pkg!r} in apt's lists; run 'apt-get update' "
+                         f"(and 'dpkg --add-architecture {arch.deb_arch}' for a foreign guest)")
+    return m.group(1)
+
+
+def _closure(pkgs: list[str], arch: ArchProfile) -> list[str]:
+    """The packages and their (pre-)dependencies, for the guest's architecture."""
+    out = _run(["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
+                "--no-breaks", "--no-replaces", "--no-enhances", *[_qualified(p, arch) for p in pkgs]]).stdout
+    names = set()
+    for line in out.splitlines():
+        if not line.startswith(" ") and not line.startswith("<"):
+            names.add(line.strip())
+    keep = []
+    for n in sorted(names):
+        base, _, a = n.partition(":")
+        if a and a not in (arch.deb_arch, "all"):
+            continue
+        keep.append(f"{base}:{a}" if a and a != "all" else _qualified(base, arch))
+    return keep
+
+
+def _stage(pkgs: list[str], arch: ArchProfile, work: Path) -> Path:
+    """Download the packages with their dependency closure and unpack them all into one tree."""
+    debs = work / "debs-stage"
+    debs.mkdir(parents=True)
+    wanted = _closure(pkgs, arch)
+    r = subprocess.run(["apt-get", "download", *wanted], cwd=debs, capture_output=True, text=True)
+    if r.returncode != 0:
+        # virtual or arch-less names: retry one by one, keeping what exists
+        for w in wanted:
+            subprocess.run(["apt-get", "download", w], cwd=debs, capture_output=True, text=True)
+    stage = work / "stage"
+    for deb in sorted(debs.glob("*.deb")):
+        _run(["dpkg-deb", "-x", str(deb), str(stage)])
+    return stage
+
+
+def _needed(elf: Path) -> list[str]:
+    out = subprocess.run(["readelf", "-d", str(elf)], capture_output=True, text=True).stdout
+    return re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
+
+
+def _copy_staged(stage: Path, files: list[str], tree: Path, arch: ArchProfile) -> None:
+    lib_dirs = [arch.lib_dir, "/usr" + arch.lib_dir, "/lib", "/usr/lib"]
+    todo, done = list(files), set()
+    while todo:
+        f = todo.pop()
+        if f in done:
+            continue
+        done.add(f)
+        real = _resolve_in(stage, f)
+        if not real.exists():     # merged /usr on the host, not yet in every package
+            alt = f[len("/usr"):] if f.startswith("/usr/") else "/usr" + f
+            real = _resolve_in(stage, alt)
+        if not real.exists():
+            raise ImageError(f"{f} is not in the {arch.deb_arch} packages staged for the guest")
+        _copy_file_as(real, tree / f.lstrip("/"))
+        if f.endswith(".ids"):
+            continue
+        for lib in _needed(real):
+            for d in lib_dirs:
+                if (stage / d.lstrip("/") / lib).exists():
+                    todo.append(f"{d}/{lib}")
+                    break
+            else:
+                raise ImageError(f"{f} needs {lib}, which no staged {arch.deb_arch} package provides")
+    _copy_file_as(_resolve_in(stage, arch.ld_so), tree / arch.ld_so.lstrip("/"))
+
+
+def _resolve_in(stage: Path, path: str) -> Path:
+    """Follow symlinks (absolute ones too) without leaving the staged tree."""
+    p = stage / path.lstrip("/")
+    for _ in range(40):
+        if not p.is_symlink():
+            return p
+        t = os.readlink(p)
+        p = stage / t.lstrip("/") if t.startswith("/") else p.parent / t
+    raise ImageError(f"symlink loop at {path} in the staged packages")
+
+
+def _copy_file_as(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    shutil.copy2(src, dst)
 
 
 # ---------------------------------------------------------------- overlays, seeds

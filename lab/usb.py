@@ -18,6 +18,7 @@ CONTROLLER_PCI_IDS = {
 }
 HCD_KIND = {"uhci_hcd": "UHCI", "ehci-pci": "EHCI", "ehci_hcd": "EHCI", "xhci_hcd": "xHCI", "ohci-pci": "OHCI"}
 DOCUMENTED_PORTS = {"UHCI": 2, "EHCI": 6, "xHCI": 8}
+HCD_MODULE = {"UHCI": "uhci_hcd", "EHCI": "ehci_pci", "xHCI": "xhci_pci"}
 
 
 # ------------------------------------------------------------------ XML
@@ -174,6 +175,17 @@ class UsbProbe:
         out: dict[str, int] = {}
         for h in self.root_hubs():
             out[h.kind] = out.get(h.kind, 0) + h.maxchild
+        return out
+
+    def driver_missing(self, kinds=("UHCI", "EHCI", "xHCI")) -> dict[str, str]:
+        """Controller kinds the guest kernel has no driver for (then it cannot show them)."""
+        out = {}
+        for kind in kinds:
+            mod = HCD_MODULE[kind]
+            r = self.guest.run('modprobe -n -q %s || grep -q "/%s.ko" /lib/modules/$(uname -r)/modules.builtin',
+                               mod, mod)
+            if r.rc != 0:
+                out[kind] = f"the guest kernel ({self.guest.check_output('uname -rm').strip()}) has no {mod} driver"
         return out
 
     def find(self, vendor: str, product: str) -> GuestUsb | None:

@@ -11,6 +11,7 @@ from fixtures.plugin import claims
 from lab import images, loopdev, snapshots
 from lab import xml as X
 from lab.domain import VMSpec
+from lab.timeouts import Deadline, poll
 from lab.virsh import table, virsh
 
 
@@ -104,7 +105,8 @@ def test_block_device_disk_snapshot_is_refused_or_recorded(vms):
         disk = X.disk(dev, target="vdb", fmt="raw", kind="block", serial="acc-blk")
         vm.attach(disk, live=True)
         try:
-            seen = vm.guest.block.find("acc-blk") or pytest.fail("the guest never saw the block-device disk")
+            seen = poll(lambda: vm.guest.block.find("acc-blk"), Deadline(30, "the guest to see the block-device disk"),
+                        interval=0.3)
             vm.guest.block.write_and_verify(seen.name, mib=1)
             r = virsh(vm.run.cfg.libvirt_uri, "snapshot-create-as", "--domain", vm.name, "--disk-only", "--atomic",
                       "--diskspec", f"vdb,snapshot=external,file={vm.dir / 'blk.snap.qcow2'}",

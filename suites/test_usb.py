@@ -18,26 +18,44 @@ def usb_vm(module_vms):
     return module_vms.boot(VMSpec("usb", usb=True, devices=usb.guide_controllers() + [usb.tablet()]))
 
 
+def observable(vm, kinds=("UHCI", "EHCI", "xHCI")):
+    """The controller kinds this guest can show; the rest are reported, not failed:
+    a guest kernel without the driver (arm64 Debian has no UHCI) says nothing about the platform."""
+    missing = vm.guest.usb.driver_missing(kinds)
+    if missing:
+        allure.attach("\n".join(f"{k}: {why}" for k, why in missing.items()), name="not observable in this guest",
+                      attachment_type=allure.attachment_type.TEXT)
+    return [k for k in kinds if k not in missing], missing
+
+
 @claims("USB-1")
 def test_guest_sees_uhci_ehci_and_xhci_host_controllers(usb_vm):
+    kinds_ok, missing = observable(usb_vm)
     hubs = usb_vm.guest.usb.root_hubs()
     kinds = {h.kind for h in hubs}
-    assert {"UHCI", "EHCI", "xHCI"} <= kinds, f"guest host controllers: {sorted(kinds)}"
+    assert set(kinds_ok) <= kinds, f"guest host controllers: {sorted(kinds)}"
     pci = {d.bdf: d for d in usb_vm.guest.pci.devices()}
     model_of_kind = {"UHCI": "piix3-uhci", "EHCI": "ehci", "xHCI": "nec-xhci"}
     for h in hubs:
         dev = pci[h.pci]
         assert (dev.vendor, dev.device) == usb.CONTROLLER_PCI_IDS[model_of_kind[h.kind]], \
             f"the guest's {h.kind} at {h.pci} is {dev.vendor}:{dev.device}, not libvirt's {model_of_kind[h.kind]}"
+    if missing:
+        pytest.skip("; ".join(f"{k} not observable: {why}" for k, why in missing.items()))
 
 
 @claims("USB-2")
 def test_port_counts_are_as_documented(usb_vm):
+    kinds_ok, missing = observable(usb_vm)
     ports = usb_vm.guest.usb.ports_by_kind()
     for kind, documented in usb.DOCUMENTED_PORTS.items():
+        if kind in missing:
+            continue
         assert ports.get(kind) == documented, f"{kind}: the guest sees {ports.get(kind)} ports, the guide says {documented}"
     xhci = sorted((h.speed, h.maxchild) for h in usb_vm.guest.usb.root_hubs() if h.kind == "xHCI")
     assert xhci == [(480, 4), (5000, 4)], f"xHCI root hubs (speed Mb/s, ports): {xhci}; the guide: 4 USB 2 + 4 USB 3"
+    if missing:
+        pytest.skip("; ".join(f"{k} not observable: {why}" for k, why in missing.items()))
 
 
 @claims("USB-3")
@@ -71,6 +89,9 @@ def test_usb_controller_cannot_be_hot_plugged(usb_vm):
 def test_tablet_lands_on_the_usb_1_1_controller(usb_vm):
     addr = usb_vm.live_xml().find("devices/input[@type='tablet']/address")
     assert addr is not None and addr.get("bus") == "0", "libvirt put the tablet on bus 0 (the UHCI, index 0)"
+    _, missing = observable(usb_vm, ("UHCI",))
+    if missing:
+        pytest.skip(f"the tablet's controller is not observable: {missing['UHCI']}")
     tablet = usb_vm.guest.usb.find(*TABLET)
     assert tablet is not None, "the guest sees no USB tablet"
     hub = usb_vm.guest.usb.controller_of(tablet)

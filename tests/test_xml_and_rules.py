@@ -115,3 +115,11 @@ def test_device_key_survives_libvirt_rerendering():
     b = X.parse('<disk type="file" device="disk"><driver name="qemu" type="qcow2"/><source file="/img" index="2"/>'
                 '<target dev="sdb" bus="scsi"/><alias name="scsi0-0-0-1"/></disk>')
     assert device_key(a) == device_key(b)
+
+
+def test_ready_marker_needs_the_whole_line():
+    from lab.domain import READY_RE
+    key = "AAAAC3NzaC1lZDI1NTE5AAAAIBl8MSLEs8fLBDKZvHqRqeRFUraq8kF/S2NwA6oEIRsk"
+    line = f"ACC-READY boot_id=0a4c-7da4 mgmt_if=eth0 hostkey={key}\r\n"
+    assert READY_RE.search(line).groups() == ("0a4c-7da4", key)
+    assert READY_RE.search(line[:60]) is None, "a half-written marker line is not a ready guest"

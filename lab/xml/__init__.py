@@ -43,7 +43,7 @@ def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 38
     else:
         os_el.append(el("boot", {"dev": "hd"}))
     feats = el("features")
-    if acpi:
+    if acpi and arch.acpi:
         # Without ACPI a q35 guest drops every root-port bus at the first PCIe hot-plug.
         feats.append(el("acpi"))
     dev = el("devices")
@@ -60,7 +60,8 @@ def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 38
         el("vcpu", text=str(vcpus)),
         os_el,
         feats,
-        el("cpu", {"mode": "host-passthrough"}) if virt_type == "kvm" else None,
+        el("cpu", {"mode": "host-passthrough"}) if virt_type == "kvm" else
+        (el("cpu", {"mode": arch.tcg_cpu}) if arch.tcg_cpu else None),
         el("clock", {"offset": "utc"}),
         el("on_poweroff", text="destroy"),
         el("on_reboot", text="restart"),
