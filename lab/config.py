@@ -66,6 +66,7 @@ class LabConfig:
     fault_backend: str         # auto | dm-error | nbdkit | none
     inventory: Inventory = field(default_factory=Inventory)
     bridge: str = ""
+    expected_deviations: tuple = ()   # claim IDs where this platform is known to differ from the guide
 
     @property
     def uses_default_image(self) -> bool:
@@ -118,6 +119,11 @@ SCHEMA = {
     },
     "faults": {
         "backend": (str, "auto", _one_of("auto", "dm-error", "nbdkit", "none"), "auto, dm-error, nbdkit or none"),
+    },
+    "expect": {
+        "deviations": (list, [], lambda v: None if all(isinstance(x, str) and re.match(r"^[A-Z]+-\d+$", x) for x in v)
+                       else "must list claim IDs like 'USB-3'", "claim IDs whose documented behaviour this platform "
+                       "is known not to follow (reported as deviations, not failures)"),
     },
     "inventory": {
         "pci": (list, [], None, "a list of {bdf = '0000:04:10.1'} tables"),
@@ -189,6 +195,7 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         image=vals["guest.image"], image_access=vals["guest.access"], memory_mib=vals["guest.memory_mib"],
         ssh_mode=vals["ssh.mode"], ssh_port_base=vals["ssh.port_base"],
         fault_backend=vals["faults.backend"], inventory=inv,
+        expected_deviations=tuple(vals["expect.deviations"]),
     )
 
 

@@ -10,6 +10,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import xml as X
+
 SYS = Path("/sys")
 HPRE_VENDOR, HPRE_PF, HPRE_VF, HPRE_MAX_VFS = "0x19e5", "0xa258", "0xa259", 63
 
@@ -199,3 +201,33 @@ class HostState:
                     self.writer(self.sys / "bus/pci/devices" / bdf / "driver_override", "\n")
                 done.append(f"rebound {bdf} to {drv}")
         return done
+
+
+# ------------------------------------------------------------------ XML (the guide's forms)
+
+GUIDE_GUEST_ADDRESS = {"domain": "0x0000", "bus": "0x00", "slot": "0x03", "function": "0x0"}
+
+
+def hostdev_pci(bdf, rom_bar_off=True, guest_address=GUIDE_GUEST_ADDRESS):
+    dom, bus, rest = bdf.split(":")
+    slot, fn = rest.split(".")
+    h = X.el("hostdev", {"mode": "subsystem", "type": "pci", "managed": "yes"},
+             X.el("driver", {"name": "vfio"}),
+             X.el("source", None, X.el("address", {"domain": f"0x{dom}", "bus": f"0x{bus}", "slot": f"0x{slot}",
+                                                   "function": f"0x{fn}"})))
+    if rom_bar_off:
+        h.append(X.el("rom", {"bar": "off"}))
+    if guest_address:
+        h.append(X.el("address", {"type": "pci", **guest_address}))
+    return h
+
+
+def hostdev_interface(vf_bdf, mac, vlan):
+    dom, bus, rest = vf_bdf.split(":")
+    slot, fn = rest.split(".")
+    return X.el("interface", {"type": "hostdev", "managed": "yes"}, X.el("mac", {"address": mac}),
+                X.el("source", None, X.el("address", {"type": "pci", "domain": f"0x{dom}", "bus": f"0x{bus}",
+                                                      "slot": f"0x{slot}", "function": f"0x{fn}"})),
+                X.el("vlan", None, X.el("tag", {"id": vlan})))
+
+

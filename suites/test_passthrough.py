@@ -10,35 +10,8 @@ import pytest
 
 from fixtures.plugin import claims
 from lab import pci
-from lab import xml as X
 from lab.domain import AttachRefused, DomainError, VMSpec, random_mac
 from lab.timeouts import Deadline, poll
-
-GUIDE_GUEST_ADDRESS = {"domain": "0x0000", "bus": "0x00", "slot": "0x03", "function": "0x0"}
-
-
-def hostdev_pci(bdf, rom_bar_off=True, guest_address=GUIDE_GUEST_ADDRESS):
-    dom, bus, rest = bdf.split(":")
-    slot, fn = rest.split(".")
-    h = X.el("hostdev", {"mode": "subsystem", "type": "pci", "managed": "yes"},
-             X.el("driver", {"name": "vfio"}),
-             X.el("source", None, X.el("address", {"domain": f"0x{dom}", "bus": f"0x{bus}", "slot": f"0x{slot}",
-                                                   "function": f"0x{fn}"})))
-    if rom_bar_off:
-        h.append(X.el("rom", {"bar": "off"}))
-    if guest_address:
-        h.append(X.el("address", {"type": "pci", **guest_address}))
-    return h
-
-
-def hostdev_interface(vf_bdf, mac, vlan):
-    dom, bus, rest = vf_bdf.split(":")
-    slot, fn = rest.split(".")
-    return X.el("interface", {"type": "hostdev", "managed": "yes"}, X.el("mac", {"address": mac}),
-                X.el("source", None, X.el("address", {"type": "pci", "domain": f"0x{dom}", "bus": f"0x{bus}",
-                                                      "slot": f"0x{slot}", "function": f"0x{fn}"})),
-                X.el("vlan", None, X.el("tag", {"id": vlan})))
-
 
 @pytest.fixture
 def host_state(lab):
@@ -66,7 +39,7 @@ def test_managed_vfio_passthrough_with_rom_bar_off(lab, vms, host_state):
     lab.lease_device("pci", bdf, wait_s=600)
     dev = pci.check_passthrough_safe(bdf, listed(lab, "pci"))
     host_state.remember_device(bdf)
-    vm = vms.boot(VMSpec("pci-pass", devices=[hostdev_pci(bdf)]))
+    vm = vms.boot(VMSpec("pci-pass", devices=[pci.hostdev_pci(bdf)]))
     assert pci.read_device(bdf).driver == "vfio-pci", "managed='yes' binds the device to vfio-pci while assigned"
     guest = {d.bdf: d for d in vm.guest.pci.devices()}
     seen = guest.get("0000:00:03.0")
@@ -88,8 +61,8 @@ def test_iommu_group_goes_to_one_vm_only(lab, vms, host_state):
         pytest.skip("the lab config lists no two devices of one IOMMU group")
     for b in mates:
         host_state.remember_device(b)
-    vms.boot(VMSpec("pci-group-a", devices=[hostdev_pci(mates[0])]))
-    second = vms.define(VMSpec("pci-group-b", devices=[hostdev_pci(mates[1])]))
+    vms.boot(VMSpec("pci-group-a", devices=[pci.hostdev_pci(mates[0])]))
+    second = vms.define(VMSpec("pci-group-b", devices=[pci.hostdev_pci(mates[1])]))
     with pytest.raises(DomainError, match="(?i)group|in use|busy"):
         second.start(Deadline(60, "a second VM asking for a group-mate"))
 
@@ -140,7 +113,7 @@ def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(pf, host_state, vms):
     vf = pci.read_device(pf.bdf).virtfns[0]
     host_state.remember_device(vf)
     mac = random_mac()
-    vm = vms.boot(VMSpec("sriov-vf", devices=[hostdev_interface(vf, mac, 1)]))
+    vm = vms.boot(VMSpec("sriov-vf", devices=[pci.hostdev_interface(vf, mac, 1)]))
     nic = poll(lambda: vm.guest.net.find(mac), Deadline(30, "the VF NIC in the guest"))
     assert nic.driver not in ("-", "virtio_net"), f"the guest NIC {nic.name} is not the VF (driver {nic.driver})"
     shown = subprocess.run(["ip", "link", "show", pf.netdevs[0]], capture_output=True, text=True).stdout
@@ -177,10 +150,10 @@ def test_hpre_vf_in_a_vm_is_usable_and_pins_the_host_driver(hpre, host_state, vm
     host_state.writer(hpre["numvfs_path"], "2")
     vf, spare = pci.read_device(hpre["bdf"]).virtfns[:2]
     host_state.remember_device(vf)
-    vm = vms.boot(VMSpec("hpre-vf", devices=[hostdev_pci(vf)]))
+    vm = vms.boot(VMSpec("hpre-vf", devices=[pci.hostdev_pci(vf)]))
     seen = {d.bdf: d for d in vm.guest.pci.devices()}.get("0000:00:03.0")
     assert seen and (seen.vendor, seen.device) == (pci.HPRE_VENDOR, pci.HPRE_VF) and seen.driver != "-"
     r = subprocess.run(["modprobe", "-r", "hisi_hpre"], capture_output=True, text=True)
     assert r.returncode != 0, "the host driver unloaded while a VM uses its VF"
     with pytest.raises(AttachRefused):
-        vm.attach(hostdev_pci(spare, guest_address=None), live=True)
+        vm.attach(pci.hostdev_pci(spare, guest_address=None), live=True)

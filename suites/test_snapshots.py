@@ -7,7 +7,7 @@ import allure
 import libvirt
 import pytest
 
-from fixtures.plugin import claims
+from fixtures.plugin import claims, deviation
 from lab import images, loopdev, snapshots
 from lab import xml as X
 from lab.domain import VMSpec
@@ -114,8 +114,8 @@ def test_block_device_disk_snapshot_is_refused_or_recorded(vms):
             record("snapshot of a block-device disk", f"rc={r.rc}\n{r.stdout}{r.stderr}")
             assert vm.state()[0] == "running" and vm.guest.boot_id() == vm.boot_id
             if r.rc == 0:
-                pytest.xfail("platform deviation: libvirt took an external snapshot of a block-device disk "
-                             "(the guide says block devices are not supported); recorded in the report")
+                deviation("SNAP-5", "libvirt took an external snapshot of a block-device disk "
+                                    "(the guide says block devices are not supported)")
             assert "error" in r.stderr.lower()
         finally:
             if vm.is_active():

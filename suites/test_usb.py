@@ -4,7 +4,7 @@ lab config lists."""
 import allure
 import pytest
 
-from fixtures.plugin import claims
+from fixtures.plugin import claims, deviation
 from lab import usb
 from lab import xml as X
 from lab.domain import AttachRefused, DomainError, VMSpec
@@ -72,7 +72,7 @@ def test_second_controller_of_a_type_is_refused_or_recorded(vms):
     record = f"libvirt accepted a second nec-xhci controller; the guest sees {len(xhcis)} xHCI controllers: {sorted(xhcis)}"
     allure.attach(record, name="second controller of a type", attachment_type=allure.attachment_type.TEXT)
     assert vm.state()[0] == "running"
-    pytest.xfail(f"platform deviation: {record} (the guide says one controller of a type per VM)")
+    deviation("USB-3", f"{record} (the guide says one controller of a type per VM)")
 
 
 @claims("USB-4")
