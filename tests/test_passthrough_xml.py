@@ -21,7 +21,8 @@ def run():
 @pytest.mark.parametrize("device, names", [
     # on a host without VFIO, libvirt refuses for that before it looks for the device
     (lambda: pci.hostdev_pci(ABSENT), ("7e:1f.6", "not found", "No such", "support VFIO")),
-    (lambda: pci.hostdev_interface(ABSENT, random_mac(), 1), ("7e:1f.6", "not found", "No such", "support VFIO")),
+    (lambda: pci.hostdev_interface(ABSENT, random_mac(), 1),
+     ("7e:1f.6", "not found", "No such", "support VFIO", "support passthrough")),
     (lambda: usb.hostdev(bus=7, device=99, guest_address=usb.usb_address(0, 1)), ("007", "USB", "usb")),
 ], ids=["pci-hostdev", "sriov-interface", "usb-hostdev"])
 def test_libvirt_accepts_the_xml_and_refuses_the_absent_device(run, device, names):
