@@ -41,6 +41,10 @@ def main():
         print(rows[-1], flush=True)
         if nfail:
             print("\n".join(line for line in r.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))))
+            log = REPO / "reports" / f"repeat-run-{i + 1}.log"
+            log.parent.mkdir(exist_ok=True)
+            log.write_text(r.stdout + r.stderr)
+            print(f"  full output: {log}")
     print(f"\n{a.n} runs, {failures} failures")
     print("slowest operations over all runs:")
     for secs, what in sorted(slow, reverse=True)[:8]:

@@ -16,9 +16,12 @@ def paused_waiter(vm):
     return vm.run.session.events.waiter(vm.dom, "lifecycle", lambda e: e.detail["event"] == "suspended")
 
 
-def in_background(guest, command, tag):
-    """Start `command` in the guest, detached; its exit code lands in /tmp/<tag>.rc."""
-    guest.run("setsid sh -c %s > /dev/null 2>&1 < /dev/null &", f"{command} > /tmp/{tag}.log 2>&1; echo $? > /tmp/{tag}.rc")
+def in_background(guest, command, tag, after_s=1):
+    """Start `command` in the guest, detached; its exit code lands in /tmp/<tag>.rc.
+    The command begins `after_s` seconds later, so the SSH exchange that starts it is
+    over before its I/O can suspend the VM (a suspended guest cannot answer SSH)."""
+    guest.run("setsid sh -c %s > /dev/null 2>&1 < /dev/null &",
+              f"sleep {after_s}; {command} > /tmp/{tag}.log 2>&1; echo $? > /tmp/{tag}.rc")
 
 
 def background_rc(guest, tag, seconds=60):
