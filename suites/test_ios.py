@@ -12,6 +12,12 @@ from lab.virsh import virsh
 IO_ERROR_LINES = ("I/O error", "Buffer I/O error", "blk_update_request", "EXT4-fs error", "Remounting filesystem read-only")
 
 
+def boot_with(vms, role, *devices):
+    vm = vms.define(VMSpec(role, devices=list(devices)))
+    vm.start()
+    return vm
+
+
 def paused_waiter(vm):
     return vm.run.session.events.waiter(vm.dom, "lifecycle", lambda e: e.detail["event"] == "suspended")
 
@@ -37,9 +43,8 @@ def assert_no_guest_io_errors(guest):
 
 @claims("IOS-8", "IOS-9")
 def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms):
-    vm = vms.define(VMSpec("ios-stop", devices=[
-        fault.disk("vdb", error_policy="stop", rerror_policy="stop", cache="none", serial="acc-fault")]))
-    vm.start()
+    vm = boot_with(vms, "ios-stop",
+                   fault.disk("vdb", error_policy="stop", rerror_policy="stop", cache="none", serial="acc-fault"))
     g = vm.guest
     dev = g.block.find("acc-fault").name
     g.run("/usr/sbin/mke2fs -q -t ext4 /dev/%s && mkdir -p /mnt/f && mount /dev/%s /mnt/f", dev, dev, check=True)
@@ -70,9 +75,8 @@ def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms):
 @claims("IOS-8")
 def test_read_and_write_error_policies_are_separate(fault, vms):
     """werror=report hands write errors to the guest while rerror=stop suspends on reads."""
-    vm = vms.define(VMSpec("ios-split", devices=[
-        fault.disk("vdb", error_policy="report", rerror_policy="stop", cache="none", serial="acc-fault")]))
-    vm.start()
+    vm = boot_with(vms, "ios-split",
+                   fault.disk("vdb", error_policy="report", rerror_policy="stop", cache="none", serial="acc-fault"))
     g = vm.guest
     dev = g.block.find("acc-fault").name
     g.block.write_and_verify(dev, mib=2)
@@ -108,12 +112,6 @@ def retry_disk(fault, target="vdb", bus="virtio", interval=None, timeout=None, w
         from lab import xml as X
         d.append(X.el("address", {"type": "drive", "controller": 0, "bus": 0, "target": 0, "unit": 0}))
     return d
-
-
-def boot_with(vms, role, *devices):
-    vm = vms.define(VMSpec(role, devices=list(devices)))
-    vm.start()
-    return vm
 
 
 def observe_pending(guest, tag, seconds):
