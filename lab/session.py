@@ -212,9 +212,6 @@ class Session:
     def _on_close(self, conn, reason, opaque):
         self.closed_reason = {0: "error", 1: "end-of-file", 2: "keepalive timeout", 3: "client closed"}.get(reason, str(reason))
 
-    def check_alive(self) -> None:
-        self.conn  # noqa: B018  (reconnects or raises LabUnreachable)
-
     def versions(self) -> dict:
         def fmt(v):
             return f"{v // 1000000}.{(v // 1000) % 1000}.{v % 1000}"
