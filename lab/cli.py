@@ -4,19 +4,38 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import claims, config, host, images, timeouts
+from . import claims, config, daemon, host, images, timeouts
 from .arch import profile
 from .session import LabUnreachable, Session
 from .sweep import sweep
 
 
-def _load(args) -> config.LabConfig:
-    return config.load(args.lab)
+def _hosts(args) -> list[config.LabConfig]:
+    """The lab hosts of --lab (all of a multi-host config, or the one named by --host)."""
+    labs = config.load_set(args.lab)
+    return [labs.host(args.host)] if args.host else list(labs.hosts)
 
 
-def cmd_doctor(args) -> int:
-    cfg = _load(args)
-    print(f"lab config   {cfg.path}: valid (host {cfg.name}, {cfg.arch}, virt type {cfg.virt_type})")
+def _each(fn):
+    """Run a per-host command on every host of the lab config; the worst exit code wins."""
+    def run(args) -> int:
+        rc = 0
+        hosts = _hosts(args)
+        for i, cfg in enumerate(hosts):
+            if len(hosts) > 1:
+                print(("\n" if i else "") + f"===== lab host {cfg.name} ({cfg.path.name}) =====")
+            rc = max(rc, fn(cfg))
+        return rc
+    return run
+
+
+def cmd_doctor(cfg) -> int:
+    print(f"lab config   {cfg.path}: valid (host {cfg.name}, {cfg.arch}, virt type {cfg.virt_type}, "
+          f"{cfg.slots} slot(s), {cfg.daemon} libvirtd)")
+    try:
+        daemon.ensure(cfg)
+    except Exception as e:
+        print(f"libvirtd     the private daemon of {cfg.name} did not start: {e}")
     conn = None
     try:
         s = Session(cfg.libvirt_uri, timeout_s=10)
@@ -59,8 +78,7 @@ def cmd_doctor(args) -> int:
     return 0 if conn is not None else 2
 
 
-def cmd_image(args) -> int:
-    cfg = _load(args)
+def cmd_image(cfg) -> int:
     if not cfg.uses_default_image:
         print(f"lab {cfg.name} uses its own image {cfg.image}; nothing to build")
         return 0
@@ -69,12 +87,25 @@ def cmd_image(args) -> int:
     return 0
 
 
-def cmd_sweep(args) -> int:
-    cfg = _load(args)
+def cmd_sweep(cfg) -> int:
     timeouts.set_factor(cfg.timeout_factor)
+    daemon.ensure(cfg)
     s = Session(cfg.libvirt_uri)
     undone = sweep(s.conn, cfg.work_dir, log=print)
     print(f"swept {len(undone)} leftover(s)")
+    return 0
+
+
+def cmd_daemon(cfg, action) -> int:
+    if cfg.daemon != "private":
+        print(f"lab host {cfg.name} uses its own libvirtd ({cfg.libvirt_uri}); nothing to {action}")
+        return 0
+    if action == "start":
+        daemon.ensure(cfg)
+        print(f"private libvirtd of {cfg.name} runs: {cfg.libvirt_uri}")
+    else:
+        for line in daemon.stop(cfg) or [f"the private libvirtd of {cfg.name} was not running"]:
+            print(line)
     return 0
 
 
@@ -97,15 +128,22 @@ def cmd_discover(args) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lab", description=__doc__)
     p.add_argument("--lab", default=None, help="lab config (default: labs/local.toml)")
+    p.add_argument("--host", default=None, help="only this lab host of a multi-host lab config")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("doctor", help="what this lab host can do, and which claims will run or skip")
     sub.add_parser("image", help="build (or check) the default guest image")
     sub.add_parser("sweep", help="remove leftovers of dead runs")
     sub.add_parser("discover", help="host PCI/SR-IOV/HPRE devices (read-only) and a lab-config snippet")
+    d = sub.add_parser("daemon", help="start or stop the private libvirtd of lab hosts with daemon = 'private'")
+    d.add_argument("action", choices=["start", "stop"])
     args = p.parse_args(argv)
     try:
-        return {"doctor": cmd_doctor, "image": cmd_image, "sweep": cmd_sweep, "discover": cmd_discover}[args.cmd](args)
-    except (config.LabConfigError, images.ImageError, LabUnreachable) as e:
+        if args.cmd == "discover":
+            return cmd_discover(args)
+        if args.cmd == "daemon":
+            return _each(lambda cfg: cmd_daemon(cfg, args.action))(args)
+        return _each({"doctor": cmd_doctor, "image": cmd_image, "sweep": cmd_sweep}[args.cmd])(args)
+    except (config.LabConfigError, images.ImageError, LabUnreachable, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

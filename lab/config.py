@@ -67,6 +67,13 @@ class LabConfig:
     inventory: Inventory = field(default_factory=Inventory)
     bridge: str = ""
     expected_deviations: tuple = ()   # claim IDs where this platform is known to differ from the guide
+    slots: int = 1             # harness workers/runs that may drive this host at once
+    daemon: str = "system"     # system: libvirt at libvirt_uri is the host's; private: the harness starts one
+
+    @property
+    def private_daemon_dir(self) -> Path:
+        """Where a private libvirt daemon of this lab host keeps its state."""
+        return self.work_dir / "daemon"
 
     @property
     def uses_default_image(self) -> bool:
@@ -106,6 +113,11 @@ SCHEMA = {
         "work_dir": (str, "/var/lib/acc-harness", _abs_path, "an absolute directory the harness owns (images, overlays, leases)"),
         "timeout_factor": (float, 1.0, _positive, "a number > 0 that scales every deadline (2.0 for a slow host)"),
         "bridge": (str, "", None, "name of a lab bridge for NIC tests, or empty for the harness's own"),
+        "slots": (int, 1, lambda v: None if 1 <= v <= 64 else "must be within 1..64",
+                  "how many harness workers (xdist workers or concurrent runs) may use this host at once"),
+        "daemon": (str, "system", _one_of("system", "private"),
+                   "'system' (the host's libvirtd) or 'private' (the harness starts its own libvirtd for this "
+                   "host in a private mount namespace; libvirt_uri must then name its socket under work_dir)"),
     },
     "guest": {
         "image": (str, "default", lambda v: None if v == "default" or v.startswith("/") else "must be 'default' or an absolute path to a qcow2 image",
@@ -135,14 +147,12 @@ SCHEMA = {
 
 
 def load(path: Path | str | None = None) -> LabConfig:
+    """One lab host's config (a multi-host config is refused here: see load_set)."""
     path = Path(path) if path else DEFAULT_LAB
-    if not path.exists():
-        raise LabConfigError(f"lab config {path} does not exist; fix: pass --lab with an existing file "
-                             f"(the local lab is {DEFAULT_LAB.relative_to(REPO)})")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise LabConfigError(f"{path}: not valid TOML: {e}") from None
+    raw = _read(path)
+    if "hosts" in raw:
+        raise LabConfigError(f"{path}: lists several lab hosts ([[hosts]]) where one is expected; "
+                             f"fix: pass one host's config")
     return from_dict(raw, path)
 
 
@@ -187,6 +197,12 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         if vals["guest.access"] == "cmdline":
             raise err("guest.access", "is 'cmdline', which only the default image understands",
                       "use access = 'nocloud' with a cloud image")
+    if vals["host.daemon"] == "private":
+        sock = f"{vals['host.work_dir'].rstrip('/')}/daemon/sock/libvirt-sock"
+        want = f"qemu+unix:///system?socket={sock}"
+        if vals["host.libvirt_uri"] != want:
+            raise err("host.libvirt_uri", f"has value {vals['host.libvirt_uri']!r}, but daemon = 'private' serves "
+                      f"{want}", f"write libvirt_uri = \"{want}\"")
     inv = _inventory(vals, err)
     return LabConfig(
         path=path, name=vals["host.name"], libvirt_uri=vals["host.libvirt_uri"],
@@ -196,6 +212,7 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         ssh_mode=vals["ssh.mode"], ssh_port_base=vals["ssh.port_base"],
         fault_backend=vals["faults.backend"], inventory=inv,
         expected_deviations=tuple(vals["expect.deviations"]),
+        slots=vals["host.slots"], daemon=vals["host.daemon"],
     )
 
 
@@ -228,3 +245,86 @@ def _inventory(vals, err) -> Inventory:
         hpre=items("inventory.hpre", PciDevice, ["bdf"], bdf),
         usb=items("inventory.usb", UsbDevice, ["vendor", "product"], usb),
     )
+
+
+# ------------------------------------------------------------------ several lab hosts
+
+@dataclass(frozen=True)
+class LabSet:
+    """A lab config as given to the harness: one lab host, or several
+    (`[[hosts]]` entries, each inline or `include = "other.toml"`)."""
+    path: Path
+    hosts: tuple
+
+    @property
+    def names(self) -> list[str]:
+        return [h.name for h in self.hosts]
+
+    def host(self, name: str) -> LabConfig:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise LabConfigError(f"{self.path}: no lab host named {name!r}; fix: use one of {', '.join(self.names)}")
+
+
+def _read(path: Path) -> dict:
+    if not path.exists():
+        raise LabConfigError(f"lab config {path} does not exist; fix: pass --lab with an existing file "
+                             f"(the local lab is {DEFAULT_LAB.relative_to(REPO)})")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise LabConfigError(f"{path}: not valid TOML: {e}") from None
+
+
+def load_set(path: Path | str | None = None) -> LabSet:
+    path = Path(path) if path else DEFAULT_LAB
+    raw = _read(path)
+    if "hosts" not in raw:
+        return LabSet(path, (from_dict(raw, path),))
+
+    def err(key, msg, fix):
+        return LabConfigError(f"{path}: key '{key}' {msg}; fix: {fix}")
+
+    for k in raw:
+        if k != "hosts":
+            raise err(k, "is not allowed beside [[hosts]]", "put it inside a [[hosts]] entry (or the file it includes)")
+    entries = raw["hosts"]
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise err("hosts", "must be a non-empty array of tables", "write one [[hosts]] table per lab host")
+    cfgs = []
+    for i, e in enumerate(entries):
+        where = f"hosts[{i}]"
+        if "include" in e:
+            inc = e["include"]
+            if set(e) != {"include"}:
+                raise err(where, f"mixes include with {sorted(set(e) - {'include'})}",
+                          "either include = 'host.toml' or an inline host, not both")
+            if not isinstance(inc, str) or not inc:
+                raise err(f"{where}.include", f"has value {inc!r}", "a path to a one-host lab config, relative to this file")
+            target = (path.parent / inc).resolve()
+            if not target.is_file():
+                raise err(f"{where}.include", f"names {target}, which does not exist", "include an existing one-host lab config")
+            sub = _read(target)
+            if "hosts" in sub:
+                raise err(f"{where}.include", f"names {target}, which lists hosts itself", "include one-host configs only")
+            cfgs.append(from_dict(sub, target))
+        else:
+            try:
+                cfgs.append(from_dict(e, path))
+            except LabConfigError as x:
+                raise LabConfigError(str(x).replace(f"{path}: key '", f"{path}: key '{where}.", 1)) from None
+    for attr, what in (("name", "host.name"), ("work_dir", "host.work_dir"), ("libvirt_uri", "host.libvirt_uri")):
+        seen = {}
+        for i, c in enumerate(cfgs):
+            v = getattr(c, attr)
+            if v in seen:
+                raise err(f"hosts[{i}].{what}", f"has value {str(v)!r}, the same as hosts[{seen[v]}]",
+                          "every lab host needs its own name, work_dir and libvirt endpoint")
+            seen[v] = i
+    bases = sorted((c.ssh_port_base, i) for i, c in enumerate(cfgs))
+    for (a, ia), (b, ib) in zip(bases, bases[1:]):
+        if b - a < 100:
+            raise err(f"hosts[{ib}].ssh.port_base", f"has value {b}, within 100 of hosts[{ia}]'s {a}",
+                      "give each lab host its own range of SSH forward ports (100 apart)")
+    return LabSet(path, tuple(cfgs))
