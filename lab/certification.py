@@ -95,10 +95,37 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_multi(outcomes: list[TestOutcome], collected_claims: set[str], facts_by_host: dict[str, dict],
+                lab: str = "") -> dict:
+    """Several lab hosts: one report per host (each test counts for the host it ran
+    on) and a claim x host matrix.  A claim placed on another host is 'not run' here."""
+    hosts = {h: build([o for o in outcomes if o.host == h], collected_claims, f) for h, f in facts_by_host.items()}
+    matrix = {cid: {h: next(c["verdict"] for c in r["claims"] if c["id"] == cid) for h, r in hosts.items()}
+              for cid in CLAIMS}
+    return {"generated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "lab": lab, "hosts": hosts, "matrix": matrix,
+            "summary": {h: r["summary"] for h, r in hosts.items()}}
+
+
+def markdown_multi(report: dict) -> str:
+    names = list(report["hosts"])
+    lines = [f"# Certification report: {', '.join(names)}", "",
+             f"Generated {report['generated']} from lab config {report['lab']}. Each test ran on one lab host "
+             f"(placed by capability); 'not run' means it ran on another host.", "",
+             "## Claims by lab host", "", "| claim | documented behaviour | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for cid, row in report["matrix"].items():
+        lines.append(f"| {cid} | {CLAIMS[cid].story} | " + " | ".join(f"**{row[h]}**" if row[h] in ("passed", "failed")
+                                                                      else row[h] for h in names) + " |")
+    for h in names:
+        lines += ["", markdown(report["hosts"][h]).replace("\n## ", "\n### ").replace("# Certification report: ",
+                                                                                       "## Lab host ", 1)]
+    return "\n".join(lines) + "\n"
+
+
 def write(report: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     j = out_dir / "certification.json"
     m = out_dir / "certification.md"
     j.write_text(json.dumps(report, indent=1))
-    m.write_text(markdown(report))
+    m.write_text(markdown_multi(report) if "hosts" in report else markdown(report))
     return j, m

@@ -88,3 +88,32 @@ def lease_device(lease_dir: Path, kind: str, ident: str, owner: str, deadline=No
                              + ("waited " + f"{deadline.budget:.0f}s; " if deadline else "")
                              + "run again when that run ends, or give this run another device in the lab config")
         time.sleep(0.2)
+
+
+class HostBusy(RuntimeError):
+    pass
+
+
+def lease_host_slot(cfg, owner: str, deadline, log=None) -> Lease:
+    """One of the lab host's `slots`: held by one xdist worker or run for its whole
+    session, so no more workers drive a host than it was declared for, also
+    across separate runs.  Waits until `deadline`, then refuses naming the holders."""
+    import time
+    slot_dir = cfg.work_dir / "slots"
+    said = False
+    while True:
+        for i in range(cfg.slots):
+            lease = try_lock(slot_dir / f"slot-{i}.lock")
+            if lease is not None:
+                os.ftruncate(lease._fd, 0)
+                os.pwrite(lease._fd, owner.encode(), 0)
+                lease.value = i
+                return lease
+        holders = "; ".join(p.read_text().strip() or "?" for p in sorted(slot_dir.glob("slot-*.lock"))[:cfg.slots])
+        if deadline.expired:
+            raise HostBusy(f"lab host {cfg.name}: all {cfg.slots} slot(s) are held ({holders}); waited "
+                           f"{deadline.budget:.0f}s; fix: wait for those runs, or raise [host] slots in {cfg.path.name}")
+        if log and not said:
+            log(f"[lab] waiting for a free slot on lab host {cfg.name} (held by: {holders})")
+            said = True
+        time.sleep(0.5)
