@@ -9,7 +9,7 @@ from collections import defaultdict
 import libvirt
 import pytest
 
-from lab import config
+from lab import config, daemon
 
 pytestmark = pytest.mark.lab
 PAIR = config.REPO / "labs" / "pair.toml"
@@ -24,8 +24,20 @@ def _domains(uri: str) -> set[str]:
         conn.close()
 
 
-def test_two_hosts_run_in_parallel_each_worker_on_its_own_host(tmp_path, pytester_like):
+@pytest.fixture
+def pair():
+    """The pair lab; local-b's private libvirtd is stopped afterwards unless it ran before."""
     labs = config.load_set(PAIR)
+    was_running = {h.name for h in labs.hosts if h.daemon == "private" and daemon.running(h)}
+    yield labs
+    for h in labs.hosts:
+        if h.daemon == "private" and h.name not in was_running:
+            daemon.stop(h)
+            assert not daemon.running(h)
+
+
+def test_two_hosts_run_in_parallel_each_worker_on_its_own_host(tmp_path, pytester_like, pair):
+    labs = pair
     before = {h.name: _domains(h.libvirt_uri) if h.daemon == "system" else set() for h in labs.hosts}
     r = pytester_like("suites", "--lab", str(PAIR), "-n", "2", "-k", SUBSET, "--alluredir", str(tmp_path / "allure"),
                       "--junitxml", str(tmp_path / "junit.xml"), timeout=1200,
