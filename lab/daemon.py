@@ -113,3 +113,26 @@ def stop(cfg: LabConfig) -> list[str]:
                  Deadline(30, f"{name} {pid} of lab host {cfg.name} to exit"), interval=0.1)
             done.append(f"stopped private {name} {pid} of lab host {cfg.name}")
     return done
+
+
+def stop_if_idle(cfg: LabConfig) -> list[str]:
+    """At the end of a run: stop the private daemon unless another run holds a slot
+    on this host or the daemon still has domains (then it is left, and said so)."""
+    if cfg.daemon != "private" or not running(cfg):
+        return []
+    from .leases import is_locked
+    held = [p.name for p in sorted((cfg.work_dir / "slots").glob("slot-*.lock")) if is_locked(p)]
+    if held:
+        return [f"left the private libvirtd of {cfg.name} running: {len(held)} slot(s) held by other runs"]
+    import libvirt
+    try:
+        conn = libvirt.open(cfg.libvirt_uri)
+        try:
+            doms = [d.name() for d in conn.listAllDomains()]
+        finally:
+            conn.close()
+    except libvirt.libvirtError as e:
+        return [f"left the private libvirtd of {cfg.name} running: it did not answer ({e.get_error_message()})"]
+    if doms:
+        return [f"left the private libvirtd of {cfg.name} running: it has domains {', '.join(doms)}"]
+    return stop(cfg)

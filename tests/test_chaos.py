@@ -28,10 +28,10 @@ def restart_libvirtd():
     if shutil.which("systemctl") and os.path.exists("/run/systemd/system"):
         subprocess.run(["systemctl", "restart", "libvirtd"], check=True)
         return
-    pid = int(subprocess.run(["pgrep", "-xo", "libvirtd"], capture_output=True, text=True, check=True).stdout)
+    # The system libvirtd by its pid file: a lab host's private libvirtd may run beside it.
+    pid = int(open("/run/libvirtd.pid").read().strip())
     os.kill(pid, signal.SIGTERM)
-    poll(lambda: subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode != 0,
-         Deadline(30, "libvirtd to exit"), interval=0.2)
+    poll(lambda: not os.path.exists(f"/proc/{pid}"), Deadline(30, f"libvirtd {pid} to exit"), interval=0.2)
     subprocess.run(["libvirtd", "-d"], check=True)
 
 

@@ -29,7 +29,7 @@ def pair():
     """The pair lab; local-b's private libvirtd is stopped afterwards unless it ran before."""
     labs = config.load_set(PAIR)
     was_running = {h.name for h in labs.hosts if h.daemon == "private" and daemon.running(h)}
-    yield labs
+    yield labs, was_running
     for h in labs.hosts:
         if h.daemon == "private" and h.name not in was_running:
             daemon.stop(h)
@@ -37,7 +37,7 @@ def pair():
 
 
 def test_two_hosts_run_in_parallel_each_worker_on_its_own_host(tmp_path, pytester_like, pair):
-    labs = pair
+    labs, was_running = pair
     before = {h.name: _domains(h.libvirt_uri) if h.daemon == "system" else set() for h in labs.hosts}
     r = pytester_like("suites", "--lab", str(PAIR), "-n", "2", "-k", SUBSET, "--alluredir", str(tmp_path / "allure"),
                       "--junitxml", str(tmp_path / "junit.xml"), timeout=1200,
@@ -69,5 +69,10 @@ def test_two_hosts_run_in_parallel_each_worker_on_its_own_host(tmp_path, pyteste
     assert "lab_host" in (tmp_path / "junit.xml").read_text()
 
     for h in labs.hosts:
+        if h.daemon == "private" and not daemon.running(h):
+            continue                  # stopped at the end of the run, so it keeps nothing
         left = _domains(h.libvirt_uri) - before[h.name]
         assert not left, f"lab host {h.name} kept domains of the run: {left}"
+    b = labs.host("local-b")
+    assert not daemon.running(b) or b.name in was_running, \
+        "the run stopped the private libvirtd it started, once idle"
