@@ -35,9 +35,23 @@ def test_failure_attaches_console_xml_qemu_log_and_dmesg(tmp_path, pytester_like
         assert key + "=" in env
 
 
+def interrupt(proc: subprocess.Popen, wait_s: float = 60) -> str:
+    """Ctrl-C the run and give its output; a run that does not end in time is
+    made to dump its threads' stacks (faulthandler, SIGABRT) into the failure."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=wait_s)
+        return out
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        out, _ = proc.communicate(timeout=30)
+        pytest.fail(f"the run did not end within {wait_s:.0f}s of Ctrl-C; its output and stacks:\n{out[-6000:]}")
+
+
 def test_ctrl_c_tears_down_and_says_what_it_undid():
     env = dict(os.environ, ACC_SAMPLE="hang")
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", SAMPLE + "::test_sample"],
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pytest", "-p", "no:cacheprovider", "-s",
+                             SAMPLE + "::test_sample"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     name = None
     deadline = time.monotonic() + 120
@@ -49,8 +63,7 @@ def test_ctrl_c_tears_down_and_says_what_it_undid():
             name = line.split()[-1]
             break
     assert name, "".join(lines)[-2000:]
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out = interrupt(proc)
     conn = libvirt.open(config.load().libvirt_uri)
     try:
         assert name not in [d.name() for d in conn.listAllDomains()], "the VM was undone"
@@ -61,7 +74,8 @@ def test_ctrl_c_tears_down_and_says_what_it_undid():
 
 def test_ctrl_c_heals_a_fault_in_place():
     env = dict(os.environ, ACC_SAMPLE="fault")
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", SAMPLE + "::test_sample_fault"],
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pytest", "-p", "no:cacheprovider", "-s",
+                             SAMPLE + "::test_sample_fault"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     files, lines = None, []
     deadline = time.monotonic() + 60
@@ -72,8 +86,7 @@ def test_ctrl_c_heals_a_fault_in_place():
             files = [Path(p) for p in line.split("SAMPLE-FAULT-IN-PLACE", 1)[1].split()]
             break
     assert files and all(f.exists() for f in files), "".join(lines)[-2000:]
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    out = interrupt(proc)
     assert not any(f.exists() for f in files), "the fault was left in place"
     assert "nbdkit" not in subprocess.run(["pgrep", "-a", "-f", str(files[0].parent)], capture_output=True,
                                           text=True).stdout, "the fault backend process was left running"
