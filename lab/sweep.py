@@ -7,7 +7,9 @@ prefix but without the tag, or of a live run, is never touched.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -76,6 +78,30 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def helper_leftovers(runs: Path, proc: Path = Path("/proc")) -> list[tuple[int, str]]:
+    """Helper processes (nbdkit) serving files of a dead run.  They exit with their
+    parent (--exit-with-parent), except when the parent dies before nbdkit arms
+    that; then only the sweeper ends them."""
+    found = []
+    for p in proc.iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            args = [a.decode(errors="replace") for a in (p / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if not args or Path(args[0]).name != "nbdkit":
+            continue
+        for a in args[1:]:
+            rel = a.split(str(runs) + "/", 1)        # --unix RUNS/<run>/... or error-*-file=RUNS/<run>/...
+            if len(rel) == 2:
+                run_id = rel[1].split("/", 1)[0]
+                if run_id and not is_locked(runs / f"{run_id}.lock"):
+                    found.append((int(p.name), run_id))
+                break
+    return found
+
+
 def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
     runs = work_dir / "runs"
     undone: list[str] = []
@@ -117,6 +143,12 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
                 and not is_locked(runs / f"{parts[len(runs.parts)]}.lock"):
             loopdev.detach(dev)
             undone.append(f"detached leftover loop device {dev} ({back})")
+    for pid, run_id in helper_leftovers(runs):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            undone.append(f"killed leftover nbdkit {pid} of dead run {run_id}")
+        except ProcessLookupError:
+            pass
     if runs.is_dir():
         for saved in sorted(runs.glob("*/host-state-*.json")):
             if not is_locked(runs / f"{saved.parent.name}.lock"):

@@ -35,6 +35,13 @@ def test_failure_attaches_console_xml_qemu_log_and_dmesg(tmp_path, pytester_like
         assert key + "=" in env
 
 
+def ctrl_c_enabled():
+    """In the child: SIGINT back to its default.  A shell starts a background job
+    with SIGINT ignored, and Python then never raises KeyboardInterrupt, so these
+    tests must not depend on how the self-tests were launched."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(proc: subprocess.Popen, wait_s: float = 60) -> str:
     """Ctrl-C the run and give its output; a run that does not end in time is
     made to dump its threads' stacks (faulthandler, SIGABRT) into the failure."""
@@ -52,7 +59,8 @@ def test_ctrl_c_tears_down_and_says_what_it_undid():
     env = dict(os.environ, ACC_SAMPLE="hang")
     proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pytest", "-p", "no:cacheprovider", "-s",
                              SAMPLE + "::test_sample"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=ctrl_c_enabled)
     name = None
     deadline = time.monotonic() + 120
     lines = []
@@ -76,7 +84,8 @@ def test_ctrl_c_heals_a_fault_in_place():
     env = dict(os.environ, ACC_SAMPLE="fault")
     proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pytest", "-p", "no:cacheprovider", "-s",
                              SAMPLE + "::test_sample_fault"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            preexec_fn=ctrl_c_enabled)
     files, lines = None, []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -85,3 +85,34 @@ def test_dm_leftovers_only_of_dead_runs_of_this_work_dir(tmp_path):
         assert dm_leftovers(runs, sysdev, runner) == [("acc-dead1-aa", "dead1")]
     finally:
         live.release()
+
+
+def test_a_dead_runs_orphaned_nbdkit_is_killed_and_a_live_runs_is_left(conn, tmp_path):
+    """nbdkit normally exits with its parent; a parent killed before nbdkit armed
+    that leaves an orphan, which only the sweeper ends."""
+    import shutil
+    import subprocess
+    import time
+    if not shutil.which("nbdkit"):
+        pytest.skip("nbdkit is not installed")
+    work = tmp_path
+    runs = work / "runs"
+    live = try_lock(runs / "live1.lock")
+    procs = {}
+    for rid in ("dead1", "live1"):
+        (runs / rid).mkdir(parents=True)
+        procs[rid] = subprocess.Popen(["nbdkit", "--foreground", "--unix", str(runs / rid / "nbd.sock"), "memory", "1M"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not all((runs / rid / "nbd.sock").exists() for rid in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        undone = sweep(conn, work, log=lambda m: None)
+        assert procs["dead1"].wait(10) is not None
+        assert procs["live1"].poll() is None, "a live run's nbdkit is never touched"
+        assert any(f"killed leftover nbdkit {procs['dead1'].pid} of dead run dead1" in u for u in undone), undone
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
+        live.release()
