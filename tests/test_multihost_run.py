@@ -67,6 +67,9 @@ def test_two_hosts_run_in_parallel_each_worker_on_its_own_host(tmp_path, pyteste
     cert = json.loads((tmp_path / "certification.json").read_text())
     assert cert["matrix"]["IOS-8"] == {"local": "passed", "local-b": "not run"}
     assert "lab_host" in (tmp_path / "junit.xml").read_text()
+    env = (tmp_path / "allure" / "environment.properties").read_text()
+    for h in labs.names:            # every host's facts, read while its libvirt still answered
+        assert f"{h}.libvirt.version=" in env and f"{h}.qemu.version=" in env, env
 
     for h in labs.hosts:
         if h.daemon == "private" and not daemon.running(h):
