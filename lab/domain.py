@@ -19,6 +19,7 @@ from .guest.console import PANIC_RE, Console, GuestPanic
 from .guest.ssh import SSH
 from .guest import Guest
 from .images import create_image, image_sha256
+from .steps import verb
 from .sweep import undefine
 from .timeouts import Deadline, poll
 
@@ -142,6 +143,7 @@ class VM:
 
     # ------------------------------------------------------------ lifecycle
 
+    @verb(lambda self, *a, **k: f"start {self.name}")
     def start(self, deadline: Deadline | None = None, wait: bool = True) -> "VM":
         self._reset_boot()
         try:
@@ -205,6 +207,7 @@ class VM:
             raise GuestNotReady(f"{self.name} stopped while booting (state {self.state()}); "
                                 f"console tail: {text[-400:]!r}")
 
+    @verb(lambda self, *a, **k: f"wait for {self.name}: console ready marker, then SSH")
     def wait_ready(self, deadline: Deadline | None = None) -> Guest:
         """Ready = the guest printed its ready marker on the console and SSH answers."""
         deadline = deadline or Deadline(BOOT_BUDGET, f"{self.name} to boot")
@@ -238,6 +241,7 @@ class VM:
         self.consoles.append(con)
         return con
 
+    @verb(lambda self, *a, **k: f"power off {self.name} from inside, wait for libvirt's stopped event")
     def poweroff(self, deadline: Deadline | None = None) -> None:
         """A clean shutdown from inside the guest; waits for libvirt's stopped event."""
         deadline = deadline or Deadline(30, f"{self.name} to power off")
@@ -339,6 +343,8 @@ class VM:
             f |= libvirt.VIR_DOMAIN_AFFECT_CONFIG
         return f
 
+    @verb(lambda self, device, live=True, config=False: f"attach {_describe(device)} to {self.name}"
+          f"{' (live)' if live else ''}{' (config)' if config else ''}")
     def attach(self, device: etree._Element, live: bool = True, config: bool = False) -> etree._Element | None:
         """Attach; return the device as libvirt now describes it (live XML when live)."""
         view = self.live_xml if live else self.inactive_xml
@@ -350,6 +356,8 @@ class VM:
         new = [d for d in view().find("devices") if etree.tostring(d) not in before and d.tag == device.tag]
         return new[0] if new else None
 
+    @verb(lambda self, device, live=True, config=False, **k: f"detach {_describe(device)} from {self.name}"
+          f"{' (live: wait for DEVICE_REMOVED)' if live else ''}{' (config)' if config else ''}")
     def detach(self, device: etree._Element, live: bool = True, config: bool = False,
                deadline: Deadline | None = None) -> None:
         """Detach with the same XML; for live, wait for DEVICE_REMOVED (registered
@@ -400,6 +408,13 @@ class VM:
             except Exception as e:     # evidence must never mask the failure itself
                 out["guest dmesg"] = f"(unavailable over SSH: {type(e).__name__}: {e})"
         return out
+
+
+def _describe(d: etree._Element) -> str:
+    """A device in a few words, for step titles: <disk> vdb, <interface> 52:54:00:..."""
+    k = device_key(d)
+    what = next((x for x in k[1:] if x), "")
+    return f"<{d.tag}{' type=' + repr(d.get('type')) if d.get('type') else ''}> {what}".strip()
 
 
 def device_key(d: etree._Element) -> tuple:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from . import loopdev
 from . import xml as X
+from .steps import verb
 from .timeouts import Deadline, poll
 
 KINDS = ("all", "read", "write")
@@ -113,12 +114,14 @@ class NbdkitBackend(FaultBackend):
     def disk(self, target, bus="virtio", **driver):
         return X.disk(str(self.socket), target=target, bus=bus, fmt="raw", kind="network", **driver)
 
+    @verb(lambda self, kind="all": f"inject {kind} I/O errors ({self.name})")
     def fail(self, kind: str = "all") -> None:
         self._check_kind(kind)
         for k in (("read", "write") if kind == "all" else (kind,)):
             self.files[k].touch()
         self.state = "failing"
 
+    @verb(lambda self: f"heal the storage fault ({self.name})")
     def heal(self) -> None:
         for f in self.files.values():
             f.unlink(missing_ok=True)
@@ -198,6 +201,7 @@ class DmErrorBackend(FaultBackend):
         finally:
             self._dmsetup("resume", self.dm_name)
 
+    @verb(lambda self, kind="all": f"inject {kind} I/O errors ({self.name})")
     def fail(self, kind: str = "all") -> None:
         self._check_kind(kind)
         if kind != "all":
@@ -205,6 +209,7 @@ class DmErrorBackend(FaultBackend):
         self._swap(self.tables["error"])
         self.state = "failing"
 
+    @verb(lambda self: f"heal the storage fault ({self.name})")
     def heal(self) -> None:
         self._swap(self.tables["linear"])
         self.state = "healthy"
