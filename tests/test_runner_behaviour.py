@@ -42,6 +42,25 @@ def ctrl_c_enabled():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def start_sample(test: str, mode: str, marker: str, wait_s: float) -> tuple[subprocess.Popen, str]:
+    """Start the sample suite's `test` as a lab engineer would, and read its output
+    until the line with `marker` (the point where it is worth interrupting)."""
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pytest", "-p", "no:cacheprovider", "-s",
+                             f"{SAMPLE}::{test}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, ACC_SAMPLE=mode), preexec_fn=ctrl_c_enabled)
+    lines = []
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if marker in line:
+            return proc, line
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    pytest.fail(f"{test} did not print {marker} within {wait_s:.0f}s:\n" + "".join(lines)[-2000:])
+
+
 def interrupt(proc: subprocess.Popen, wait_s: float = 60) -> str:
     """Ctrl-C the run and give its output; a run that does not end in time is
     made to dump its threads' stacks (faulthandler, SIGABRT) into the failure."""
@@ -56,21 +75,8 @@ def interrupt(proc: subprocess.Popen, wait_s: float = 60) -> str:
 
 
 def test_ctrl_c_tears_down_and_says_what_it_undid():
-    env = dict(os.environ, ACC_SAMPLE="hang")
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pytest", "-p", "no:cacheprovider", "-s",
-                             SAMPLE + "::test_sample"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            preexec_fn=ctrl_c_enabled)
-    name = None
-    deadline = time.monotonic() + 120
-    lines = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "SAMPLE-VM-RUNNING" in line:
-            name = line.split()[-1]
-            break
-    assert name, "".join(lines)[-2000:]
+    proc, line = start_sample("test_sample", "hang", "SAMPLE-VM-RUNNING", 120)
+    name = line.split()[-1]
     out = interrupt(proc)
     conn = libvirt.open(config.load().libvirt_uri)
     try:
@@ -81,20 +87,9 @@ def test_ctrl_c_tears_down_and_says_what_it_undid():
 
 
 def test_ctrl_c_heals_a_fault_in_place():
-    env = dict(os.environ, ACC_SAMPLE="fault")
-    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "pytest", "-p", "no:cacheprovider", "-s",
-                             SAMPLE + "::test_sample_fault"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            preexec_fn=ctrl_c_enabled)
-    files, lines = None, []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        lines.append(line)
-        if "SAMPLE-FAULT-IN-PLACE" in line:
-            files = [Path(p) for p in line.split("SAMPLE-FAULT-IN-PLACE", 1)[1].split()]
-            break
-    assert files and all(f.exists() for f in files), "".join(lines)[-2000:]
+    proc, line = start_sample("test_sample_fault", "fault", "SAMPLE-FAULT-IN-PLACE", 60)
+    files = [Path(p) for p in line.split("SAMPLE-FAULT-IN-PLACE", 1)[1].split()]
+    assert files and all(f.exists() for f in files), line
     out = interrupt(proc)
     assert not any(f.exists() for f in files), "the fault was left in place"
     assert "nbdkit" not in subprocess.run(["pgrep", "-a", "-f", str(files[0].parent)], capture_output=True,
