@@ -300,16 +300,10 @@ class VM:
             return int(Path(f"/run/libvirt/qemu/{self.name}.pid").read_text().strip())
         except (OSError, ValueError):
             pass
-        want = f"guest={self.name},".encode()
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    args = (proc / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if b"-name" in args and args.index(b"-name") + 1 < len(args) and \
-                        args[args.index(b"-name") + 1].startswith(want):
-                    return int(proc.name)
+        from .hostproc import processes
+        for pid, argv in processes():
+            if "-name" in argv[:-1] and argv[argv.index("-name") + 1].startswith(f"guest={self.name},"):
+                return pid
         raise RuntimeError(f"no QEMU process of {self.name} on this host")
 
     def qmp(self, command: str, **arguments):

@@ -9,6 +9,18 @@ from pathlib import Path
 O_DIRECT = 0o40000 if os.uname().machine in ("x86_64", "i686") else 0o200000
 
 
+def processes(proc: Path = Path("/proc")):
+    """(pid, argv) of every process still there to be read."""
+    for p in proc.iterdir():
+        if p.name.isdigit():
+            try:
+                argv = [a.decode(errors="replace") for a in (p / "cmdline").read_bytes().split(b"\0") if a]
+            except OSError:
+                continue
+            if argv:
+                yield int(p.name), argv
+
+
 def open_flags(pid: int, path: Path) -> list[int]:
     """The open flags of every descriptor of `pid` that refers to `path`."""
     target = os.path.realpath(path)

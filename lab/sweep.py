@@ -17,6 +17,7 @@ import libvirt
 from lxml import etree
 
 from . import loopdev, network
+from .hostproc import processes
 from .leases import is_locked
 from .xml import META_NS
 
@@ -83,21 +84,15 @@ def helper_leftovers(runs: Path, proc: Path = Path("/proc")) -> list[tuple[int, 
     parent (--exit-with-parent), except when the parent dies before nbdkit arms
     that; then only the sweeper ends them."""
     found = []
-    for p in proc.iterdir():
-        if not p.name.isdigit():
+    for pid, argv in processes(proc):
+        if Path(argv[0]).name != "nbdkit":
             continue
-        try:
-            args = [a.decode(errors="replace") for a in (p / "cmdline").read_bytes().split(b"\0") if a]
-        except OSError:
-            continue
-        if not args or Path(args[0]).name != "nbdkit":
-            continue
-        for a in args[1:]:
+        for a in argv[1:]:
             rel = a.split(str(runs) + "/", 1)        # --unix RUNS/<run>/... or error-*-file=RUNS/<run>/...
             if len(rel) == 2:
                 run_id = rel[1].split("/", 1)[0]
                 if run_id and not is_locked(runs / f"{run_id}.lock"):
-                    found.append((int(p.name), run_id))
+                    found.append((pid, run_id))
                 break
     return found
 
