@@ -64,6 +64,16 @@ def lease_port(lease_dir: Path, base: int, span: int = 2000) -> Lease:
                        "fix: change [ssh] port_base in the lab config")
 
 
+def _claim(path: Path, owner: str, value) -> Lease | None:
+    """Take the lock at `path` and write who holds it into the file (for the refusal of the next one)."""
+    lease = try_lock(path)
+    if lease is not None:
+        os.ftruncate(lease._fd, 0)
+        os.pwrite(lease._fd, owner.encode(), 0)
+        lease.value = value
+    return lease
+
+
 class DeviceBusy(RuntimeError):
     pass
 
@@ -76,11 +86,8 @@ def lease_device(lease_dir: Path, kind: str, ident: str, owner: str, deadline=No
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in ident)
     path = lease_dir / f"dev-{kind}-{safe}.lock"
     while True:
-        lease = try_lock(path)
+        lease = _claim(path, owner, ident)
         if lease is not None:
-            os.ftruncate(lease._fd, 0)
-            os.pwrite(lease._fd, owner.encode(), 0)
-            lease.value = ident
             return lease
         if deadline is None or deadline.expired:
             holder = path.read_text().strip() if path.exists() else "unknown"
@@ -103,11 +110,8 @@ def lease_host_slot(cfg, owner: str, deadline, log=None) -> Lease:
     said = False
     while True:
         for i in range(cfg.slots):
-            lease = try_lock(slot_dir / f"slot-{i}.lock")
+            lease = _claim(slot_dir / f"slot-{i}.lock", owner, i)
             if lease is not None:
-                os.ftruncate(lease._fd, 0)
-                os.pwrite(lease._fd, owner.encode(), 0)
-                lease.value = i
                 return lease
         holders = "; ".join(p.read_text().strip() or "?" for p in sorted(slot_dir.glob("slot-*.lock"))[:cfg.slots])
         if deadline.expired:
