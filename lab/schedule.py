@@ -24,13 +24,10 @@ class Placement:
 class Planner:
     """Places tests one at a time, in collection order (what pytest_generate_tests sees)."""
 
-    def __init__(self, hosts: list[str], has: dict[str, set[str]], weights: dict[str, float] | None = None):
-        self.hosts, self.has, self.weights = list(hosts), has, weights or {}
-        self.load = {h: 0.0 for h in self.hosts}
+    def __init__(self, hosts: list[str], has: dict[str, set[str]]):
+        self.hosts, self.has = list(hosts), has
+        self.load = {h: 0 for h in self.hosts}
         self.module_host: dict[str, str] = {}
-
-    def _cost(self, h: str) -> float:
-        return (self.load[h] + 1) / max(self.weights.get(h, 1), 1e-9)
 
     def place(self, module: str, needed: frozenset) -> Placement:
         eligible = [h for h in self.hosts if needed <= self.has[h]]
@@ -39,16 +36,15 @@ class Planner:
             return Placement(h, False, {x: sorted(needed - self.has[x]) for x in self.hosts})
         h = self.module_host.get(module)
         if h not in eligible:
-            h = min(eligible, key=self._cost)
+            h = min(eligible, key=self.load.__getitem__)
             self.module_host.setdefault(module, h)
         self.load[h] += 1
         return Placement(h, True, {})
 
 
 def plan(tests: list[tuple[str, str, frozenset]], hosts: list[str],
-         has: dict[str, set[str]], weights: dict[str, float] | None = None) -> dict[str, Placement]:
+         has: dict[str, set[str]]) -> dict[str, Placement]:
     """tests: (test id, module, capabilities needed) in collection order.
-    hosts: host names in config order.  has: host -> capabilities it has.
-    weights: host -> relative capacity (its slots); default 1 each."""
-    p = Planner(hosts, has, weights)
+    hosts: host names in config order.  has: host -> capabilities it has."""
+    p = Planner(hosts, has)
     return {tid: p.place(module, needed) for tid, module, needed in tests}
