@@ -86,17 +86,10 @@ def ensure(cfg: LabConfig, log=print) -> None:
                            capture_output=True, text=True, timeout=60, start_new_session=True)
         if r.returncode != 0:
             raise RuntimeError(f"lab host {cfg.name}: the private libvirtd did not start: {r.stderr.strip() or r.stdout.strip()}")
-        import libvirt
-        libvirt.registerErrorHandler(lambda *a: None, None)
-
-        def answers():
-            try:
-                libvirt.open(cfg.libvirt_uri).close()
-                return True
-            except libvirt.libvirtError:
-                return False
-        poll(answers, Deadline(30, f"the private libvirtd of lab host {cfg.name} to answer on {cfg.libvirt_uri}"),
-             interval=0.2)
+        poll(lambda: running(cfg), Deadline(30, f"the private libvirtd of lab host {cfg.name} to listen on "
+                                                 f"{d / 'sock' / 'libvirt-sock'}"), interval=0.1)
+        from .session import Session
+        Session(cfg.libvirt_uri, timeout_s=30).close()     # answers, or LabUnreachable says why
     finally:
         lock.release()
 
