@@ -68,6 +68,12 @@ class LabConfig:
     bridge: str = ""
     expected_deviations: tuple = ()   # claim IDs where this platform is known to differ from the guide
     slots: int = 1             # harness workers/runs that may drive this host at once
+    shell_address: str = ""    # SSH address for host commands ("" with a local URI: this machine)
+    shell_port: int = 22
+    shell_user: str = "root"
+    shell_key_file: str = ""
+    shell_known_hosts: str = ""
+    host_work_dir: Path = Path("/var/lib/acc-harness")   # on the lab host (== work_dir on this machine)
     daemon: str = "system"     # system: libvirt at libvirt_uri is the host's; private: the harness starts one
 
     @property
@@ -76,13 +82,31 @@ class LabConfig:
         return self.work_dir / "daemon"
 
     @property
+    def local(self) -> bool:
+        """Host commands run on this machine (a local libvirt URI and no [shell] address)."""
+        return not self.shell_address and "://" in self.libvirt_uri and self.libvirt_uri.split("://", 1)[1].startswith("/")
+
+    @property
+    def has_shell(self) -> bool:
+        """The harness can run commands on the lab host (this machine, or over SSH)."""
+        return self.local or bool(self.shell_address)
+
+    def host(self):
+        """The executor for this lab host's commands and files."""
+        from .hostexec import LocalHost, SshHost
+        if self.shell_address:
+            return SshHost(self.name, self.shell_address, self.shell_port, self.shell_user, self.shell_key_file,
+                           known_hosts=self.shell_known_hosts)
+        return LocalHost(self.name)
+
+    @property
     def uses_default_image(self) -> bool:
         return self.image == "default"
 
 
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
-_URI = re.compile(r"^(qemu|qemu\+ssh|qemu\+tcp|qemu\+tls|qemu\+unix|test)://[^\s]*/(system|session|default)(\?[^\s]*)?$")
+_URI = re.compile(r"^(qemu|qemu\+ssh|qemu\+libssh|qemu\+libssh2|qemu\+tcp|qemu\+tls|qemu\+unix|test)://[^\s]*/(system|session|default)(\?[^\s]*)?$")
 
 # key -> (type, default or REQUIRED, check(value) -> error text or None, fix hint)
 REQUIRED = object()
@@ -128,6 +152,18 @@ SCHEMA = {
     "ssh": {
         "mode": (str, "user-hostfwd", _one_of("user-hostfwd"), "'user-hostfwd' (QEMU user networking, forward on 127.0.0.1)"),
         "port_base": (int, 22200, lambda v: None if 1024 <= v <= 64000 else "must be within 1024..64000", "first local port for guest SSH forwards"),
+    },
+    "shell": {
+        "address": (str, "", None, "the lab host's SSH address for host commands (empty: this machine runs them; "
+                    "a qemu+ssh:// lab host without it has no host-side capabilities)"),
+        "port": (int, 22, lambda v: None if 1 <= v <= 65535 else "must be within 1..65535", "the lab host's SSH port"),
+        "user": (str, "root", None, "the SSH user on the lab host (root: the harness writes sysfs and runs dmsetup)"),
+        "key_file": (str, "", lambda v: None if not v or v.startswith("/") else "must be an absolute path",
+                     "an absolute path to the SSH private key, or empty for the default keys"),
+        "known_hosts": (str, "", lambda v: None if not v or v.startswith("/") else "must be an absolute path",
+                        "an absolute path to a known_hosts file with the lab host's key (empty: ~/.ssh/known_hosts)"),
+        "work_dir": (str, "/var/lib/acc-harness", _abs_path, "a directory on the lab host the harness owns "
+                     "(guest images, overlays, fault backing files)"),
     },
     "faults": {
         "backend": (str, "auto", _one_of("auto", "dm-error", "nbdkit", "none"), "auto, dm-error, nbdkit or none"),
@@ -213,6 +249,9 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         fault_backend=vals["faults.backend"], inventory=inv,
         expected_deviations=tuple(vals["expect.deviations"]),
         slots=vals["host.slots"], daemon=vals["host.daemon"],
+        shell_address=vals["shell.address"], shell_port=vals["shell.port"], shell_user=vals["shell.user"],
+        shell_key_file=vals["shell.key_file"], shell_known_hosts=vals["shell.known_hosts"],
+        host_work_dir=Path(vals["shell.work_dir"]) if vals["shell.address"] else Path(vals["host.work_dir"]),
     )
 
 

@@ -24,43 +24,26 @@ class Capability:
     detail: str
 
 
-def _is_local(uri: str) -> bool:
-    return "://" in uri and uri.split("://", 1)[1].startswith("/")
-
-
-def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path = Path("/")) -> dict[str, Capability]:
+def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path = Path("/"),
+          host=None) -> dict[str, Capability]:
+    """Probe the lab host through its executor (this machine, or SSH to a remote
+    lab host); `sysroot` redirects a local probe to a recorded tree (self-tests)."""
     caps: dict[str, Capability] = {}
 
     def add(name, present, detail):
         caps[name] = Capability(name, bool(present), detail)
 
-    local = _is_local(cfg.libvirt_uri)
-    p = lambda rel: sysroot / rel.lstrip("/")     # noqa: E731
-    if not local:
-        # Host-side probes of a remote lab host go over SSH (nested/multi-host
-        # issues); until then the capabilities that need them are reported absent.
-        for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit"):
-            add(name, False, f"host probes of remote lab host {cfg.name} are not implemented yet")
+    if not cfg.has_shell:
+        why = (f"lab host {cfg.name} is reached only through libvirt ({cfg.libvirt_uri}); host commands need "
+               f"[shell] address (SSH) in {cfg.path.name}")
+        for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user"):
+            add(name, False, why)
     else:
-        add("vhost-net", p("/dev/vhost-net").exists(), "/dev/vhost-net " + ("present" if p("/dev/vhost-net").exists() else "is missing (no vhost_net module)"))
-        vs = p("/sys/kernel/config/target/vhost").exists() or p("/sys/module/vhost_scsi").exists()
-        add("vhost-scsi", vs, "vhost_scsi target support " + ("present" if vs else "is missing (no vhost_scsi module / LIO configfs)"))
-        groups = list(p("/sys/kernel/iommu_groups").glob("*")) if p("/sys/kernel/iommu_groups").exists() else []
-        vfio = p("/dev/vfio/vfio").exists() and bool(groups)
-        add("vfio", vfio, f"{len(groups)} IOMMU groups, /dev/vfio/vfio " + ("present" if p("/dev/vfio/vfio").exists() else "missing")
-            + ("" if vfio else " (no IOMMU/VFIO on this host)"))
-        dm = kernel_has_device_mapper(p("/proc/misc"))
-        add("device-mapper", dm, "device-mapper " + ("in the kernel" if dm else
-            "is not in the kernel (no 'device-mapper' in /proc/misc; a /dev/mapper/control node alone proves nothing)"))
-        ovs = shutil.which("ovs-vsctl") and p("/var/run/openvswitch/db.sock").exists()
-        add("openvswitch", ovs, "Open vSwitch " + ("running" if ovs else "is not installed or not running"))
-        add("nbdkit", shutil.which("nbdkit"), "nbdkit " + ("installed" if shutil.which("nbdkit") else "is not installed"))
-    if local:
-        from .network import ovs_dpdk_ready
-        ok, why = ovs_dpdk_ready() if shutil.which("ovs-vsctl") else (False, "Open vSwitch is not installed")
-        add("vhost-user", ok, f"vhost-user backend (OVS-DPDK): {why}")
-    else:
-        add("vhost-user", False, f"host probes of remote lab host {cfg.name} are not implemented yet")
+        try:
+            _probe_host(cfg, host or cfg.host(), sysroot, add)
+        except (OSError, RuntimeError) as e:
+            for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user"):
+                add(name, False, f"probing lab host {cfg.name} failed: {e}")
     inv = cfg.inventory
     add("pci-device", inv.pci, f"{len(inv.pci)} PCI device(s) listed in [inventory] pci")
     add("sriov", inv.sriov_pfs, f"{len(inv.sriov_pfs)} SR-IOV PF(s) listed in [inventory] sriov_pfs")
@@ -80,13 +63,43 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     return caps
 
 
-def kernel_has_device_mapper(proc_misc: Path = Path("/proc/misc")) -> bool:
+def _probe_host(cfg, h, sysroot: Path, add) -> None:
+    p = (lambda rel: str(sysroot / rel.lstrip("/"))) if h.local else (lambda rel: rel)     # noqa: E731
+    on = "" if h.local else f" on {cfg.name}"
+    vn = h.exists(p("/dev/vhost-net"))
+    add("vhost-net", vn, "/dev/vhost-net " + ("present" if vn else "is missing (no vhost_net module)") + on)
+    vs = h.exists(p("/sys/kernel/config/target/vhost")) or h.exists(p("/sys/module/vhost_scsi"))
+    add("vhost-scsi", vs, "vhost_scsi target support " + ("present" if vs else "is missing (no vhost_scsi module / LIO configfs)") + on)
+    groups = h.listdir(p("/sys/kernel/iommu_groups")) if h.exists(p("/sys/kernel/iommu_groups")) else []
+    node = h.exists(p("/dev/vfio/vfio"))
+    vfio = node and bool(groups)
+    add("vfio", vfio, f"{len(groups)} IOMMU groups, /dev/vfio/vfio " + ("present" if node else "missing")
+        + ("" if vfio else " (no IOMMU/VFIO on this host)") + on)
+    try:
+        misc = h.read_text(p("/proc/misc"))
+    except OSError:
+        misc = ""
+    dm = kernel_has_device_mapper(text=misc)
+    add("device-mapper", dm, "device-mapper " + ("in the kernel" if dm else
+        "is not in the kernel (no 'device-mapper' in /proc/misc; a /dev/mapper/control node alone proves nothing)") + on)
+    has_ovs = h.which("ovs-vsctl")
+    ovs = has_ovs and h.run("ovs-vsctl", "--timeout=5", "show", check=False).ok
+    add("openvswitch", ovs, "Open vSwitch " + ("running" if ovs else "is not installed or not running") + on)
+    nbd = h.which("nbdkit")
+    add("nbdkit", nbd, "nbdkit " + ("installed" if nbd else "is not installed") + on)
+    from .network import ovs_dpdk_ready
+    ok, why = ovs_dpdk_ready(host=h) if has_ovs else (False, "Open vSwitch is not installed")
+    add("vhost-user", ok, f"vhost-user backend (OVS-DPDK): {why}")
+
+
+def kernel_has_device_mapper(proc_misc: Path = Path("/proc/misc"), text: str | None = None) -> bool:
     """Asked of the kernel: libdevmapper (run by libvirt, for one) creates
     /dev/mapper/control even where the kernel has no device-mapper."""
     try:
-        return any(line.split()[-1] == "device-mapper" for line in proc_misc.read_text().splitlines() if line.split())
+        text = proc_misc.read_text() if text is None else text
     except OSError:
         return False
+    return any(line.split()[-1] == "device-mapper" for line in text.splitlines() if line.split())
 
 
 def fault_backend(cfg: LabConfig, caps: dict[str, Capability]) -> str:
@@ -117,10 +130,10 @@ def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> d
         "lab.host": cfg.name,
         "lab.config": str(cfg.path),
         "host.hostname": conn.getHostname(),
-        "host.cpu": _cpu_model() if _is_local(cfg.libvirt_uri) else info[0],
+        "host.cpu": _cpu_model(cfg.host()) if cfg.has_shell else info[0],
         "host.cpus": str(info[2]),
         "host.memory_mib": str(info[1]),
-        "host.kernel": platform.release() if _is_local(cfg.libvirt_uri) else "(remote)",
+        "host.kernel": (cfg.host().run("uname", "-r", check=False).stdout.strip() or "(unknown)") if cfg.has_shell else "(no [shell] to ask)",
         "libvirt.version": ver(conn.getLibVersion()),
         "qemu.version": ver(conn.getVersion()),
         "virt.type": cfg.virt_type,
@@ -133,12 +146,13 @@ def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> d
     return out
 
 
-def _cpu_model() -> str:
+def _cpu_model(h=None) -> str:
     try:
-        for line in open("/proc/cpuinfo"):
+        text = h.read_text("/proc/cpuinfo") if h is not None else open("/proc/cpuinfo").read()
+        for line in text.splitlines():
             if line.startswith(("model name", "CPU part")):
                 return line.split(":", 1)[1].strip()
-    except OSError:
+    except (OSError, RuntimeError):
         pass
     return platform.processor() or os.uname().machine
 

@@ -1,0 +1,425 @@
+"""Host commands and host files, wherever the lab host is.
+
+Everything the harness does on a lab host besides libvirt calls — probes, sysfs
+reads and writes, dmsetup/losetup, LIO configfs, bridges, qemu-img, QEMU's pid
+and log — goes through one `Host`: `LocalHost` for this machine, `SshHost` for a
+lab host reached over SSH (paramiko; commands shlex-quoted, files over SFTP).
+The same harness code runs on both; only the transport differs.
+
+`host.run(*argv)` returns a `HostResult` (pytest-testinfra's shape); `check=True`
+raises `HostCommandFailed` naming the host, the command and its stderr.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import stat
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import paramiko
+
+
+class HostCommandFailed(RuntimeError):
+    pass
+
+
+@dataclass
+class HostResult:
+    host: str
+    argv: tuple
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    def check(self) -> "HostResult":
+        if self.rc != 0:
+            raise HostCommandFailed(f"on lab host {self.host}: '{self.command}' exited {self.rc}: "
+                                    f"{(self.stderr.strip() or self.stdout.strip())[-600:]}")
+        return self
+
+
+class Host:
+    """The interface; paths are host paths (str or PurePosixPath)."""
+    name: str = "host"
+    local: bool = True
+
+    def run(self, *argv, check: bool = True, input: str | None = None, timeout: float = 120) -> HostResult:
+        raise NotImplementedError
+
+    def which(self, prog: str) -> bool:
+        return self.run("sh", "-c", 'command -v "$1"', "sh", prog, check=False).ok
+
+    # file operations, overridden where a transport can do better
+    def read_bytes(self, path) -> bytes: raise NotImplementedError
+    def write_text(self, path, text: str) -> None: raise NotImplementedError
+    def exists(self, path) -> bool: raise NotImplementedError
+    def is_dir(self, path) -> bool: raise NotImplementedError
+    def listdir(self, path) -> list[str]: raise NotImplementedError
+    def readlink(self, path) -> str: raise NotImplementedError
+    def mkdir(self, path, mode: int = 0o755) -> None: raise NotImplementedError
+    def symlink(self, target, link) -> None: raise NotImplementedError
+    def unlink(self, path) -> None: raise NotImplementedError
+    def rmdir(self, path) -> None: raise NotImplementedError
+    def put(self, local: Path, remote) -> None: raise NotImplementedError
+    def connect_tcp(self, address: str, port: int, timeout: float = 5):
+        """A socket-like channel to address:port as the lab host sees it."""
+        raise NotImplementedError
+
+    def read_text(self, path) -> str:
+        return self.read_bytes(path).decode(errors="replace")
+
+    def makedirs(self, path, mode: int = 0o755) -> None:
+        self.run("mkdir", "-p", "-m", oct(mode)[2:], str(path))
+
+    def rmtree(self, path) -> None:
+        p = str(path)
+        if p.count("/") < 3:          # never rm -r a top-level directory by mistake
+            raise ValueError(f"refusing to remove {p} recursively on {self.name}: not a harness directory")
+        self.run("rm", "-rf", "--one-file-system", p)
+
+    def basename(self, path) -> str:
+        return PurePosixPath(str(path)).name
+
+
+class LocalHost(Host):
+    local = True
+
+    def __init__(self, name: str = "localhost"):
+        self.name = name
+
+    def run(self, *argv, check=True, input=None, timeout=120) -> HostResult:
+        argv = tuple(str(a) for a in argv)
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
+            res = HostResult(self.name, argv, r.returncode, r.stdout, r.stderr)
+        except FileNotFoundError as e:
+            res = HostResult(self.name, argv, 127, "", f"{e.strerror}: {argv[0]}")
+        return res.check() if check else res
+
+    def which(self, prog):
+        return shutil.which(prog) is not None
+
+    def read_bytes(self, path):
+        return Path(path).read_bytes()
+
+    def write_text(self, path, text):
+        Path(path).write_text(text)
+
+    def exists(self, path):
+        return os.path.lexists(path)
+
+    def is_dir(self, path):
+        return Path(path).is_dir()
+
+    def listdir(self, path):
+        return sorted(os.listdir(path))
+
+    def readlink(self, path):
+        return os.readlink(path)
+
+    def mkdir(self, path, mode=0o755):
+        os.mkdir(path, mode)
+
+    def makedirs(self, path, mode=0o755):
+        Path(path).mkdir(parents=True, exist_ok=True, mode=mode)
+
+    def symlink(self, target, link):
+        os.symlink(target, link)
+
+    def unlink(self, path):
+        os.unlink(path)
+
+    def rmdir(self, path):
+        os.rmdir(path)
+
+    def rmtree(self, path):
+        shutil.rmtree(path, ignore_errors=True)
+
+    def put(self, local, remote):
+        if Path(local) != Path(remote):
+            shutil.copy2(local, remote)
+
+    def connect_tcp(self, address, port, timeout=5):
+        return socket.create_connection((address, port), timeout=timeout)
+
+
+class SshHost(Host):
+    """A lab host over SSH: one paramiko connection (reconnected when it drops),
+    commands as shlex-joined strings, files over SFTP."""
+    local = False
+
+    def __init__(self, name: str, address: str, port: int = 22, user: str = "root", key_file: str = "",
+                 known_hosts: str = "", connect_timeout: float = 15):
+        self.name, self.address, self.port, self.user = name, address, port, user
+        self.key_file, self.known_hosts, self.connect_timeout = key_file, known_hosts, connect_timeout
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._lock = threading.RLock()
+
+    def __repr__(self):
+        return f"SshHost({self.user}@{self.address}:{self.port})"
+
+    def client(self) -> paramiko.SSHClient:
+        with self._lock:
+            t = self._client.get_transport() if self._client else None
+            if t is None or not t.is_active():
+                c = paramiko.SSHClient()
+                # The lab host's key must be known: a given known_hosts file, else the user's.
+                try:
+                    if self.known_hosts:
+                        c.load_host_keys(self.known_hosts)
+                    else:
+                        c.load_system_host_keys()
+                except OSError as e:
+                    raise HostCommandFailed(f"lab host {self.name}: cannot read known_hosts "
+                                            f"{self.known_hosts or '~/.ssh/known_hosts'}: {e}") from None
+                c.set_missing_host_key_policy(paramiko.RejectPolicy())
+                try:
+                    c.connect(self.address, self.port, self.user, key_filename=self.key_file or None,
+                              timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                              auth_timeout=self.connect_timeout, allow_agent=False, look_for_keys=not self.key_file)
+                except (OSError, paramiko.SSHException) as e:
+                    raise HostCommandFailed(f"cannot reach lab host {self.name} over SSH at "
+                                            f"{self.user}@{self.address}:{self.port}: {e}") from None
+                c.get_transport().set_keepalive(10)
+                self._client, self._sftp = c, None
+            return self._client
+
+    def sftp(self) -> paramiko.SFTPClient:
+        with self._lock:
+            self.client()
+            if self._sftp is None:
+                self._sftp = self._client.open_sftp()
+            return self._sftp
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client:
+                self._client.close()
+            self._client = self._sftp = None
+
+    def run(self, *argv, check=True, input=None, timeout=120) -> HostResult:
+        argv = tuple(str(a) for a in argv)
+        chan = self.client().get_transport().open_session(timeout=self.connect_timeout)
+        chan.settimeout(timeout)
+        try:
+            chan.exec_command(shlex.join(argv))
+            if input is not None:
+                chan.sendall(input.encode())
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            end = time.monotonic() + timeout
+            while True:
+                got = False
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                    got = True
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    got = True
+                # the server sends all data before the exit status, in order
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if time.monotonic() > end:
+                    raise socket.timeout()
+                if not got:
+                    time.sleep(0.005)
+            rc = chan.recv_exit_status()
+        except socket.timeout:
+            raise HostCommandFailed(f"on lab host {self.name}: '{shlex.join(argv)}' did not finish within {timeout} s") from None
+        finally:
+            chan.close()
+        res = HostResult(self.name, argv, rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        return res.check() if check else res
+
+    def read_bytes(self, path):
+        try:
+            with self.sftp().open(str(path), "rb") as f:
+                return f.read()
+        except IOError as e:
+            if getattr(e, "errno", None) == 2:
+                raise FileNotFoundError(2, "No such file or directory", str(path)) from None
+            raise
+
+    def write_text(self, path, text):
+        # sysfs/configfs want one write(2) of the whole value: dd does that, SFTP may not
+        r = self.run("dd", f"of={path}", "status=none", input=text, check=False)
+        if not r.ok:
+            raise OSError(f"writing {text.strip()!r} to {path} on lab host {self.name} failed: {r.stderr.strip()}")
+
+    def exists(self, path):
+        try:
+            self.sftp().lstat(str(path))
+            return True
+        except IOError:
+            return False
+
+    def is_dir(self, path):
+        try:
+            return stat.S_ISDIR(self.sftp().stat(str(path)).st_mode)
+        except IOError:
+            return False
+
+    def listdir(self, path):
+        try:
+            return sorted(self.sftp().listdir(str(path)))
+        except IOError as e:
+            raise FileNotFoundError(2, "No such file or directory", str(path)) from e
+
+    def readlink(self, path):
+        r = self.run("readlink", str(path), check=False)
+        if not r.ok:
+            raise OSError(f"{path} on {self.name} is not a link")
+        return r.stdout.strip()
+
+    def mkdir(self, path, mode=0o755):
+        self.run("mkdir", "-m", oct(mode)[2:], str(path))
+
+    def symlink(self, target, link):
+        self.run("ln", "-s", str(target), str(link))
+
+    def unlink(self, path):
+        self.run("rm", "-f", str(path))
+
+    def rmdir(self, path):
+        self.run("rmdir", str(path))
+
+    def put(self, local, remote):
+        tmp = f"{remote}.part"
+        self.sftp().put(str(local), tmp)
+        self.sftp().chmod(tmp, os.stat(local).st_mode & 0o777)
+        self.run("mv", "-f", tmp, str(remote))
+
+    def connect_tcp(self, address, port, timeout=5):
+        try:
+            return self.client().get_transport().open_channel("direct-tcpip", (address, port), ("127.0.0.1", 0),
+                                                              timeout=timeout)
+        except paramiko.ChannelException as e:
+            raise ConnectionRefusedError(f"{address}:{port} on lab host {self.name}: {e}") from None
+
+
+class HostPath:
+    """The slice of pathlib.Path the sysfs/configfs code uses, on a lab host's
+    file system (`HostPath(host, "/sys")`); on this machine plain Paths do."""
+
+    def __init__(self, host: Host, path):
+        self.host, self._p = host, PurePosixPath(str(path))
+
+    def __truediv__(self, other) -> "HostPath":
+        return HostPath(self.host, self._p / str(other))
+
+    def __str__(self):
+        return str(self._p)
+
+    def __repr__(self):
+        return f"HostPath({self.host.name}:{self._p})"
+
+    def __eq__(self, other):
+        return isinstance(other, HostPath) and other.host is self.host and other._p == self._p
+
+    def __hash__(self):
+        return hash(self._p)
+
+    def __lt__(self, other):
+        return self._p < other._p
+
+    @property
+    def name(self) -> str:
+        return self._p.name
+
+    @property
+    def parent(self) -> "HostPath":
+        return HostPath(self.host, self._p.parent)
+
+    def _stat(self, follow=True):
+        if isinstance(self.host, SshHost):
+            sftp = self.host.sftp()
+            try:
+                return sftp.stat(str(self._p)) if follow else sftp.lstat(str(self._p))
+            except IOError:
+                return None
+        try:
+            return os.stat(self._p) if follow else os.lstat(self._p)
+        except OSError:
+            return None
+
+    def exists(self) -> bool:
+        return self._stat() is not None
+
+    def is_dir(self) -> bool:
+        st = self._stat()
+        return st is not None and stat.S_ISDIR(st.st_mode)
+
+    def is_symlink(self) -> bool:
+        st = self._stat(follow=False)
+        return st is not None and stat.S_ISLNK(st.st_mode)
+
+    def iterdir(self):
+        return [self / n for n in self.host.listdir(self._p)]
+
+    def glob(self, pattern: str):
+        import fnmatch
+        if "/" in pattern:
+            raise ValueError(f"HostPath.glob takes one path component, not {pattern!r}")
+        try:
+            names = self.host.listdir(self._p)
+        except FileNotFoundError:
+            return []
+        return [self / n for n in names if fnmatch.fnmatch(n, pattern)]
+
+    def read_text(self) -> str:
+        return self.host.read_text(self._p)
+
+    def write_text(self, text: str) -> None:
+        self.host.write_text(self._p, text)
+
+    def readlink(self) -> "HostPath":
+        return HostPath(self.host, self.host.readlink(self._p))
+
+    def resolve(self) -> "HostPath":
+        return HostPath(self.host, self.host.run("readlink", "-f", str(self._p)).stdout.strip())
+
+    def mkdir(self, mode: int = 0o755, parents: bool = False, exist_ok: bool = False) -> None:
+        if exist_ok and self.is_dir():
+            return
+        (self.host.makedirs if parents else self.host.mkdir)(self._p)
+
+    def symlink_to(self, target) -> None:
+        self.host.symlink(str(target), self._p)
+
+    def unlink(self, missing_ok: bool = False) -> None:
+        self.host.unlink(self._p)
+
+    def rmdir(self) -> None:
+        self.host.rmdir(self._p)
+
+
+def runner_for(host: Host):
+    """A subprocess.run-shaped callable that runs on `host` (for code written
+    against subprocess.run, and its fakes in the self-tests)."""
+    def run(argv, capture_output=True, text=True, input=None, check=False, timeout=120, **_):
+        r = host.run(*argv, check=False, input=input, timeout=timeout)
+        cp = subprocess.CompletedProcess(list(argv), r.rc, r.stdout, r.stderr)
+        if check:
+            cp.check_returncode()
+        return cp
+    return run
+
+
+def sys_root(host: Host | None):
+    """/sys of the lab host: a Path here, a HostPath over SSH."""
+    return Path("/sys") if host is None or host.local else HostPath(host, "/sys")
