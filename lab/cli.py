@@ -65,6 +65,12 @@ def cmd_doctor(cfg) -> int:
     for c in caps.values():
         print(f"  {'yes' if c.present else 'no ':3}  {c.name:20} {c.detail}")
     print(f"\nfault backend: {host.fault_backend(cfg, caps)}")
+    bad = 0
+    if cfg.has_shell and any((cfg.inventory.pci, cfg.inventory.sriov_pfs, cfg.inventory.usb, cfg.inventory.hpre)):
+        print("\ninventory (the lab config against the host):")
+        for ok, line in inventory_check(cfg, cfg.host()):
+            bad += not ok
+            print(f"  {'ok ' if ok else 'BAD'}  {line}")
     print("\nclaims:")
     runs = 0
     for cl in claims.CLAIMS.values():
@@ -75,7 +81,44 @@ def cmd_doctor(cfg) -> int:
             runs += 1
             print(f"  run   {cl.id:8} {cl.story}")
     print(f"\n{runs} of {len(claims.CLAIMS)} claims can run on {cfg.name}")
-    return 0 if conn is not None else 2
+    if bad:
+        print(f"{bad} inventory entr{'y does' if bad == 1 else 'ies do'} not match lab host {cfg.name}: "
+              f"fix [inventory] in {cfg.path.name} (discover lists what the host has)")
+    return 0 if conn is not None and not bad else 2
+
+
+def inventory_check(cfg, h) -> list[tuple[bool, str]]:
+    """Does every device the lab config lists exist on the host as listed?"""
+    from . import pci, usb
+    from .hostexec import sys_root
+    sysr = sys_root(h)
+    out = []
+    for d in cfg.inventory.pci:
+        try:
+            dev = pci.read_device(d.bdf, sysr)
+            out.append((dev.iommu_group is not None, f"pci {d.bdf}: {dev.ids} driver {dev.driver or '-'}, "
+                        f"IOMMU group {dev.iommu_group}" + ("" if dev.iommu_group is not None else " (no IOMMU group)")))
+        except LookupError:
+            out.append((False, f"pci {d.bdf}: no such device on {cfg.name}"))
+    for d in cfg.inventory.sriov_pfs:
+        try:
+            dev = pci.read_device(d.bdf, sysr)
+            ok = dev.is_pf and dev.totalvfs >= d.max_vfs
+            out.append((ok, f"sriov_pf {d.bdf}: {dev.ids}, sriov_totalvfs {dev.totalvfs} (listed max_vfs {d.max_vfs}), "
+                            f"netdev {', '.join(dev.netdevs) or '-'}"))
+        except LookupError:
+            out.append((False, f"sriov_pf {d.bdf}: no such device on {cfg.name}"))
+    present = usb.host_devices_sysfs(sysr / "bus/usb/devices")
+    for d in cfg.inventory.usb:
+        try:
+            u = usb.resolve(d, present)
+            out.append((True, f"usb {d.vendor}:{d.product}: bus {u.bus} device {u.device} {u.description}"))
+        except usb.InventoryError as e:
+            out.append((False, f"usb {d.vendor}:{d.product}: {e}"))
+    for d in cfg.inventory.hpre:
+        ok = any(x["bdf"] == d.bdf for x in pci.hpre_devices(sysr))
+        out.append((ok, f"hpre {d.bdf}: " + ("under /sys/class/uacce" if ok else "not under /sys/class/uacce")))
+    return out
 
 
 def cmd_image(cfg) -> int:
@@ -91,7 +134,8 @@ def cmd_sweep(cfg) -> int:
     timeouts.set_factor(cfg.timeout_factor)
     daemon.ensure(cfg)
     s = Session(cfg.libvirt_uri)
-    undone = sweep(s.conn, cfg.work_dir, log=print)
+    undone = sweep(s.conn, cfg.work_dir, log=print, host=cfg.host() if cfg.has_shell else None,
+                   host_work_dir=cfg.host_work_dir)
     print(f"swept {len(undone)} leftover(s)")
     return 0
 
@@ -109,19 +153,29 @@ def cmd_daemon(cfg, action) -> int:
     return 0
 
 
-def cmd_discover(args) -> int:
-    """What passthrough hardware this host has (read-only), and a config snippet."""
-    from . import pci
-    devs = pci.discover()
-    hpre = pci.hpre_devices()
+def cmd_discover(cfg) -> int:
+    """What passthrough hardware the lab host has (read-only), and a config snippet."""
+    from . import pci, usb
+    from .hostexec import sys_root
+    if not cfg.has_shell:
+        print(f"lab host {cfg.name} has no [shell] to read its sysfs with")
+        return 2
+    sysr = sys_root(cfg.host())
+    devs = pci.discover(sysr)
+    hpre = pci.hpre_devices(sysr)
     print(f"{'BDF':14} {'IDs':10} {'class':9} {'driver':12} {'group':5} SR-IOV")
     for d in devs:
         sriov = f"PF {d.numvfs}/{d.totalvfs} VFs" if d.is_pf else (f"VF of {d.physfn}" if d.is_vf else "")
         print(f"{d.bdf:14} {d.ids:10} {d.pci_class:9} {d.driver or '-':12} {str(d.iommu_group):5} {sriov}")
     for h in hpre:
         print(f"HPRE {h['name']} at {h['bdf']} ({h['vendor']}:{h['device']})")
-    print("\n# a lab-config snippet; keep only what the harness may take from this host")
+    usbs = [u for u in usb.host_devices_sysfs(sysr / "bus/usb/devices") if not u.is_root_hub]
+    for u in usbs:
+        print(f"USB bus {u.bus} device {u.device}: {u.vendor}:{u.product} {u.description}")
+    print(f"\n# a lab-config snippet for {cfg.name}; keep only what the harness may take from it")
     print(pci.config_snippet(devs, hpre))
+    print("usb = [" + ", ".join(f'{{ vendor = "{u.vendor}", product = "{u.product}", note = "{u.description}" }}'
+                                 for u in usbs) + "]")
     return 0
 
 
@@ -138,11 +192,10 @@ def main(argv=None) -> int:
     d.add_argument("action", choices=["start", "stop"])
     args = p.parse_args(argv)
     try:
-        if args.cmd == "discover":
-            return cmd_discover(args)
         if args.cmd == "daemon":
             return _each(lambda cfg: cmd_daemon(cfg, args.action))(args)
-        return _each({"doctor": cmd_doctor, "image": cmd_image, "sweep": cmd_sweep}[args.cmd])(args)
+        return _each({"doctor": cmd_doctor, "image": cmd_image, "sweep": cmd_sweep,
+                      "discover": cmd_discover}[args.cmd])(args)
     except (config.LabConfigError, images.ImageError, LabUnreachable, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

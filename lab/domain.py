@@ -58,9 +58,13 @@ class VM:
     def __init__(self, run, spec: VMSpec, name: str):
         self.run, self.spec, self.name = run, spec, name
         self.session = run.session
-        self.dir: Path = run.dir / name
+        self.dir: Path = run.dir / name              # this machine: transcripts, evidence
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.serial_log = self.dir / "serial.log"
+        self.host = run.host
+        self.hdir = run.hdir / name                  # the lab host: overlays, logs QEMU writes
+        if not self.host.local:
+            self.host.makedirs(self.hdir)
+        self.serial_log = self.hdir / "serial.log"
         self.mac = random_mac()
         self.port_lease = run.lease_port()
         self.ssh_port: int = self.port_lease.value
@@ -96,12 +100,15 @@ class VM:
 
     def build_xml(self) -> etree._Element:
         run, img, arch = self.run, self.run.image, self.run.arch
-        overlay = self.dir / "root.qcow2"
-        if not overlay.exists():
+        overlay = self.hdir / "root.qcow2"
+        if not self.host.exists(overlay):
             from .images import create_overlay, create_nocloud_seed
-            create_overlay(img.root, overlay)
+            create_overlay(img.root, overlay, host=self.host)
             self.files.append(overlay)
             if img.access == "nocloud":
+                if not self.host.local:
+                    raise DomainError(f"cloud images (access = 'nocloud') on remote lab host {self.host.name} "
+                                      "are not supported yet: use image = 'default'")
                 self.files.append(create_nocloud_seed(self.dir / "seed.iso", self.name, "acc-guest",
                                                       run.key.public_line))
         devices = []
@@ -126,7 +133,7 @@ class VM:
                 cmdline += f" acc.sshkey={run.key.public_blob}"
             if self.spec.extra_cmdline:
                 cmdline += " " + self.spec.extra_cmdline
-        meta = X.harness_metadata(run.run_id, os.getpid(), self.spec.role, [self.dir], work_dir=run.work_dir)
+        meta = X.harness_metadata(run.run_id, os.getpid(), self.spec.role, [self.hdir], work_dir=run.work_dir)
         return X.domain(self.name, virt_type=run.cfg.virt_type, arch=arch,
                         memory_mib=self.spec.memory_mib or run.cfg.memory_mib, vcpus=self.spec.vcpus,
                         kernel=img.kernel, initrd=img.initrd, cmdline=cmdline, metadata=meta, devices=devices,
@@ -194,7 +201,7 @@ class VM:
 
     def serial_text(self) -> str:
         try:
-            return self.serial_log.read_bytes().decode(errors="replace")
+            return self.host.read_bytes(self.serial_log).decode(errors="replace")
         except FileNotFoundError:
             return ""
 
@@ -222,7 +229,7 @@ class VM:
             self.boot_id = m.group(1)
             if m.group(2) and m.group(2) != "none":
                 self.host_key = m.group(2)          # pinned from the console, before any SSH
-        ssh = SSH("127.0.0.1", self.ssh_port, self.run.key, host_key=self.host_key)
+        ssh = SSH("127.0.0.1", self.ssh_port, self.run.key, host_key=self.host_key, via=self.host)
         ssh.connect(deadline, alive=self._check_alive)
         self.host_key = ssh.host_key               # trust on first use for images without a marker
         self._guest = Guest(ssh, self)
@@ -282,6 +289,9 @@ class VM:
         if self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
             undone.append(f"removed {self.dir}")
+        if not self.host.local:
+            self.host.rmtree(self.hdir)
+            undone.append(f"removed {self.hdir} on {self.host.name}")
         self.port_lease.release()
         return undone
 
@@ -294,12 +304,14 @@ class VM:
         return X.parse(self.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
 
     def qemu_pid(self) -> int:
-        """The QEMU process of this domain (local lab hosts): libvirt's pid file, or,
+        """The QEMU process of this domain on the lab host: libvirt's pid file, or,
         for a libvirtd whose /run/libvirt is private, the process named guest=NAME."""
         try:
-            return int(Path(f"/run/libvirt/qemu/{self.name}.pid").read_text().strip())
+            return int(self.host.read_text(f"/run/libvirt/qemu/{self.name}.pid").strip())
         except (OSError, ValueError):
             pass
+        if not self.host.local:
+            raise RuntimeError(f"no pid file of {self.name}'s QEMU on lab host {self.host.name}")
         from .hostproc import processes
         for pid, argv in processes():
             if "-name" in argv[:-1] and argv[argv.index("-name") + 1].startswith(f"guest={self.name},"):
@@ -322,11 +334,11 @@ class VM:
     # ------------------------------------------------------------ devices
 
     def scratch_image(self, name: str, size: str = "64M", fmt: str = "qcow2") -> Path:
-        """An empty image in this VM's directory (removed with the VM)."""
-        return create_image(self.dir / f"{name}.{fmt}", size, fmt)
+        """An empty image in this VM's directory on the lab host (removed with the VM)."""
+        return create_image(self.hdir / f"{name}.{fmt}", size, fmt, host=self.host)
 
     def image_sha256(self, path, mib: int, fmt: str = "qcow2") -> str:
-        return image_sha256(Path(path), mib, fmt)
+        return image_sha256(path if not self.host.local else Path(path), mib, fmt, host=self.host)
 
     @staticmethod
     def _flags(live: bool, config: bool) -> int:
@@ -393,9 +405,10 @@ class VM:
             out["live domain XML"] = self.dom.XMLDesc(0) if self.dom else "(no domain)"
         except libvirt.libvirtError as e:
             out["live domain XML"] = f"(unavailable: {e.get_error_message()})"
-        qlog = Path("/var/log/libvirt/qemu") / f"{self.name}.log"
-        if qlog.exists():
-            out["QEMU log"] = qlog.read_text(errors="replace")[-200000:]
+        try:
+            out["QEMU log"] = self.host.read_text(f"/var/log/libvirt/qemu/{self.name}.log")[-200000:]
+        except (OSError, RuntimeError):
+            pass
         if self._guest is not None:
             try:
                 out["guest dmesg"] = self._guest.run("dmesg", timeout=10).stdout

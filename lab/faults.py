@@ -157,6 +157,7 @@ class DmErrorBackend(FaultBackend):
     name = "dm-error"
 
     def __init__(self, workdir: Path, run_id: str, size_mib: int = 64, runner=subprocess.run):
+        """`workdir` and `runner` are the lab host's (a host path, and host commands)."""
         self.dir = workdir
         self.size_mib = size_mib
         self.dm_name = f"acc-{run_id}-{secrets.token_hex(3)}"
@@ -172,11 +173,12 @@ class DmErrorBackend(FaultBackend):
         return r
 
     def setup(self) -> "DmErrorBackend":
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.backing, "wb") as f:
-            f.truncate(self.size_mib << 20)
+        r = self.runner(["sh", "-c", 'mkdir -p "$1" && truncate -s "$2" "$3"', "sh", str(self.dir),
+                         f"{self.size_mib}M", str(self.backing)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise FaultError(f"cannot make the backing file {self.backing}: {r.stderr.strip()}")
         try:
-            self.loop = loopdev.attach(self.backing)
+            self.loop = loopdev.attach(self.backing, runner=self.runner)
             sectors = int(self.runner(["blockdev", "--getsz", self.loop], capture_output=True,
                                       text=True).stdout.strip() or 0)
             self.tables = dm_tables(sectors, self.loop)
@@ -222,18 +224,24 @@ class DmErrorBackend(FaultBackend):
                     break
                 time.sleep(0.1)
         if self.loop:
-            loopdev.detach(self.loop)
-        self.backing.unlink(missing_ok=True)
+            loopdev.detach(self.loop, runner=self.runner)
+        self.runner(["rm", "-f", str(self.backing)], capture_output=True, text=True)
         self.state = "removed"
 
     def describe(self) -> str:
         return f"device-mapper {self.dm_name}: linear over {self.loop} swapped with an error table"
 
 
-def make_backend(name: str, workdir: Path, run_id: str) -> FaultBackend:
+def make_backend(name: str, workdir: Path, run_id: str, host=None) -> FaultBackend:
+    """The backend on the lab host: `workdir` is a host path; `host` None is this machine."""
+    remote = host is not None and not host.local
     if name == "nbdkit":
+        if remote:
+            raise FaultError(f"the nbdkit backend runs on this machine only; lab host {host.name} "
+                             "needs faults.backend = 'dm-error'")
         return NbdkitBackend(workdir)
     if name == "dm-error":
-        return DmErrorBackend(workdir, run_id)
+        from .hostexec import runner_for
+        return DmErrorBackend(workdir, run_id, runner=runner_for(host) if remote else subprocess.run)
     raise FaultError(f"no fault backend on this lab host (faults.backend = {name!r}); "
                      "install nbdkit or use a host with device-mapper")

@@ -13,20 +13,20 @@ class LoopError(RuntimeError):
     pass
 
 
-def attach(backing: Path) -> str:
-    r = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
+def attach(backing: Path, runner=subprocess.run) -> str:
+    r = runner(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
     if r.returncode != 0:
         raise LoopError(f"cannot attach a loop device to {backing}: {r.stderr.strip()} (does the host kernel have loop?)")
     return r.stdout.strip()
 
 
-def detach(dev: str) -> None:
-    subprocess.run(["losetup", "-d", dev], capture_output=True, text=True)
+def detach(dev: str, runner=subprocess.run) -> None:
+    runner(["losetup", "-d", dev], capture_output=True, text=True)
 
 
-def list_loops() -> list[tuple[str, str]]:
+def list_loops(runner=subprocess.run) -> list[tuple[str, str]]:
     """(device, backing file) for every attached loop device."""
-    r = subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True)
+    r = runner(["losetup", "-J", "-l"], capture_output=True, text=True)
     if r.returncode != 0 or not r.stdout.strip():
         return []
     return [(d["name"], (d.get("back-file") or "").removesuffix(" (deleted)"))

@@ -30,38 +30,40 @@ def host_run(*argv, check: bool = True, runner=subprocess.run) -> subprocess.Com
 class Bridge:
     """An isolated Linux bridge (the documented `br0`, when the lab names none)."""
 
-    def __init__(self, run_id: str, name: str | None = None, work_dir: Path | str = ""):
+    def __init__(self, run_id: str, name: str | None = None, work_dir: Path | str = "", runner=subprocess.run):
         self.name = name or f"accbr{secrets.token_hex(3)}"
         self.run_id = run_id
         self.work_dir = str(work_dir)
+        self.runner = runner            # the lab host's commands
 
     def create(self) -> "Bridge":
-        host_run("ip", "link", "add", self.name, "type", "bridge")
+        host_run("ip", "link", "add", self.name, "type", "bridge", runner=self.runner)
         try:
-            host_run("ip", "link", "set", self.name, "alias", f"{ALIAS_PREFIX}{self.run_id} dir={self.work_dir}")
-            Path(f"/proc/sys/net/ipv6/conf/{self.name}/disable_ipv6").write_text("1")
-            host_run("ip", "link", "set", self.name, "up")
+            host_run("ip", "link", "set", self.name, "alias", f"{ALIAS_PREFIX}{self.run_id} dir={self.work_dir}",
+                     runner=self.runner)
+            host_run("sysctl", "-q", "-w", f"net.ipv6.conf.{self.name}.disable_ipv6=1", runner=self.runner)
+            host_run("ip", "link", "set", self.name, "up", runner=self.runner)
         except BaseException:
             self.remove()
             raise
         return self
 
     def remove(self) -> None:
-        host_run("ip", "link", "del", self.name, check=False)
+        host_run("ip", "link", "del", self.name, check=False, runner=self.runner)
 
     def ports(self) -> list[str]:
-        d = SYS_NET / self.name / "brif"
-        return sorted(p.name for p in d.iterdir()) if d.exists() else []
+        out = host_run("ip", "-j", "link", "show", "master", self.name, check=False, runner=self.runner).stdout
+        return sorted(link["ifname"] for link in json.loads(out or "[]"))
 
     def host_addresses(self) -> list[str]:
-        out = host_run("ip", "-j", "addr", "show", "dev", self.name).stdout
+        out = host_run("ip", "-j", "addr", "show", "dev", self.name, runner=self.runner).stdout
         return [a["local"] for i in json.loads(out or "[]") for a in i.get("addr_info", [])]
 
 
-def harness_bridges(work_dir: Path | str | None = None) -> dict[str, str]:
+def harness_bridges(work_dir: Path | str | None = None, runner=subprocess.run) -> dict[str, str]:
     """bridge name -> run id, for every bridge a harness run made (with the
     given work dir only, when one is given: runs of other work dirs are not ours)."""
-    out = host_run("ip", "-j", "link", "show", "type", "bridge", check=False).stdout
+    out = host_run("ip", "-j", "link", "show", "type", "bridge", check=False, runner=runner).stdout
     res = {}
     for link in json.loads(out or "[]"):
         alias = link.get("ifalias", "")
@@ -73,13 +75,16 @@ def harness_bridges(work_dir: Path | str | None = None) -> dict[str, str]:
     return res
 
 
-def tap_master(tap: str, sys_net: Path = SYS_NET) -> str | None:
+def tap_master(tap: str, sys_net=SYS_NET) -> str | None:
     m = sys_net / tap / "master"
-    return os.path.basename(os.readlink(m)) if m.is_symlink() else None
+    return m.readlink().name if m.is_symlink() else None
 
 
-def qemu_holds(pid: int, path: str, proc: Path = Path("/proc")) -> bool:
+def qemu_holds(pid: int, path: str, proc: Path = Path("/proc"), host=None) -> bool:
     """True when process `pid` has `path` open (for example /dev/vhost-net)."""
+    if host is not None and not host.local:
+        r = host.run("sh", "-c", 'for f in /proc/"$1"/fd/*; do readlink "$f"; done', "sh", pid, check=False)
+        return path in r.stdout.split("\n")
     for fd in (proc / str(pid) / "fd").iterdir():
         try:
             if os.readlink(fd) == path:
@@ -130,8 +135,11 @@ def bridge_interface(mac: str, bridge: str, model: str = "virtio", driver: str |
     return i
 
 
-def ovs_dpdk_ready(runner=subprocess.run) -> tuple[bool, str]:
+def ovs_dpdk_ready(runner=subprocess.run, host=None) -> tuple[bool, str]:
     """Whether Open vSwitch runs with DPDK initialised (the vhost-user backend)."""
+    if host is not None and not host.local:
+        from .hostexec import runner_for
+        runner = runner_for(host)
     try:
         r = host_run("ovs-vsctl", "get", "Open_vSwitch", ".", "dpdk_initialized", check=False, runner=runner)
     except FileNotFoundError:

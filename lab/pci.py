@@ -5,7 +5,6 @@ change and restored on every exit path."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +57,10 @@ def read_device(bdf: str, sys: Path = SYS) -> HostPci:
     d = sys / "bus/pci/devices" / bdf
     if not d.exists():
         raise LookupError(f"no PCI device {bdf} on this host")
-    drv = os.path.basename(os.readlink(d / "driver")) if (d / "driver").is_symlink() else None
-    grp = int(os.path.basename(os.readlink(d / "iommu_group"))) if (d / "iommu_group").is_symlink() else None
-    vfs = sorted(((int(l.name[len("virtfn"):]), os.path.basename(os.readlink(l))) for l in d.glob("virtfn*")))
-    physfn = os.path.basename(os.readlink(d / "physfn")) if (d / "physfn").is_symlink() else None
+    drv = (d / "driver").readlink().name if (d / "driver").is_symlink() else None
+    grp = int((d / "iommu_group").readlink().name) if (d / "iommu_group").is_symlink() else None
+    vfs = sorted(((int(l.name[len("virtfn"):]), l.readlink().name) for l in d.glob("virtfn*")))
+    physfn = (d / "physfn").readlink().name if (d / "physfn").is_symlink() else None
     nets = tuple(sorted(p.name for p in (d / "net").iterdir())) if (d / "net").is_dir() else ()
     return HostPci(bdf, _read(d / "vendor"), _read(d / "device"), _read(d / "class"), drv, grp,
                    int(_read(d / "sriov_totalvfs", "0") or 0), int(_read(d / "sriov_numvfs", "0") or 0),
@@ -84,7 +83,7 @@ def hpre_devices(sys: Path = SYS) -> list[dict]:
     uacce = sys / "class/uacce"
     for q in sorted(uacce.glob("hisi_hpre-*")) if uacce.exists() else []:
         dev = q / "device"
-        bdf = os.path.basename(os.path.realpath(dev))
+        bdf = dev.resolve().name
         out.append({"name": q.name, "bdf": bdf, "numvfs_path": str(dev / "sriov_numvfs"),
                     "vendor": _read(dev / "vendor"), "device": _read(dev / "device")})
     return out
@@ -135,19 +134,28 @@ class HostStateRecord:
 
 
 class HostState:
-    def __init__(self, sys: Path = SYS, runner=subprocess.run, writer=None, save_to: Path | None = None):
-        self.sys, self.runner = sys, runner
-        self.writer = writer or (lambda path, value: Path(path).write_text(value))
+    def __init__(self, sys=None, runner=None, writer=None, save_to: Path | None = None, host=None):
+        from .hostexec import runner_for, sys_root
+        self.sys = sys if sys is not None else sys_root(host)
+        self.runner = runner or (runner_for(host) if host is not None and not host.local else subprocess.run)
+        self.writer = writer or self._write
         self.record = HostStateRecord()
         self.save_to = save_to       # kept on disk, so a crashed run's changes are restored by the sweeper
+
+    def _write(self, path, value: str) -> None:
+        """A sysfs write on the lab host (`path`: a path object of self.sys's kind, or a string)."""
+        if not hasattr(path, "write_text"):
+            from .hostexec import HostPath
+            path = HostPath(self.sys.host, path) if isinstance(self.sys, HostPath) else Path(path)
+        path.write_text(value)
 
     def _save(self) -> None:
         if self.save_to:
             self.save_to.write_text(json.dumps(self.record.__dict__))
 
     @classmethod
-    def restore_saved(cls, path: Path) -> list[str]:
-        st = cls()
+    def restore_saved(cls, path: Path, host=None) -> list[str]:
+        st = cls(host=host)
         st.record = HostStateRecord(**json.loads(path.read_text()))
         return st.restore()
 

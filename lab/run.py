@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import subprocess
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import images, timeouts
 from .arch import profile
 from .config import LabConfig
 from .domain import VM, VMSpec
 from .guest.ssh import RunKey
+from .hostexec import runner_for, sys_root
 from .leases import Lease, lease_port, try_lock
 from .network import Bridge
 from .session import Session
@@ -36,8 +38,19 @@ class Run:
         self._undo: list[tuple[str, object]] = []     # host changes, undone in reverse at close
         self._counter = 0
         self._bridge = None
+        self._device_leases: dict = {}
+        # The lab host's commands and files: this machine, or SSH to a remote lab host.
+        self.host = cfg.host()
+        self.runner = subprocess.run if self.host.local else runner_for(self.host)
+        self.sys = sys_root(self.host)
         self.session = Session(cfg.libvirt_uri)
-        self.swept = sweep(self.session.conn, self.work_dir, log)
+        self.swept = sweep(self.session.conn, self.work_dir, log, host=self.host if cfg.has_shell else None,
+                           host_work_dir=cfg.host_work_dir)
+        if self.host.local:
+            self.hdir = self.dir                 # where QEMU finds this run's files
+        else:
+            self.hdir = PurePosixPath(cfg.host_work_dir) / "runs" / self.run_id
+            self.host.makedirs(self.hdir)
         self.key = RunKey.generate()
         self.image = self._image()
 
@@ -47,6 +60,8 @@ class Run:
             if self.cfg.image_access == "nocloud":
                 img = images.GuestImage(root=img.root, kernel=img.kernel, initrd=img.initrd,
                                         digest=img.digest, access="nocloud", console_tty=img.console_tty)
+            if not self.host.local:
+                img = images.upload(img, self.host, PurePosixPath(self.cfg.host_work_dir) / "images")
             return img
         return images.GuestImage(root=Path(self.cfg.image), access="nocloud", console_tty=self.arch.console_tty)
 
@@ -68,17 +83,22 @@ class Run:
         if self.cfg.bridge:
             return Bridge(self.run_id, self.cfg.bridge)
         if self._bridge is None:
-            b = Bridge(self.run_id, work_dir=self.work_dir).create()
+            b = Bridge(self.run_id, work_dir=self.work_dir, runner=self.runner).create()
             self.push_undo(f"removed bridge {b.name}", b.remove)
             self._bridge = b
         return self._bridge
 
     def lease_device(self, kind: str, ident: str, wait_s: float = 0) -> Lease:
-        """Hold a scarce host device for this run (released at close)."""
+        """Hold a scarce host device for this run (released at close); a device this
+        run already holds is its own (a second test of the run takes it again at once)."""
         from .leases import lease_device
         from .timeouts import Deadline
+        held = self._device_leases.get((kind, ident))
+        if held is not None:
+            return held
         lease = lease_device(self.work_dir / "leases", kind, ident, f"run {self.run_id} (pid {os.getpid()})",
                              Deadline(wait_s, f"{kind} {ident} to be free") if wait_s else None)
+        self._device_leases[(kind, ident)] = lease
         self.push_undo(f"released lease on {kind} {ident}", lease.release)
         return lease
 
@@ -116,6 +136,13 @@ class Run:
             except Exception as e:          # keep undoing the rest
                 undone.append(f"FAILED to undo ({what}): {e}")
         self.session.close()
+        if not self.host.local:
+            try:
+                self.host.rmtree(self.hdir)
+                undone.append(f"removed {self.hdir} on {self.host.name}")
+            except Exception as e:
+                undone.append(f"FAILED to remove {self.hdir} on {self.host.name}: {e}")
+            self.host.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.lock.release()
         (self.work_dir / "runs" / f"{self.run_id}.lock").unlink(missing_ok=True)

@@ -46,10 +46,13 @@ def undefine(dom: libvirt.virDomain) -> None:
                 raise
 
 
-def dm_leftovers(runs: Path, sys_dev: Path = Path("/sys/dev/block"), runner=subprocess.run) -> list[tuple[str, str]]:
+def dm_leftovers(runs: Path, sys_dev=Path("/sys/dev/block"), runner=subprocess.run,
+                 locks: Path | None = None) -> list[tuple[str, str]]:
     """Device-mapper devices a dead run of this work dir made: named acc-<run>-*,
-    and mapped onto a loop device whose backing file lies in that run's directory."""
+    and mapped onto a loop device whose backing file lies in that run's directory
+    (`runs` on the lab host; `locks`: where the runs' locks are, default `runs`)."""
     from .host import kernel_has_device_mapper
+    locks = locks or runs
     if runner is subprocess.run and not kernel_has_device_mapper():
         return []
     r = runner(["dmsetup", "ls"], capture_output=True, text=True)
@@ -61,19 +64,21 @@ def dm_leftovers(runs: Path, sys_dev: Path = Path("/sys/dev/block"), runner=subp
         if not name.startswith(PREFIX) or name.count("-") < 2:
             continue
         run_id = name.split("-")[1]
-        if is_locked(runs / f"{run_id}.lock"):
+        if is_locked(locks / f"{run_id}.lock"):
             continue
         table = runner(["dmsetup", "table", name], capture_output=True, text=True).stdout.split()
         majmin = table[3] if len(table) > 3 and table[2] == "linear" else None
         back = sys_dev / majmin / "loop" / "backing_file" if majmin else None
-        if back is not None and back.exists() and _inside(Path(back.read_text().strip()), runs / run_id):
+        if back is not None and back.exists() and _inside(Path(back.read_text().strip()), runs / run_id,
+                                                          resolve=isinstance(back, Path)):
             out.append((name, run_id))
     return out
 
 
-def _inside(path: Path, root: Path) -> bool:
+def _inside(path: Path, root: Path, resolve: bool = True) -> bool:
     try:
-        path.resolve().relative_to(root.resolve())
+        (path.resolve() if resolve else Path(os.path.normpath(path))).relative_to(
+            root.resolve() if resolve else Path(os.path.normpath(root)))
         return True
     except ValueError:
         return False
@@ -97,8 +102,7 @@ def helper_leftovers(runs: Path, proc: Path = Path("/proc")) -> list[tuple[int, 
     return found
 
 
-def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
-    runs = work_dir / "runs"
+def _sweep_domains(conn, work_dir: Path, runs: Path, files_root: Path, host) -> list[str]:
     undone: list[str] = []
     for dom in conn.listAllDomains():
         name = dom.name()
@@ -122,9 +126,75 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print) -> list[str]:
             undone.append(f"could not remove leftover domain {name}: {e.get_error_message()}")
         for f in tag.iter("{*}file"):
             p = Path(f.get("path", ""))
-            if p.exists() and _inside(p, work_dir):
+            if host is not None:
+                if _inside(p, files_root, resolve=False) and len(p.parts) > len(files_root.parts) + 1 \
+                        and host.exists(p):
+                    host.rmtree(p)
+                    undone.append(f"removed {p} on {host.name}")
+            elif p.exists() and _inside(p, work_dir):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink()
                 undone.append(f"removed {p}")
+    return undone
+
+
+def _sweep_remote(work_dir: Path, runs: Path, host_runs: Path, host) -> list[str]:
+    """A remote lab host's leftovers of this work dir's dead runs."""
+    from .hostexec import HostPath, runner_for
+    undone: list[str] = []
+    runner = runner_for(host)
+    dead = lambda run_id: not is_locked(runs / f"{run_id}.lock")     # noqa: E731
+    for br, run_id in network.harness_bridges(work_dir, runner=runner).items():
+        if dead(run_id):
+            network.host_run("ip", "link", "del", br, check=False, runner=runner)
+            undone.append(f"removed leftover bridge {br} of dead run {run_id} on {host.name}")
+    if host.which("dmsetup"):
+        for name, run_id in dm_leftovers(host_runs, HostPath(host, "/sys/dev/block"), runner, locks=runs):
+            runner(["dmsetup", "remove", "--force", name])
+            undone.append(f"removed leftover device-mapper device {name} of dead run {run_id} on {host.name}")
+    for dev, back in loopdev.list_loops(runner):
+        parts = Path(back).parts
+        if back and _inside(Path(back), host_runs, resolve=False) and len(parts) > len(host_runs.parts) \
+                and dead(parts[len(host_runs.parts)]):
+            loopdev.detach(dev, runner)
+            undone.append(f"detached leftover loop device {dev} ({back}) on {host.name}")
+    if runs.is_dir():
+        for saved in sorted(runs.glob("*/host-state-*.json")):
+            if dead(saved.parent.name):
+                from .pci import HostState
+                undone += [f"{line} (left by dead run {saved.parent.name})"
+                           for line in HostState.restore_saved(saved, host=host)]
+                saved.unlink()
+    try:
+        entries = host.listdir(host_runs)
+    except FileNotFoundError:
+        entries = []
+    for name in entries:
+        if dead(name):
+            host.rmtree(host_runs / name)
+            undone.append(f"removed leftover run directory {host_runs / name} on {host.name}")
+    if runs.is_dir():
+        for entry in sorted(runs.iterdir()):
+            if entry.is_dir() and dead(entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+                undone.append(f"removed leftover run directory {entry}")
+        for lock in runs.glob("*.lock"):
+            if not (runs / lock.stem).exists() and not is_locked(lock):
+                lock.unlink(missing_ok=True)
+    return undone
+
+
+def sweep(conn: libvirt.virConnect, work_dir: Path, log=print, host=None, host_work_dir=None) -> list[str]:
+    """`host`: the lab host's executor when it is remote (its files, bridges, dm and
+    loop devices are swept there; the runs' locks stay in this machine's work_dir)."""
+    runs = work_dir / "runs"
+    undone: list[str] = []
+    if host is not None and not host.local:
+        undone += _sweep_domains(conn, work_dir, runs, Path(host_work_dir), host)
+        undone += _sweep_remote(work_dir, runs, Path(host_work_dir) / "runs", host)
+        for line in undone:
+            log(f"sweep: {line}")
+        return undone
+    undone += _sweep_domains(conn, work_dir, runs, work_dir, None)
     for br, run_id in network.harness_bridges(work_dir).items():
         if not is_locked(runs / f"{run_id}.lock"):
             network.host_run("ip", "link", "del", br, check=False)

@@ -5,7 +5,6 @@ vhost WWPN with one TPG and LUN 0, given to a VM as
 Everything made is removed in reverse order on exit, also after a failure."""
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
@@ -24,17 +23,16 @@ class ConfigFS:
         (self.root / rel).mkdir(parents=True)
 
     def write(self, rel: str, value: str) -> None:
-        with open(self.root / rel, "w") as f:
-            f.write(value)
+        (self.root / rel).write_text(value)
 
     def symlink(self, target_rel: str, link_rel: str) -> None:
-        os.symlink(self.root / target_rel, self.root / link_rel)
+        (self.root / link_rel).symlink_to(self.root / target_rel)
 
     def unlink(self, rel: str) -> None:
-        os.unlink(self.root / rel)
+        (self.root / rel).unlink()
 
     def rmdir(self, rel: str) -> None:
-        os.rmdir(self.root / rel)
+        (self.root / rel).rmdir()
 
     def exists(self, rel: str) -> bool:
         return (self.root / rel).exists()

@@ -11,7 +11,7 @@ from lab import hostproc
 from lab import xml as X
 from lab.domain import VMSpec
 from lab.timeouts import Deadline, poll
-from lab.vhost_scsi import VhostScsiTarget
+from lab.vhost_scsi import ConfigFS, VhostScsiTarget
 
 MANY = 27          # one past the 26 single-letter names
 
@@ -153,10 +153,10 @@ def test_live_attach_is_gone_after_restart_config_attach_stays(scsi_vm):
 
 
 @claims("DISK-3")
-def test_vhost_scsi_disk_appears_as_sd(scsi_vm):
+def test_vhost_scsi_disk_appears_as_sd(scsi_vm, lab):
     vm = scsi_vm
     backing = vm.scratch_image("vhost-lun", "64M", "raw")
-    with VhostScsiTarget(backing, 64 << 20) as target:
+    with VhostScsiTarget(backing, 64 << 20, fs=ConfigFS(lab.sys / "kernel/config/target")) as target:
         hostdev = vm.attach(target.hostdev(), live=True)
         try:
             disk = poll(lambda: next((d for d in vm.guest.block.disks()

@@ -24,7 +24,7 @@ def tap_of(live_iface):
 def driver_name(run):
     """The guide asks for vhost; hosts without vhost-net get QEMU's own backend."""
     from lab import host
-    return "vhost" if host.probe(run.cfg)["vhost-net"].present else "qemu"
+    return "vhost" if host.probe(run.cfg, host=run.host)["vhost-net"].present else "qemu"
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +48,13 @@ def test_attach_virtio_nic_with_two_queues_on_the_bridge_then_detach(nic_vm, lab
         assert ch["max"].get("combined") == 2 and ch["current"].get("combined") == 2, \
             f"guest channels for queues='2': {ch}"
         assert nic.rx_queues == 2, f"guest has {nic.rx_queues} rx queues"
-        assert network.tap_master(tap) == br.name, f"tap {tap} is not on bridge {br.name}"   # NIC-4
+        assert network.tap_master(tap, lab.sys / "class/net") == br.name, f"tap {tap} is not on bridge {br.name}"   # NIC-4
         assert tap in br.ports()
         assert br.host_addresses() == [], "the harness's bridge must carry no host address"
     finally:
         vm.detach(iface, live=True)                                           # NIC-7, same XML
     wait_nic_gone(vm, mac)
-    assert tap not in br.ports() and network.tap_master(tap) is None
+    assert tap not in br.ports() and network.tap_master(tap, lab.sys / "class/net") is None
 
 
 @claims("NIC-6")
@@ -111,7 +111,7 @@ def test_vhost_driver_makes_a_vhost_net_nic(nic_vm, lab):
     live = vm.attach(iface, live=True)
     try:
         assert live.find("driver").get("name") == "vhost"
-        assert network.qemu_holds(vm.qemu_pid(), "/dev/vhost-net"), "QEMU does not hold /dev/vhost-net"
+        assert network.qemu_holds(vm.qemu_pid(), "/dev/vhost-net", host=lab.host), "QEMU does not hold /dev/vhost-net"
         assert wait_nic(vm, iface.find("mac").get("address")).driver == "virtio_net"
     finally:
         vm.detach(iface, live=True)
@@ -120,7 +120,7 @@ def test_vhost_driver_makes_a_vhost_net_nic(nic_vm, lab):
 @claims("NIC-5")
 def test_openvswitch_virtualport_makes_an_ovs_port(nic_vm, lab):
     vm = nic_vm
-    ovs = network.OvsBridge(lab.run_id).create()
+    ovs = network.OvsBridge(lab.run_id, runner=lab.runner).create()
     lab.push_undo(f"removed OVS bridge {ovs.name}", ovs.remove)
     try:
         iface = network.bridge_interface(random_mac(), ovs.name, virtualport="openvswitch")
@@ -138,7 +138,7 @@ def test_openvswitch_virtualport_makes_an_ovs_port(nic_vm, lab):
 @claims("NIC-8")
 def test_vhost_user_nics_carry_traffic(vms, lab):
     """Two guests with vhost-user NICs on one OVS-DPDK bridge ping each other."""
-    ovs = network.OvsBridge(lab.run_id, datapath="netdev").create()
+    ovs = network.OvsBridge(lab.run_id, runner=lab.runner, datapath="netdev").create()
     lab.push_undo(f"removed OVS bridge {ovs.name}", ovs.remove)
     try:
         ends = []

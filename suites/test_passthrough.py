@@ -4,7 +4,6 @@ touched; host state (drivers, VF counts, VF MAC/VLAN/rate) is recorded first
 and restored on every exit path."""
 import re
 import secrets
-import subprocess
 
 import pytest
 
@@ -15,7 +14,7 @@ from lab.timeouts import Deadline, poll
 
 @pytest.fixture
 def host_state(lab):
-    st = pci.HostState(save_to=lab.dir / f"host-state-{secrets.token_hex(3)}.json")
+    st = pci.HostState(save_to=lab.dir / f"host-state-{secrets.token_hex(3)}.json", host=lab.host)
     lab.push_undo("restored host PCI state", st.restore)
     yield st
     lab.undo_now(st.restore)
@@ -25,8 +24,8 @@ def listed(lab, kind):
     return {d.bdf for d in getattr(lab.cfg.inventory, kind)}
 
 
-def host_lspci_vfs(pf_bdf):
-    out = subprocess.run(["lspci", "-D"], capture_output=True, text=True).stdout
+def host_lspci_vfs(lab, pf_bdf):
+    out = lab.host.run("lspci", "-D").stdout
     bus = pf_bdf.rsplit(":", 1)[0] + ":"
     return sorted(line.split()[0] for line in out.splitlines() if "Virtual Function" in line and line.startswith(bus))
 
@@ -37,22 +36,22 @@ def host_lspci_vfs(pf_bdf):
 def test_managed_vfio_passthrough_with_rom_bar_off(lab, vms, host_state):
     bdf = sorted(listed(lab, "pci"))[0]
     lab.lease_device("pci", bdf, wait_s=600)
-    dev = pci.check_passthrough_safe(bdf, listed(lab, "pci"))
+    dev = pci.check_passthrough_safe(bdf, listed(lab, "pci"), lab.sys)
     host_state.remember_device(bdf)
     vm = vms.boot(VMSpec("pci-pass", devices=[pci.hostdev_pci(bdf)]))
-    assert pci.read_device(bdf).driver == "vfio-pci", "managed='yes' binds the device to vfio-pci while assigned"
+    assert pci.read_device(bdf, lab.sys).driver == "vfio-pci", "managed='yes' binds the device to vfio-pci while assigned"
     guest = {d.bdf: d for d in vm.guest.pci.devices()}
     seen = guest.get("0000:00:03.0")
     assert seen and (seen.vendor, seen.device) == (dev.vendor, dev.device), \
         f"guest 00:03.0 is {seen}, expected {dev.ids}"
     assert vm.guest.run("test -e /sys/bus/pci/devices/0000:00:03.0/rom").rc != 0, "rom bar='off' left a ROM BAR"
     vms.release(vm)
-    assert pci.read_device(bdf).driver == dev.driver, "the host driver came back after the VM"
+    assert pci.read_device(bdf, lab.sys).driver == dev.driver, "the host driver came back after the VM"
 
 
 @claims("PCI-3")
 def test_iommu_group_goes_to_one_vm_only(lab, vms, host_state):
-    devs = [pci.read_device(b) for b in sorted(listed(lab, "pci"))]
+    devs = [pci.read_device(b, lab.sys) for b in sorted(listed(lab, "pci"))]
     groups = {}
     for d in devs:
         groups.setdefault(d.iommu_group, []).append(d.bdf)
@@ -73,7 +72,7 @@ def test_iommu_group_goes_to_one_vm_only(lab, vms, host_state):
 def pf(lab, host_state):
     entry = lab.cfg.inventory.sriov_pfs[0]
     lab.lease_device("pf", entry.bdf, wait_s=600)
-    dev = pci.read_device(entry.bdf)
+    dev = pci.read_device(entry.bdf, lab.sys)
     if not dev.is_pf:
         raise pci.UnsafeDevice(f"{entry.bdf} is listed as an SR-IOV PF but has no sriov_totalvfs")
     host_state.remember_pf(entry.bdf)
@@ -81,42 +80,44 @@ def pf(lab, host_state):
 
 
 @claims("SRIOV-1", "SRIOV-2")
-def test_numvfs_creates_and_removes_vfs_and_discovery_agrees(pf, host_state):
+def test_numvfs_creates_and_removes_vfs_and_discovery_agrees(lab, pf, host_state):
     n = min(2, pf.totalvfs)
     host_state.set_numvfs(pf.bdf, n)
-    now = pci.read_device(pf.bdf)
-    assert len(now.virtfns) == n and host_lspci_vfs(pf.bdf) == sorted(now.virtfns)
+    now = pci.read_device(pf.bdf, lab.sys)
+    assert len(now.virtfns) == n and host_lspci_vfs(lab, pf.bdf) == sorted(now.virtfns)
     for vf in now.virtfns:
-        assert pci.read_device(vf).physfn == pf.bdf
+        assert pci.read_device(vf, lab.sys).physfn == pf.bdf
     assert now.netdevs, "the PF's netdev under .../net"
     host_state.set_numvfs(pf.bdf, 0)
-    assert pci.read_device(pf.bdf).virtfns == () and host_lspci_vfs(pf.bdf) == []
+    assert pci.read_device(pf.bdf, lab.sys).virtfns == () and host_lspci_vfs(lab, pf.bdf) == []
 
 
 @claims("SRIOV-3")
-def test_ip_link_sets_vf_mac_and_rate(pf, host_state):
+def test_ip_link_sets_vf_mac_and_rate(lab, pf, host_state):
     host_state.set_numvfs(pf.bdf, max(1, pf.numvfs))
     net = pf.netdevs[0]
     mac = random_mac()
-    subprocess.run(["ip", "link", "set", net, "up"], check=True)
-    subprocess.run(["ip", "link", "set", net, "vf", "0", "mac", mac], check=True)
-    subprocess.run(["ip", "link", "set", net, "vf", "0", "rate", "100"], check=True)
-    shown = subprocess.run(["ip", "link", "show", net], capture_output=True, text=True).stdout
+    lab.host.run("ip", "link", "set", net, "up")
+    lab.host.run("ip", "link", "set", net, "vf", "0", "mac", mac)
+    r = lab.host.run("ip", "link", "set", net, "vf", "0", "rate", "100", check=False)
+    if not r.ok:
+        pytest.fail(f"lab host {lab.cfg.name} refused a VF rate on {net}: {r.stderr.strip()}")
+    shown = lab.host.run("ip", "link", "show", net).stdout
     vf0 = next(line for line in shown.splitlines() if re.match(r"\s*vf 0\b", line))
     assert mac in vf0.lower() and "100" in vf0, f"ip link show {net}: {vf0}"
 
 
 @claims("SRIOV-4")
-def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(pf, host_state, vms):
+def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(lab, pf, host_state, vms):
     host_state.set_numvfs(pf.bdf, max(1, pf.numvfs))
-    subprocess.run(["ip", "link", "set", pf.netdevs[0], "up"], check=True)
-    vf = pci.read_device(pf.bdf).virtfns[0]
+    lab.host.run("ip", "link", "set", pf.netdevs[0], "up")
+    vf = pci.read_device(pf.bdf, lab.sys).virtfns[0]
     host_state.remember_device(vf)
     mac = random_mac()
     vm = vms.boot(VMSpec("sriov-vf", devices=[pci.hostdev_interface(vf, mac, 1)]))
     nic = poll(lambda: vm.guest.net.find(mac), Deadline(30, "the VF NIC in the guest"))
     assert nic.driver not in ("-", "virtio_net"), f"the guest NIC {nic.name} is not the VF (driver {nic.driver})"
-    shown = subprocess.run(["ip", "link", "show", pf.netdevs[0]], capture_output=True, text=True).stdout
+    shown = lab.host.run("ip", "link", "show", pf.netdevs[0]).stdout
     assert re.search(rf"vf \d+ .*{mac}.*vlan 1", shown, re.I | re.S), f"host shows no VLAN 1 on the VF: {shown}"
 
 
@@ -126,7 +127,7 @@ def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(pf, host_state, vms):
 def hpre(lab, host_state):
     bdf = lab.cfg.inventory.hpre[0].bdf
     lab.lease_device("hpre", bdf, wait_s=600)
-    found = next((h for h in pci.hpre_devices() if h["bdf"] == bdf), None)
+    found = next((h for h in pci.hpre_devices(lab.sys) if h["bdf"] == bdf), None)
     if found is None:
         raise pci.UnsafeDevice(f"lab HPRE {bdf} is not under /sys/class/uacce")
     host_state.remember_pf(bdf)
@@ -134,26 +135,26 @@ def hpre(lab, host_state):
 
 
 @claims("HPRE-1")
-def test_hpre_ids_and_vf_limit(hpre, host_state):
+def test_hpre_ids_and_vf_limit(lab, hpre, host_state):
     assert (hpre["vendor"], hpre["device"]) == (pci.HPRE_VENDOR, pci.HPRE_PF)
-    assert pci.read_device(hpre["bdf"]).totalvfs == pci.HPRE_MAX_VFS
+    assert pci.read_device(hpre["bdf"], lab.sys).totalvfs == pci.HPRE_MAX_VFS
     host_state.writer(hpre["numvfs_path"], "2")
-    vfs = pci.read_device(hpre["bdf"]).virtfns
-    assert len(vfs) == 2 and all(pci.read_device(v).device == pci.HPRE_VF for v in vfs)
+    vfs = pci.read_device(hpre["bdf"], lab.sys).virtfns
+    assert len(vfs) == 2 and all(pci.read_device(v, lab.sys).device == pci.HPRE_VF for v in vfs)
     host_state.writer(hpre["numvfs_path"], "0")
     with pytest.raises(OSError):
         host_state.writer(hpre["numvfs_path"], str(pci.HPRE_MAX_VFS + 1))
 
 
 @claims("HPRE-2", "HPRE-3")
-def test_hpre_vf_in_a_vm_is_usable_and_pins_the_host_driver(hpre, host_state, vms):
+def test_hpre_vf_in_a_vm_is_usable_and_pins_the_host_driver(lab, hpre, host_state, vms):
     host_state.writer(hpre["numvfs_path"], "2")
-    vf, spare = pci.read_device(hpre["bdf"]).virtfns[:2]
+    vf, spare = pci.read_device(hpre["bdf"], lab.sys).virtfns[:2]
     host_state.remember_device(vf)
     vm = vms.boot(VMSpec("hpre-vf", devices=[pci.hostdev_pci(vf)]))
     seen = {d.bdf: d for d in vm.guest.pci.devices()}.get("0000:00:03.0")
     assert seen and (seen.vendor, seen.device) == (pci.HPRE_VENDOR, pci.HPRE_VF) and seen.driver != "-"
-    r = subprocess.run(["modprobe", "-r", "hisi_hpre"], capture_output=True, text=True)
-    assert r.returncode != 0, "the host driver unloaded while a VM uses its VF"
+    r = lab.host.run("modprobe", "-r", "hisi_hpre", check=False)
+    assert r.rc != 0, "the host driver unloaded while a VM uses its VF"
     with pytest.raises(AttachRefused):
         vm.attach(pci.hostdev_pci(spare, guest_address=None), live=True)

@@ -112,7 +112,7 @@ def test_vm_with_an_absent_usb_device_fails_to_start(vms):
 
 @pytest.fixture
 def host_usb(lab):
-    present = usb.host_devices_sysfs()
+    present = usb.host_devices_sysfs(lab.sys / "bus/usb/devices")
     dev = usb.usable(lab.cfg.inventory.usb, present)[0]
     lab.lease_device("usb", f"{dev.vendor}:{dev.product}@{dev.bus}-{dev.device}", wait_s=600)
     return dev

@@ -25,8 +25,8 @@ def test_dm_tables_cover_the_whole_device():
 
 
 def test_dm_backend_swaps_tables_and_always_heals(tmp_path, monkeypatch):
-    monkeypatch.setattr(faults.loopdev, "attach", lambda p: "/dev/loop9")
-    monkeypatch.setattr(faults.loopdev, "detach", lambda d: None)
+    monkeypatch.setattr(faults.loopdev, "attach", lambda p, **k: "/dev/loop9")
+    monkeypatch.setattr(faults.loopdev, "detach", lambda d, **k: None)
     run = FakeRunner()
     b = faults.DmErrorBackend(tmp_path, "r1", runner=run)
     with pytest.raises(RuntimeError, match="boom"):

@@ -70,8 +70,10 @@ def quote_command(cmd: str, args) -> str:
 
 
 class SSH:
-    def __init__(self, host: str, port: int, key: RunKey, user: str = "root", host_key: str | None = None):
-        self.host, self.port, self.key, self.user = host, port, key, user
+    def __init__(self, host: str, port: int, key: RunKey, user: str = "root", host_key: str | None = None,
+                 via=None):
+        """`via`: the lab host executor whose network reaches host:port (None: this machine's)."""
+        self.host, self.port, self.key, self.user, self.via = host, port, key, user, via
         self.host_key = host_key     # base64 of the guest's host key; None: learn it on first connect
         self._client: paramiko.SSHClient | None = None
 
@@ -84,7 +86,9 @@ class SSH:
             c = paramiko.SSHClient()
             c.set_missing_host_key_policy(paramiko.AutoAddPolicy())   # checked against the pinned key below
             try:
-                c.connect(self.host, self.port, username=self.user, pkey=self.key.pkey,
+                sock = self.via.connect_tcp(self.host, self.port, timeout=min(5, max(deadline.remaining, 0.5))) \
+                    if self.via is not None and not self.via.local else None
+                c.connect(self.host, self.port, username=self.user, pkey=self.key.pkey, sock=sock,
                           timeout=min(5, max(deadline.remaining, 0.5)),
                           banner_timeout=min(5, max(deadline.remaining, 0.5)),
                           auth_timeout=5, allow_agent=False, look_for_keys=False)
