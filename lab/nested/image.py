@@ -1,0 +1,249 @@
+"""The L1 lab-host image of the nested lab, built offline from Debian packages.
+
+debootstrap into a folder, Debian's generic kernel and modules installed in the
+chroot (the newest one may live in the security suite), the lab host's software
+(libvirt, QEMU, dmsetup, Open vSwitch, LIO's targetcli, pciutils, usbutils,
+sshd), then an ext4 file system made from the folder (`mkfs.ext4 -d`, no loop
+mounts) and converted to qcow2.  Content-addressed like the guest image: the
+cache key hashes the package list, the mirror's package versions of the
+kernel, the builder's version and the lab key that may log in as root.
+
+The mirror is the machine's own apt source (read from /etc/apt), never a host
+written into the repository.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..images import ImageError
+
+BUILDER_VERSION = "1"
+SUITE = "bookworm"
+# What a lab host runs.  libpam-systemd: polkitd (pulled by libvirt) fails to configure without it.
+PACKAGES = [
+    "systemd", "systemd-sysv", "libpam-systemd", "udev", "dbus", "openssh-server", "iproute2", "kmod",
+    "procps", "util-linux", "netcat-openbsd", "libvirt-daemon-system", "libvirt-clients",
+    "qemu-system-x86", "qemu-utils", "dmsetup", "openvswitch-switch", "targetcli-fb", "pciutils",
+    "usbutils", "pci.ids", "ethtool", "coreutils", "e2fsprogs",
+]
+KERNEL_PACKAGE = "linux-image-amd64"
+# Loaded at boot: what the hardware claims need of the lab host's kernel.
+MODULES = ["kvm_amd", "vfio_pci", "vhost_net", "vhost_scsi", "tun", "bridge", "dm_mod",
+           "target_core_mod", "target_core_file", "loop", "igb", "e1000e", "e1000", "usb_storage"]
+# Kernel trees a lab host never needs (the image shrinks by about half).
+PRUNE_MODULES = ["drivers/gpu", "sound", "drivers/net/wireless", "drivers/media", "drivers/infiniband",
+                 "drivers/staging", "drivers/bluetooth", "net/bluetooth", "drivers/iio", "drivers/isdn"]
+IMAGE_FILES = ("vmlinuz", "initrd.img", "root.qcow2")
+ROOT_SIZE_MIB = 3072
+
+
+@dataclass(frozen=True)
+class L1Image:
+    dir: Path
+    digest: str
+
+    @property
+    def root(self) -> Path:
+        return self.dir / "root.qcow2"
+
+    @property
+    def kernel(self) -> Path:
+        return self.dir / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.dir / "initrd.img"
+
+
+def apt_mirrors(etc: Path = Path("/etc/apt")) -> dict[str, str]:
+    """suite -> mirror URI, from the machine's apt sources (deb822 and one-line)."""
+    out: dict[str, str] = {}
+    for f in sorted(etc.glob("sources.list.d/*.sources")):
+        for stanza in f.read_text().split("\n\n"):
+            fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
+            if fields.get("Types", "deb").split()[0] != "deb" or fields.get("Enabled", "yes") == "no":
+                continue
+            for suite in fields.get("Suites", "").split():
+                out.setdefault(suite, fields.get("URIs", "").split()[0])
+    if (etc / "sources.list").exists():
+        for line in (etc / "sources.list").read_text().splitlines():
+            m = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line.strip())
+            if m:
+                out.setdefault(m.group(2), m.group(1))
+    return out
+
+
+def _mirror(suite: str) -> str:
+    m = apt_mirrors()
+    if suite not in m:
+        raise ImageError(f"no apt source for suite {suite!r} in /etc/apt (the L1 lab-host image is built from "
+                         f"the machine's own Debian mirror): add a 'deb' source for {suite}")
+    return m[suite]
+
+
+def _candidate(pkg: str) -> str:
+    r = subprocess.run(["apt-cache", "policy", pkg], capture_output=True, text=True)
+    m = re.search(r"Candidate:\s*(\S+)", r.stdout)
+    if not m or m.group(1) == "(none)":
+        raise ImageError(f"apt knows no candidate for {pkg}: run 'apt-get update' (./harness setup does)")
+    return m.group(1)
+
+
+def inputs(pubkey: str, host_key: Path | None = None) -> dict:
+    return {"host_key": host_key.with_suffix(".pub").read_text().strip() if host_key else "","builder": BUILDER_VERSION, "suite": SUITE, "packages": PACKAGES,
+            "kernel": [KERNEL_PACKAGE, _candidate(KERNEL_PACKAGE)], "libvirt": _candidate("libvirt-daemon-system"),
+            "modules": MODULES, "prune": PRUNE_MODULES, "pubkey": pubkey.strip(), "size": ROOT_SIZE_MIB}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _complete(d: Path) -> bool:
+    try:
+        m = json.loads((d / "manifest.json").read_text())
+        return all((d / f).stat().st_size == m["sizes"][f] for f in IMAGE_FILES)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def l1_image(cache_dir: Path, pubkey: str, host_key: Path | None = None, log=print) -> L1Image:
+    """The cached L1 image for this key, built first when its inputs changed.
+    `host_key`: L1's SSH host key (private; .pub beside it), made by the lab, so the
+    harness pins it instead of trusting on first use."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    inp = inputs(pubkey, host_key)
+    digest = hashlib.sha256(json.dumps(inp, sort_keys=True).encode()).hexdigest()[:16]
+    final = cache_dir / f"l1-{digest}"
+    with open(cache_dir / f".l1-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(final):
+            os.utime(final / "manifest.json")
+            return L1Image(final, digest)
+        shutil.rmtree(final, ignore_errors=True)
+        log(f"building the L1 lab-host image {final.name} (debootstrap {SUITE}, kernel {inp['kernel'][1]})")
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-l1-{digest}-", dir=cache_dir))
+        try:
+            _build(tmp, pubkey, host_key)
+            sizes = {f: (tmp / f).stat().st_size for f in IMAGE_FILES}
+            (tmp / "manifest.json").write_text(json.dumps({"digest": digest, "sizes": sizes, "inputs": inp}, indent=1))
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    for old in cache_dir.glob("l1-*"):
+        if old != final and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+            log(f"pruned old L1 image {old.name}")
+    return L1Image(final, digest)
+
+
+def _sh(cmd: list[str], what: str, **kw) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
+        raise ImageError(f"L1 image: {what} failed (exit {r.returncode}):\n{tail}")
+    return r.stdout
+
+
+# Runs inside a private mount namespace (unshare -m): /proc, /sys and /dev reach
+# the chroot only there, so a crash leaves no mount behind.  $1 = root folder.
+_CHROOT_SETUP = r'''
+set -e
+r=$1; shift
+mount -t proc proc "$r/proc"
+mount -t sysfs sys "$r/sys"
+mount --bind /dev "$r/dev"
+exec chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 "$@"
+'''
+
+
+def _chroot(root: Path, *argv: str, what: str) -> str:
+    return _sh(["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT_SETUP, "sh", str(root), *argv], what)
+
+
+def _build(out: Path, pubkey: str, host_key: Path | None = None) -> None:
+    root = out / "root"
+    mirror, security = _mirror(SUITE), _mirror(f"{SUITE}-security")
+    _sh(["debootstrap", "--variant=minbase", "--components=main", f"--include={','.join(PACKAGES)}",
+         SUITE, str(root), mirror], "debootstrap")
+    (root / "etc/apt/sources.list").write_text(
+        f"deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\ndeb {security} {SUITE}-security main\n")
+    _chroot(root, "apt-get", "update", "-qq", what="apt-get update in the L1 root")
+    _chroot(root, "apt-get", "install", "-y", "-qq", "--no-install-recommends", KERNEL_PACKAGE, "initramfs-tools",
+            what="installing the kernel in the L1 root")
+    _configure(root, pubkey)
+    if host_key:
+        for f in (root / "etc/ssh").glob("ssh_host_*"):
+            f.unlink()
+        shutil.copy2(host_key, root / "etc/ssh/ssh_host_ed25519_key")
+        os.chmod(root / "etc/ssh/ssh_host_ed25519_key", 0o600)
+        shutil.copy2(host_key.with_suffix(".pub"), root / "etc/ssh/ssh_host_ed25519_key.pub")
+        _write(root, "/etc/ssh/sshd_config.d/acc-hostkey.conf", "HostKey /etc/ssh/ssh_host_ed25519_key\n")
+    boot = sorted((root / "boot").glob("vmlinuz-*"))
+    initrds = sorted((root / "boot").glob("initrd.img-*"))
+    if not boot or not initrds:
+        raise ImageError(f"L1 image: no kernel/initrd in {root / 'boot'} after installing {KERNEL_PACKAGE}")
+    shutil.copy2(boot[-1], out / "vmlinuz")
+    shutil.copy2(initrds[-1], out / "initrd.img")
+    _prune(root)
+    raw = out / "root.raw"
+    _sh(["mkfs.ext4", "-q", "-L", "l1root", "-d", str(root), str(raw), f"{ROOT_SIZE_MIB}M"], "mkfs.ext4 -d")
+    shutil.rmtree(root)
+    _sh(["qemu-img", "convert", "-O", "qcow2", str(raw), str(out / "root.qcow2")], "qemu-img convert")
+    raw.unlink()
+    for f in IMAGE_FILES:
+        os.chmod(out / f, 0o644)
+
+
+def _write(root: Path, rel: str, text: str, mode: int = 0o644) -> None:
+    p = root / rel.lstrip("/")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text)
+    os.chmod(p, mode)
+
+
+def _configure(root: Path, pubkey: str) -> None:
+    _write(root, "/etc/hostname", "acc-l1\n")
+    _write(root, "/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 acc-l1\n")
+    _write(root, "/etc/fstab", "LABEL=l1root / ext4 defaults,noatime 0 1\n")
+    _write(root, "/root/.ssh/authorized_keys", pubkey.strip() + "\n", 0o600)
+    os.chmod(root / "root/.ssh", 0o700)
+    _write(root, "/etc/ssh/sshd_config.d/acc.conf",
+           "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\nMaxSessions 64\nMaxStartups 64\n")
+    # The management NIC (virtio) takes DHCP from QEMU's user network; every other NIC is lab hardware.
+    _write(root, "/etc/systemd/network/10-mgmt.network", "[Match]\nDriver=virtio_net\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n")
+    _write(root, "/etc/modules-load.d/acc-lab.conf", "\n".join(MODULES) + "\n")
+    _write(root, "/etc/modprobe.d/acc-lab.conf", "options kvm_amd nested=1\n")
+    # No libvirt network of its own: the lab's bridges are made by the harness.
+    for f in (root / "etc/libvirt/qemu/networks/autostart").glob("*.xml"):
+        f.unlink()
+    _chroot(root, "sh", "-c",
+            "systemctl enable systemd-networkd ssh libvirtd virtlogd >/dev/null 2>&1; "
+            "systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer "
+            "man-db.timer systemd-timesyncd.service >/dev/null 2>&1; "
+            "ssh-keygen -A >/dev/null; "
+            "apt-get clean",
+            what="enabling the L1 services")
+
+
+def _prune(root: Path) -> None:
+    for rel in ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt/archives", "var/lib/apt/lists"):
+        shutil.rmtree(root / rel, ignore_errors=True)
+    for kdir in (root / "lib/modules").glob("*"):
+        for rel in PRUNE_MODULES:
+            shutil.rmtree(kdir / "kernel" / rel, ignore_errors=True)
+        _sh(["depmod", "-b", str(root), kdir.name], f"depmod of the pruned modules {kdir.name}")

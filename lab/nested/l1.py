@@ -1,0 +1,267 @@
+"""The nested lab host (L1): a VM on this machine with emulated lab hardware,
+started by QEMU 10 (bookworm-backports, for the igb SR-IOV NIC) under TCG.
+
+QEMU 10 is unpacked from Debian's .debs into the lab's own directory, never
+installed over the system's QEMU: it runs in a private mount namespace where its
+own module directory is bound over the system's (a QEMU refuses modules of
+another build).  L1 is reached only through a port forward on 127.0.0.1.
+
+Hardware of L1 (what a real lab host's inventory would list):
+- intel-iommu (interrupt remapping, caching mode) on q35: VFIO works in L1
+- igb (82576, SR-IOV PF, up to 7 VFs) on root port 01:00.0
+- e1000e on root port 02:00.0: a device for plain PCI passthrough (it has a ROM BAR)
+- two e1000 behind a PCIe-to-PCI bridge (bus 04): one IOMMU group with two devices
+- qemu-xhci with a USB disk (46f4:0001) and a USB keyboard (0627:0001)
+Everything L1 writes lives in an overlay that is removed when L1 stops.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..hostproc import processes
+from ..images import ImageError
+from ..timeouts import Deadline, poll
+from .image import L1Image, l1_image
+
+QEMU_VERSION = "1:10.0.2+ds-2+deb13u1~bpo12+1"
+QEMU_PACKAGES = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios"]
+BACKPORTS = "bookworm-backports"
+PANIC_RE = re.compile(rb"Kernel panic - not syncing[^\n]*|end Kernel panic[^\n]*")
+
+# Constant script; paths arrive as arguments.  $1 = QEMU 10's root, then the QEMU argv.
+_QEMU = r'''
+set -e
+q=$1; shift
+mount --bind "$q/usr/lib/x86_64-linux-gnu/qemu" /usr/lib/x86_64-linux-gnu/qemu
+exec "$@"
+'''
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the nested lab keeps its files (one directory the harness owns)."""
+    dir: Path
+
+    @property
+    def key(self) -> Path:            # root login into L1 (the harness's)
+        return self.dir / "l1_key"
+
+    @property
+    def host_key(self) -> Path:       # L1's own SSH host key, pinned in known_hosts
+        return self.dir / "l1_host_key"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+    @property
+    def ssh(self) -> Path:            # the ssh command libvirt's qemu+ssh transport runs (pins L1's key)
+        return self.dir / "ssh"
+
+    @property
+    def qemu_root(self) -> Path:
+        return self.dir / "qemu10"
+
+    @property
+    def state(self) -> Path:          # the running L1: overlay, console, pid (removed at stop)
+        return self.dir / "l1"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state / "qemu.pid"
+
+    @property
+    def console(self) -> Path:
+        return self.state / "console.log"
+
+
+def _sh(cmd, what, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise ImageError(f"nested lab: {what} failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-800:]}")
+    return r.stdout
+
+
+def ensure_keys(lay: Layout) -> None:
+    """The lab's login key, L1's host key, and the ssh command for libvirt's
+    qemu+ssh transport (`command=` in the URI): OpenSSH with L1's key pinned in the
+    lab's own known_hosts, so nothing is written to ~/.ssh."""
+    lay.dir.mkdir(parents=True, exist_ok=True)
+    for key, comment in ((lay.key, "acc-nested-lab"), (lay.host_key, "acc-l1-host")):
+        if not key.exists():
+            _sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], f"ssh-keygen {key}")
+    script = ("#!/bin/sh\n# qemu+ssh to the nested lab host: its host key is pinned, ~/.ssh is not touched\n"
+              f"exec ssh -o UserKnownHostsFile={lay.known_hosts} -o StrictHostKeyChecking=yes "
+              "-o GlobalKnownHostsFile=/dev/null -o BatchMode=yes \"$@\"\n")
+    if not lay.ssh.exists() or lay.ssh.read_text() != script:
+        lay.ssh.write_text(script)
+        lay.ssh.chmod(0o755)
+
+
+def ensure_qemu(lay: Layout, log=print) -> Path:
+    """QEMU 10 from bookworm-backports, unpacked into the lab dir (apt state of its
+    own: the machine's apt sources and packages stay as they are)."""
+    q = lay.qemu_root
+    stamp = q / ".version"
+    if stamp.exists() and stamp.read_text().strip() == QEMU_VERSION:
+        return q
+    from .image import apt_mirrors
+    mirror = apt_mirrors().get("bookworm")
+    if not mirror:
+        raise ImageError("no apt source for bookworm in /etc/apt: the nested lab takes QEMU 10 from the same "
+                         "mirror's bookworm-backports")
+    apt = lay.dir / "apt"
+    (apt / "lists/partial").mkdir(parents=True, exist_ok=True)
+    (apt / "cache/archives/partial").mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text(f"deb {mirror} {BACKPORTS} main\n")
+    opts = ["-o", f"Dir::Etc::SourceList={apt / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={apt / 'lists'}", "-o", f"Dir::Cache={apt / 'cache'}",
+            "-o", "APT::Sandbox::User=root"]
+    log(f"[nested] fetching QEMU {QEMU_VERSION} from {BACKPORTS}")
+    _sh(["apt-get", *opts, "update", "-qq"], f"apt-get update of {BACKPORTS}")
+    debs = apt / "debs"
+    debs.mkdir(exist_ok=True)
+    for f in debs.glob("*.deb"):
+        f.unlink()
+    want = [f"{p}={QEMU_VERSION}" if p.startswith("qemu") else p for p in QEMU_PACKAGES]
+    _sh(["apt-get", *opts, "-t", BACKPORTS, "download", *want], "apt-get download of QEMU 10", cwd=debs)
+    tmp = q.with_name("qemu10.new")
+    subprocess.run(["rm", "-rf", str(tmp)])
+    tmp.mkdir()
+    for deb in sorted(debs.glob("*.deb")):
+        _sh(["dpkg-deb", "-x", str(deb), str(tmp)], f"unpacking {deb.name}")
+    (tmp / ".version").write_text(QEMU_VERSION + "\n")
+    subprocess.run(["rm", "-rf", str(q)])
+    tmp.rename(q)
+    return q
+
+
+def qemu_argv(lay: Layout, img: L1Image, overlay: Path, usb_disk: Path, ssh_port: int,
+              memory_mib: int = 6144, cpus: int = 2) -> list[str]:
+    q = lay.qemu_root
+    return [
+        str(q / "usr/bin/qemu-system-x86_64"), "-name", "acc-l1,process=acc-l1",
+        "-L", str(q / "usr/share/qemu"), "-L", str(q / "usr/share/seabios"),
+        "-machine", "q35,accel=tcg,kernel-irqchip=split", "-cpu", "max,la57=off", "-smp", str(cpus), "-m", str(memory_mib),
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-device", "intel-iommu,intremap=on,caching-mode=on",
+        "-kernel", str(img.kernel), "-initrd", str(img.initrd),
+        "-append", "root=LABEL=l1root rw console=ttyS0,115200 intel_iommu=on iommu=pt panic=-1 quiet",
+        "-serial", f"file:{lay.console}", "-pidfile", str(lay.pidfile), "-no-reboot",
+        "-drive", f"file={overlay},if=none,id=root,format=qcow2,cache=unsafe",
+        "-device", "virtio-blk-pci,drive=root,addr=0x5",
+        "-netdev", f"user,id=mgmt,hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+        "-device", "virtio-net-pci,netdev=mgmt,addr=0x6",
+        # lab hardware on root ports with fixed slots: fixed bus numbers, so fixed BDFs in L1
+        "-device", "pcie-root-port,id=rp1,chassis=1,addr=0x10",
+        "-netdev", "user,id=lab0,restrict=on,net=10.0.9.0/24",
+        "-device", "igb,bus=rp1,netdev=lab0",
+        "-device", "pcie-root-port,id=rp2,chassis=2,addr=0x11",
+        "-device", "e1000e,bus=rp2",
+        "-device", "pcie-root-port,id=rp3,chassis=3,addr=0x12",
+        "-device", "pcie-pci-bridge,id=pb1,bus=rp3",
+        "-device", "e1000,bus=pb1,addr=0x1,romfile=",
+        "-device", "e1000,bus=pb1,addr=0x2,romfile=",
+        "-device", "qemu-xhci,id=xhci,addr=0x7",
+        "-drive", f"file={usb_disk},if=none,id=usbdisk,format=raw",
+        "-device", "usb-storage,bus=xhci.0,drive=usbdisk,serial=ACCUSB0001",
+        "-device", "usb-kbd,bus=xhci.0",
+    ]
+
+
+def running_pid(lay: Layout) -> int | None:
+    """The L1 QEMU of this lab dir, if it runs (by its pid file, checked against its argv)."""
+    try:
+        pid = int(lay.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    for p, argv in processes():
+        if str(lay.pidfile) in argv and (pid is None or p == pid):
+            return p
+    return None
+
+
+def stop(lay: Layout, log=print) -> list[str]:
+    """Stop L1 and remove everything it wrote (the overlay, the console log)."""
+    done = []
+    pid = running_pid(lay)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        try:
+            poll(lambda: running_pid(lay) is None, Deadline(20, f"L1 QEMU {pid} to exit", scaled=False), interval=0.1)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            poll(lambda: running_pid(lay) is None, Deadline(10, f"L1 QEMU {pid} to die", scaled=False), interval=0.1)
+        done.append(f"stopped L1 (QEMU pid {pid})")
+    if lay.state.exists():
+        subprocess.run(["rm", "-rf", str(lay.state)])
+        done.append(f"removed {lay.state}")
+    for line in done:
+        log(f"[nested] {line}")
+    return done
+
+
+@dataclass
+class L1:
+    lay: Layout
+    pid: int
+    ssh_port: int
+    boot_s: float
+
+
+def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = None) -> L1:
+    """Build (if needed) and boot L1; return once root can run a command over SSH
+    and libvirtd answers inside it."""
+    ensure_keys(lay)
+    ensure_qemu(lay, log)
+    img = l1_image(lay.dir / "images", lay.key.with_suffix(".pub").read_text(), lay.host_key, log=log)
+    stop(lay, log)                      # a crashed run's L1 first
+    lay.state.mkdir(parents=True)
+    overlay, usb = lay.state / "root.qcow2", lay.state / "usb-disk.img"
+    _sh(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(img.root), str(overlay)], "L1 overlay")
+    with open(usb, "wb") as f:
+        f.truncate(64 << 20)
+    lay.known_hosts.write_text(f"[127.0.0.1]:{ssh_port} {lay.host_key.with_suffix('.pub').read_text().split(' ')[0]} "
+                               f"{lay.host_key.with_suffix('.pub').read_text().split(' ')[1]}\n")
+    argv = qemu_argv(lay, img, overlay, usb, ssh_port)
+    log(f"[nested] starting L1 (QEMU 10, TCG, igb SR-IOV, intel-iommu, xhci) with SSH on 127.0.0.1:{ssh_port}")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", _QEMU, "sh",
+                             str(lay.qemu_root), *argv], stdout=subprocess.DEVNULL, stderr=open(lay.state / "qemu.stderr", "wb"),
+                            start_new_session=True)
+    deadline = deadline or Deadline(240, "L1 to boot to SSH", scaled=False)
+    from ..hostexec import SshHost, HostCommandFailed
+    host = SshHost("l1", "127.0.0.1", ssh_port, "root", str(lay.key), known_hosts=str(lay.known_hosts),
+                   connect_timeout=5)
+
+    def up():
+        if proc.poll() is not None:
+            raise ImageError(f"L1 QEMU exited with {proc.returncode}: "
+                             f"{(lay.state / 'qemu.stderr').read_text(errors='replace')[-600:]}")
+        text = lay.console.read_bytes() if lay.console.exists() else b""
+        m = PANIC_RE.search(text)
+        if m:
+            raise ImageError(f"L1 kernel panicked: {m.group(0).decode(errors='replace')}")
+        try:
+            return host.run("systemctl", "is-active", "libvirtd", check=False, timeout=10).stdout.strip() == "active"
+        except (HostCommandFailed, OSError, EOFError):
+            host.close()
+            return False
+
+    try:
+        poll(up, deadline, interval=1.0, detail=lambda: "console tail: " + (
+            lay.console.read_text(errors="replace")[-400:] if lay.console.exists() else "(none)"))
+    except BaseException:
+        stop(lay, log)
+        raise
+    finally:
+        host.close()
+    boot = time.monotonic() - t0
+    log(f"[nested] L1 is up: SSH and libvirtd answered after {boot:.1f} s")
+    return L1(lay, running_pid(lay) or proc.pid, ssh_port, boot)
