@@ -68,6 +68,7 @@ class LabConfig:
     bridge: str = ""
     expected_deviations: tuple = ()   # claim IDs where this platform is known to differ from the guide
     slots: int = 1             # harness workers/runs that may drive this host at once
+    boot_retries: int = 0      # guest boots the hypervisor stopped, started again
     shell_address: str = ""    # SSH address for host commands ("" with a local URI: this machine)
     shell_port: int = 22
     shell_user: str = "root"
@@ -139,6 +140,9 @@ SCHEMA = {
         "bridge": (str, "", None, "name of a lab bridge for NIC tests, or empty for the harness's own"),
         "slots": (int, 1, lambda v: None if 1 <= v <= 64 else "must be within 1..64",
                   "how many harness workers (xdist workers or concurrent runs) may use this host at once"),
+        "boot_retries": (int, 0, lambda v: None if 0 <= v <= 5 else "must be within 0..5",
+                         "how often a guest boot that the hypervisor itself stops (KVM internal error) is "
+                         "started again; 0 on real lab hosts, where that is a finding"),
         "daemon": (str, "system", _one_of("system", "private"),
                    "'system' (the host's libvirtd) or 'private' (the harness starts its own libvirtd for this "
                    "host in a private mount namespace; libvirt_uri must then name its socket under work_dir)"),
@@ -248,7 +252,7 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         ssh_mode=vals["ssh.mode"], ssh_port_base=vals["ssh.port_base"],
         fault_backend=vals["faults.backend"], inventory=inv,
         expected_deviations=tuple(vals["expect.deviations"]),
-        slots=vals["host.slots"], daemon=vals["host.daemon"],
+        slots=vals["host.slots"], daemon=vals["host.daemon"], boot_retries=vals["host.boot_retries"],
         shell_address=vals["shell.address"], shell_port=vals["shell.port"], shell_user=vals["shell.user"],
         shell_key_file=vals["shell.key_file"], shell_known_hosts=vals["shell.known_hosts"],
         host_work_dir=Path(vals["shell.work_dir"]) if vals["shell.address"] else Path(vals["host.work_dir"]),

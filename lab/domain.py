@@ -32,6 +32,11 @@ class DomainError(AssertionError):
     pass
 
 
+class HypervisorFault(AssertionError):
+    """The hypervisor stopped the guest while it booted (for example a KVM internal
+    error: emulation failure): a lab problem, not a finding about the device."""
+
+
 class GuestNotReady(AssertionError):
     pass
 
@@ -76,6 +81,7 @@ class VM:
         self._dom_gen = 0
         self.uuid: str | None = None
         self.files: list[Path] = []
+        self.boot_faults: list[str] = []     # hypervisor faults of boots that were retried
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -152,14 +158,28 @@ class VM:
 
     @verb(lambda self, *a, **k: f"start {self.name}")
     def start(self, deadline: Deadline | None = None, wait: bool = True) -> "VM":
-        self._reset_boot()
-        try:
-            self.dom.create()
-        except libvirt.libvirtError as e:
-            raise DomainError(f"libvirt could not start {self.name}: {e.get_error_message()}") from None
-        self._after_start()
-        if wait:
-            self.wait_ready(deadline)
+        """Start; with `wait`, until the guest is ready.  A boot the hypervisor itself
+        stops (HypervisorFault) is started again up to [host] boot_retries times,
+        each one logged and kept in the VM's evidence."""
+        retries = self.run.cfg.boot_retries if wait else 0
+        for attempt in range(retries + 1):
+            self._reset_boot()
+            try:
+                self.dom.create()
+            except libvirt.libvirtError as e:
+                raise DomainError(f"libvirt could not start {self.name}: {e.get_error_message()}") from None
+            self._after_start()
+            if not wait:
+                return self
+            try:
+                self.wait_ready(deadline)
+                return self
+            except HypervisorFault as e:
+                if attempt == retries:
+                    raise
+                self.boot_faults.append(str(e))
+                self.run.log(f"[lab] {e}; starting it again ({attempt + 1} of {retries}, [host] boot_retries)")
+                self.destroy()
         return self
 
     def start_with_console(self, transcript: Path) -> Console:
@@ -205,11 +225,28 @@ class VM:
         except FileNotFoundError:
             return ""
 
+    def _qemu_log_tail(self, n: int = 600) -> str:
+        try:
+            return self.host.read_text(f"/var/log/libvirt/qemu/{self.name}.log")[-n:]
+        except (OSError, RuntimeError):
+            return "(no QEMU log)"
+
     def _check_alive(self) -> None:
+        """While booting: fail fast on a guest panic, a domain that stopped, or one
+        the hypervisor paused (nothing pauses a booting guest but a fault)."""
         text = self.serial_text()
         m = PANIC_RE.search(text)
         if m:
             raise GuestPanic(f"{self.name}: guest panicked: {m.group(0)}")
+        try:
+            st, reason = self.state()
+        except libvirt.libvirtError:
+            st, reason = "unknown", 0
+        if st == "paused":
+            tail = self._qemu_log_tail()
+            why = re.search(r"KVM internal error[^\n]*|emulation failure|[^\n]*error[^\n]*", tail)
+            raise HypervisorFault(f"{self.name} was paused by the hypervisor while booting (reason {reason}): "
+                                  f"{why.group(0) if why else 'see the QEMU log'}; console tail: {text[-200:]!r}")
         if not self.is_active():
             raise GuestNotReady(f"{self.name} stopped while booting (state {self.state()}); "
                                 f"console tail: {text[-400:]!r}")
@@ -396,6 +433,8 @@ class VM:
 
     def evidence(self) -> dict[str, str]:
         out = {"console (serial log)": self.serial_text()}
+        if self.boot_faults:
+            out["hypervisor faults of retried boots"] = "\n".join(self.boot_faults)
         for con in self.consoles:
             try:
                 out[f"console transcript {con.transcript.name}"] = con.transcript.read_bytes().decode(errors="replace")

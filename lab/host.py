@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +56,9 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
         add("error-policy-retry", False, "error_policy='retry' needs a libvirt connection to probe")
     backend = fault_backend(cfg, caps)
     add("fault-backend", backend != "none", f"fault backend: {backend}")
+    add("fault-one-direction", backend == "nbdkit", f"fault backend {backend} " + (
+        "fails reads and writes separately" if backend == "nbdkit" else
+        "cannot fail reads and writes separately (nbdkit's error filter can)"))
     if conn is not None:
         kvm = _virt_type_available(conn, "kvm")
         add("kvm", kvm, "KVM " + ("usable by libvirt" if kvm else "is not offered by libvirt's domain capabilities"))

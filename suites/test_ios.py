@@ -73,6 +73,7 @@ def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms):
 
 
 @claims("IOS-8")
+@pytest.mark.requires("fault-one-direction")
 def test_read_and_write_error_policies_are_separate(fault, vms):
     """werror=report hands write errors to the guest while rerror=stop suspends on reads."""
     vm = boot_with(vms, "ios-split",

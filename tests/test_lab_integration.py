@@ -47,6 +47,35 @@ def test_pytest_with_unreachable_lab_exits_with_one_clear_line(tmp_path, pyteste
     assert "is not usable: cannot connect to libvirt" in r.stdout + r.stderr
 
 
+def test_guest_paused_while_booting_fails_fast_and_is_retried_when_the_lab_says_so(cfg):
+    """A booting guest that something pauses (on the nested lab: KVM's emulation failure)
+    ends the wait at once as a HypervisorFault; with [host] boot_retries it is started
+    again and the fault is kept in the VM's evidence."""
+    import threading
+
+    from lab.domain import HypervisorFault
+    run = Run(dataclasses.replace(cfg, boot_retries=1))
+    try:
+        vm = run.new_vm(VMSpec("paused"))
+        vm.start(wait=False)
+        vm.dom.suspend()
+        t = time.monotonic()
+        with pytest.raises(HypervisorFault, match="paused by the hypervisor while booting"):
+            vm.wait_ready(Deadline(60, "a guest that was paused"))
+        assert time.monotonic() - t < 10, "the pause is seen long before the boot deadline"
+        vm.destroy()
+
+        def pause_first_boot():            # the first boot is paused as soon as it runs
+            poll(vm.is_active, Deadline(30, "the first boot"), interval=0.01)
+            vm.dom.suspend()
+        threading.Thread(target=pause_first_boot, daemon=True).start()
+        vm.start(Deadline(60, "a boot after one paused boot"))
+        assert vm.guest.run("true").ok and len(vm.boot_faults) == 1
+        assert "paused by the hypervisor" in vm.evidence()["hypervisor faults of retried boots"]
+    finally:
+        run.close()
+
+
 def test_guest_that_never_boots_fails_fast_with_the_panic(cfg):
     run = Run(cfg)
     try:

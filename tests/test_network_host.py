@@ -1,7 +1,6 @@
 """Host-side NIC logic on recorded trees and a recording command runner."""
 import os
 import subprocess
-from pathlib import Path
 
 from lab import network
 from lab.guest.probes import parse_channels, parse_nics
