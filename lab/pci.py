@@ -131,6 +131,7 @@ class HostStateRecord:
     drivers: dict = field(default_factory=dict)       # bdf -> driver or None
     numvfs: dict = field(default_factory=dict)        # PF bdf -> sriov_numvfs
     vf_settings: dict = field(default_factory=dict)   # PF netdev -> [vf dicts from `ip -j link show`]
+    link_up: dict = field(default_factory=dict)       # PF netdev -> administratively up before
 
 
 class HostState:
@@ -169,7 +170,9 @@ class HostState:
         for net in dev.netdevs:
             r = self.runner(["ip", "-j", "link", "show", net], capture_output=True, text=True)
             if r.returncode == 0 and r.stdout.strip():
-                self.record.vf_settings.setdefault(net, json.loads(r.stdout)[0].get("vfinfo_list", []))
+                link = json.loads(r.stdout)[0]
+                self.record.vf_settings.setdefault(net, link.get("vfinfo_list", []))
+                self.record.link_up.setdefault(net, "UP" in link.get("flags", []))
         self._save()
 
     def set_numvfs(self, bdf: str, n: int) -> None:
@@ -180,35 +183,63 @@ class HostState:
         self.writer(path, str(n))
 
     def restore(self) -> list[str]:
-        """Put back what was recorded: VF settings, VF counts, drivers."""
-        done = []
+        """Put back what was recorded: VF settings, link states, VF counts, drivers.
+        Every item is tried even when one fails; the failures are raised together at
+        the end (the saved record stays, so the sweeper tries again next time)."""
+        done, failed = [], []
+
+        def step(what, fn):
+            try:
+                if fn() is not False:
+                    done.append(what)
+            except Exception as e:          # noqa: BLE001  keep restoring the rest
+                failed.append(f"{what}: {e}")
+
         for net, vfs in self.record.vf_settings.items():
-            for i, vf in enumerate(vfs):
-                if "address" in vf:
-                    self.runner(["ip", "link", "set", net, "vf", str(i), "mac", vf["address"]], capture_output=True)
-                vlan = (vf.get("vlan_list") or [{}])[0].get("vlan", 0)
-                self.runner(["ip", "link", "set", net, "vf", str(i), "vlan", str(vlan)], capture_output=True)
-                rate = vf.get("rate", {}).get("max_tx", 0)
-                self.runner(["ip", "link", "set", net, "vf", str(i), "max_tx_rate", str(rate)], capture_output=True)
-            done.append(f"restored VF settings of {net}")
+            def vf_settings(net=net, vfs=vfs):
+                for i, vf in enumerate(vfs):
+                    if "address" in vf:
+                        self.runner(["ip", "link", "set", net, "vf", str(i), "mac", vf["address"]], capture_output=True)
+                    vlan = (vf.get("vlan_list") or [{}])[0].get("vlan", 0)
+                    self.runner(["ip", "link", "set", net, "vf", str(i), "vlan", str(vlan)], capture_output=True)
+                    rate = vf.get("rate", {}).get("max_tx", 0)
+                    self.runner(["ip", "link", "set", net, "vf", str(i), "max_tx_rate", str(rate)], capture_output=True)
+            step(f"restored VF settings of {net}", vf_settings)
+        for net, was_up in self.record.link_up.items():
+            if not was_up:
+                step(f"set {net} down again", lambda net=net: self.runner(["ip", "link", "set", net, "down"],
+                                                                          capture_output=True))
         for bdf, n in self.record.numvfs.items():
-            path = self.sys / "bus/pci/devices" / bdf / "sriov_numvfs"
-            if read_device(bdf, self.sys).numvfs != n:
+            def numvfs(bdf=bdf, n=n):
+                path = self.sys / "bus/pci/devices" / bdf / "sriov_numvfs"
+                if read_device(bdf, self.sys).numvfs == n:
+                    return False
                 self.writer(path, "0")
                 if n:
                     self.writer(path, str(n))
-                done.append(f"restored sriov_numvfs={n} on {bdf}")
+            step(f"restored sriov_numvfs={n} on {bdf}", numvfs)
         for bdf, drv in self.record.drivers.items():
-            now = read_device(bdf, self.sys).driver if (self.sys / "bus/pci/devices" / bdf).exists() else drv
-            if now != drv:
+            def driver(bdf=bdf, drv=drv):
+                now = read_device(bdf, self.sys).driver if (self.sys / "bus/pci/devices" / bdf).exists() else drv
+                if now == drv:
+                    return False
                 if now:
                     self.writer(self.sys / "bus/pci/devices" / bdf / "driver/unbind", bdf)
                 if drv:
                     self.writer(self.sys / "bus/pci/devices" / bdf / "driver_override", drv)
                     self.writer(self.sys / "bus/pci/drivers_probe", bdf)
                     self.writer(self.sys / "bus/pci/devices" / bdf / "driver_override", "\n")
-                done.append(f"rebound {bdf} to {drv}")
+            step(f"rebound {bdf} to {drv}", driver)
+        if failed:
+            raise HostStateError("could not restore host state: " + "; ".join(failed)
+                                 + (f" (restored: {'; '.join(done)})" if done else ""))
+        if self.save_to:
+            self.save_to.unlink(missing_ok=True)
         return done
+
+
+class HostStateError(RuntimeError):
+    pass
 
 
 # ------------------------------------------------------------------ XML (the guide's forms)

@@ -23,8 +23,8 @@ def tap_of(live_iface):
 
 def driver_name(run):
     """The guide asks for vhost; hosts without vhost-net get QEMU's own backend."""
-    from lab import host
-    return "vhost" if host.probe(run.cfg, host=run.host)["vhost-net"].present else "qemu"
+    from fixtures.plugin import capabilities
+    return "vhost" if capabilities(run.cfg)["vhost-net"].present else "qemu"
 
 
 @pytest.fixture(scope="module")

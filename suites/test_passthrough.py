@@ -14,6 +14,8 @@ from lab.timeouts import Deadline, poll
 
 @pytest.fixture
 def host_state(lab):
+    # Tests ask for host_state before vms: teardown runs in reverse, so their VMs are
+    # gone (devices released) before the host state is put back.
     st = pci.HostState(save_to=lab.dir / f"host-state-{secrets.token_hex(3)}.json", host=lab.host)
     lab.push_undo("restored host PCI state", st.restore)
     yield st
@@ -22,6 +24,21 @@ def host_state(lab):
 
 def listed(lab, kind):
     return {d.bdf for d in getattr(lab.cfg.inventory, kind)}
+
+
+def pf_link_up(lab, net):
+    """Bring the PF's link up and wait for carrier: VFs get their MAC, VLAN and rate
+    from a PF whose link is up (igbvf: 'PF still in reset state')."""
+    lab.host.run("ip", "link", "set", net, "up")
+    poll(lambda: lab.host.run("cat", f"/sys/class/net/{net}/carrier", check=False).stdout.strip() == "1",
+         Deadline(30, f"carrier on the PF's netdev {net}"), interval=0.5)
+
+
+def detach_to_vfio(lab, bdf):
+    """`virsh nodedev-detach` of a device (through libvirt's API): bound to vfio-pci,
+    given back by the host-state restore."""
+    name = "pci_" + bdf.replace(":", "_").replace(".", "_")
+    lab.session.conn.nodeDeviceLookupByName(name).detachFlags("vfio", 0)
 
 
 def host_lspci_vfs(lab, pf_bdf):
@@ -33,7 +50,7 @@ def host_lspci_vfs(lab, pf_bdf):
 # ------------------------------------------------------------------ PCI passthrough
 
 @claims("PCI-1", "PCI-2")
-def test_managed_vfio_passthrough_with_rom_bar_off(lab, vms, host_state):
+def test_managed_vfio_passthrough_with_rom_bar_off(lab, host_state, vms):
     bdf = sorted(listed(lab, "pci"))[0]
     lab.lease_device("pci", bdf, wait_s=600)
     dev = pci.check_passthrough_safe(bdf, listed(lab, "pci"), lab.sys)
@@ -50,7 +67,7 @@ def test_managed_vfio_passthrough_with_rom_bar_off(lab, vms, host_state):
 
 
 @claims("PCI-3")
-def test_iommu_group_goes_to_one_vm_only(lab, vms, host_state):
+def test_iommu_group_goes_to_one_vm_only(lab, host_state, vms):
     devs = [pci.read_device(b, lab.sys) for b in sorted(listed(lab, "pci"))]
     groups = {}
     for d in devs:
@@ -60,6 +77,8 @@ def test_iommu_group_goes_to_one_vm_only(lab, vms, host_state):
         pytest.skip("the lab config lists no two devices of one IOMMU group")
     for b in mates:
         host_state.remember_device(b)
+    for b in mates[1:]:
+        detach_to_vfio(lab, b)    # a group is usable only with every member on vfio-pci
     vms.boot(VMSpec("pci-group-a", devices=[pci.hostdev_pci(mates[0])]))
     second = vms.define(VMSpec("pci-group-b", devices=[pci.hostdev_pci(mates[1])]))
     with pytest.raises(DomainError, match="(?i)group|in use|busy"):
@@ -97,7 +116,7 @@ def test_ip_link_sets_vf_mac_and_rate(lab, pf, host_state):
     host_state.set_numvfs(pf.bdf, max(1, pf.numvfs))
     net = pf.netdevs[0]
     mac = random_mac()
-    lab.host.run("ip", "link", "set", net, "up")
+    pf_link_up(lab, net)
     lab.host.run("ip", "link", "set", net, "vf", "0", "mac", mac)
     r = lab.host.run("ip", "link", "set", net, "vf", "0", "rate", "100", check=False)
     if not r.ok:
@@ -110,12 +129,16 @@ def test_ip_link_sets_vf_mac_and_rate(lab, pf, host_state):
 @claims("SRIOV-4")
 def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(lab, pf, host_state, vms):
     host_state.set_numvfs(pf.bdf, max(1, pf.numvfs))
-    lab.host.run("ip", "link", "set", pf.netdevs[0], "up")
+    pf_link_up(lab, pf.netdevs[0])
     vf = pci.read_device(pf.bdf, lab.sys).virtfns[0]
     host_state.remember_device(vf)
     mac = random_mac()
     vm = vms.boot(VMSpec("sriov-vf", devices=[pci.hostdev_interface(vf, mac, 1)]))
-    nic = poll(lambda: vm.guest.net.find(mac), Deadline(30, "the VF NIC in the guest"))
+    vf_nic = lambda: next((n for n in vm.guest.net.nics() if n.driver not in ("-", "virtio_net")), None)  # noqa: E731
+    nic = poll(vf_nic, Deadline(30, "a VF NIC (not virtio) in the guest"))
+    assert nic.mac.lower() == mac, (
+        f"the guest's VF NIC {nic.name} ({nic.driver}) has MAC {nic.mac}, not the configured {mac}; its driver said: "
+        + vm.guest.run("dmesg | grep -i %s | tail -n 4", nic.driver).stdout.replace("\n", " | "))
     assert nic.driver not in ("-", "virtio_net"), f"the guest NIC {nic.name} is not the VF (driver {nic.driver})"
     shown = lab.host.run("ip", "link", "show", pf.netdevs[0]).stdout
     assert re.search(rf"vf \d+ .*{mac}.*vlan 1", shown, re.I | re.S), f"host shows no VLAN 1 on the VF: {shown}"

@@ -68,6 +68,24 @@ def main(argv=None) -> int:
         return 2
 
 
+def watch(child: subprocess.Popen, lay: l1.Layout) -> int:
+    """Wait for the suites; if L1 itself dies meanwhile, say why (its console's
+    panic) and stop the suites instead of letting every test wait for a dead host."""
+    while True:
+        try:
+            return child.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        if l1.running_pid(lay) is None:
+            text = lay.console.read_text(errors="replace") if lay.console.exists() else ""
+            why = [ln for ln in text.splitlines() if "panic" in ln.lower() or "BUG" in ln][:3]
+            log(f"[nested] L1 died during the run: {' | '.join(why) or 'no panic on its console'}; "
+                f"stopping the suites")
+            child.send_signal(signal.SIGINT)
+            child.wait()
+            return 3
+
+
 def run(cfg, lay, args) -> int:
     """L1 up, the hardware suites, L1 down: whatever happens in between."""
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -83,7 +101,7 @@ def run(cfg, lay, args) -> int:
         t1 = time.monotonic()
         child = subprocess.Popen(cmd, cwd=REPO, env=env)
         try:
-            rc = child.wait()
+            rc = watch(child, lay)
         except KeyboardInterrupt:
             child.send_signal(signal.SIGINT)       # the harness tears its run down first
             child.wait()

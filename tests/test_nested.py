@@ -1,0 +1,79 @@
+"""The nested lab's pieces that need no L1: its config agrees with the L1 that is
+started, the mirror comes from the machine's apt sources, the QEMU command line
+carries the hardware the inventory lists.  L1 itself: `./harness nested`."""
+import re
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from lab import config
+from lab.nested import image, l1
+from lab.nested.__main__ import DEFAULT_CONFIG, HARDWARE_CLAIMS, layout
+from lab import claims
+
+
+def test_nested_config_and_l1_agree():
+    cfg = config.load(DEFAULT_CONFIG)
+    lay = layout(cfg)
+    u = urlparse(cfg.libvirt_uri)
+    q = parse_qs(u.query)
+    assert u.scheme == "qemu+ssh" and u.hostname == "127.0.0.1" and u.port == cfg.shell_port
+    assert q["keyfile"] == [cfg.shell_key_file] == [str(lay.key)]
+    assert q["command"] == [str(lay.ssh)], "libvirt's ssh must pin L1's host key"
+    assert cfg.shell_known_hosts == str(lay.known_hosts)
+    assert not cfg.local and cfg.has_shell and cfg.virt_type == "kvm"
+    assert cfg.fault_backend == "dm-error" and cfg.boot_retries > 0
+    assert cfg.ssh_port_base - cfg.shell_port >= 10, "guest forwards (on L1) and L1's own forward stay apart"
+
+
+def test_hardware_claims_are_known_and_need_hardware():
+    families = {c.split("-")[0] for c in claims.CLAIMS}
+    for item in HARDWARE_CLAIMS.split(","):
+        assert item in claims.CLAIMS or item in families
+        ids = [c for c in claims.CLAIMS if c == item or c.split("-")[0] == item]
+        assert all(claims.get(c).requires for c in ids), f"{item}: the nested run is for hardware claims"
+
+
+def test_qemu_command_line_carries_the_inventory(tmp_path):
+    cfg = config.load(DEFAULT_CONFIG)
+    lay = l1.Layout(tmp_path)
+    img = image.L1Image(tmp_path / "img", "d")
+    argv = l1.qemu_argv(lay, img, tmp_path / "o.qcow2", tmp_path / "u.img", cfg.shell_port)
+    line = " ".join(argv)
+    assert f"hostfwd=tcp:127.0.0.1:{cfg.shell_port}-:22" in line, "L1 is reached only through 127.0.0.1"
+    assert "intel-iommu,intremap=on,caching-mode=on" in line and "intel_iommu=on" in line
+    # root ports at fixed slots 0x10.. give the fixed bus numbers the inventory lists
+    assert re.search(r"pcie-root-port,id=rp1,chassis=1,addr=0x10 .*igb,bus=rp1", line)
+    assert cfg.inventory.sriov_pfs[0].bdf == "0000:01:00.0"
+    assert re.search(r"pcie-root-port,id=rp2,chassis=2,addr=0x11 .*e1000e,bus=rp2", line)
+    assert {d.bdf for d in cfg.inventory.pci} == {"0000:02:00.0", "0000:04:01.0", "0000:04:02.0"}
+    assert line.count("e1000,bus=pb1") == 2, "two devices behind one PCIe-to-PCI bridge: one IOMMU group"
+    assert "usb-storage,bus=xhci.0" in line and cfg.inventory.usb[0].vendor == "46f4"
+    assert "restrict=on" in line, "the igb's network cannot reach beyond QEMU"
+    assert "-nodefaults" in argv and str(lay.pidfile) in argv
+
+
+def test_apt_mirrors_from_deb822_and_one_line_sources(tmp_path):
+    etc = tmp_path / "apt"
+    (etc / "sources.list.d").mkdir(parents=True)
+    (etc / "sources.list.d/debian.sources").write_text(
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n"
+        "Types: deb-src\nURIs: http://src.example/\nSuites: trixie\n")
+    (etc / "sources.list").write_text("# comment\ndeb [arch=amd64] http://other.example/debian bookworm-backports main\n")
+    m = image.apt_mirrors(etc)
+    assert m == {"bookworm": "http://mirror.example/debian", "bookworm-updates": "http://mirror.example/debian",
+                 "bookworm-security": "http://mirror.example/debian-security",
+                 "bookworm-backports": "http://other.example/debian"}
+
+
+def test_stop_without_l1_is_a_no_op(tmp_path):
+    assert l1.stop(l1.Layout(tmp_path), log=lambda m: None) == []
+    assert l1.running_pid(l1.Layout(tmp_path)) is None
+
+
+def test_ssh_wrapper_pins_the_host_key(tmp_path):
+    lay = l1.Layout(tmp_path)
+    l1.ensure_keys(lay)
+    text = lay.ssh.read_text()
+    assert f"UserKnownHostsFile={lay.known_hosts}" in text and "StrictHostKeyChecking=yes" in text
+    assert lay.key.exists() and lay.host_key.exists() and Path(str(lay.host_key) + ".pub").exists()
