@@ -104,14 +104,6 @@ def inputs(pubkey: str, host_key: Path | None = None) -> dict:
             "modules": MODULES, "prune": PRUNE_MODULES, "pubkey": pubkey.strip(), "size": ROOT_SIZE_MIB}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _complete(d: Path) -> bool:
     try:
         m = json.loads((d / "manifest.json").read_text())

@@ -247,6 +247,15 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
     host = SshHost("l1", "127.0.0.1", ssh_port, "root", str(lay.key), known_hosts=str(lay.known_hosts),
                    connect_timeout=5)
 
+    def banner() -> bool:
+        """sshd answers with its banner (before that, paramiko only logs tracebacks)."""
+        import socket
+        try:
+            with socket.create_connection(("127.0.0.1", ssh_port), timeout=3) as s:
+                return s.recv(4).startswith(b"SSH-")
+        except OSError:
+            return False
+
     def up():
         if proc.poll() is not None:
             raise ImageError(f"L1 QEMU exited with {proc.returncode}: "
@@ -255,6 +264,8 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
         m = PANIC_RE.search(text)
         if m:
             raise ImageError(f"L1 kernel panicked: {m.group(0).decode(errors='replace')}")
+        if not banner():
+            return False
         try:
             return host.run("systemctl", "is-active", "libvirtd", check=False, timeout=10).stdout.strip() == "active"
         except (HostCommandFailed, OSError, EOFError):
