@@ -225,11 +225,12 @@ class VM:
         except FileNotFoundError:
             return ""
 
-    def _qemu_log_tail(self, n: int = 600) -> str:
+    def _qemu_log_tail(self, n: int = 600) -> str | None:
+        """The end of this domain's QEMU log on the lab host (None: there is none)."""
         try:
             return self.host.read_text(f"/var/log/libvirt/qemu/{self.name}.log")[-n:]
         except (OSError, RuntimeError):
-            return "(no QEMU log)"
+            return None
 
     def _check_alive(self) -> None:
         """While booting: fail fast on a guest panic, a domain that stopped, or one
@@ -243,12 +244,12 @@ class VM:
         except libvirt.libvirtError:
             st, reason = "unknown", 0
         if st == "paused":
-            tail = self._qemu_log_tail()
+            tail = self._qemu_log_tail() or ""
             why = re.search(r"KVM internal error[^\n]*|emulation failure|[^\n]*error[^\n]*", tail)
             raise HypervisorFault(f"{self.name} was paused by the hypervisor while booting (reason {reason}): "
                                   f"{why.group(0) if why else 'see the QEMU log'}; console tail: {text[-200:]!r}")
-        if not self.is_active():
-            raise GuestNotReady(f"{self.name} stopped while booting (state {self.state()}); "
+        if st in ("shutoff", "crashed", "unknown"):
+            raise GuestNotReady(f"{self.name} stopped while booting (state {st}, reason {reason}); "
                                 f"console tail: {text[-400:]!r}")
 
     @verb(lambda self, *a, **k: f"wait for {self.name}: console ready marker, then SSH")
@@ -444,10 +445,9 @@ class VM:
             out["live domain XML"] = self.dom.XMLDesc(0) if self.dom else "(no domain)"
         except libvirt.libvirtError as e:
             out["live domain XML"] = f"(unavailable: {e.get_error_message()})"
-        try:
-            out["QEMU log"] = self.host.read_text(f"/var/log/libvirt/qemu/{self.name}.log")[-200000:]
-        except (OSError, RuntimeError):
-            pass
+        qlog = self._qemu_log_tail(200000)
+        if qlog is not None:
+            out["QEMU log"] = qlog
         if self._guest is not None:
             try:
                 out["guest dmesg"] = self._guest.run("dmesg", timeout=10).stdout
