@@ -5,6 +5,8 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
+import pytest
+
 from lab import config
 from lab.nested import image, l1
 from lab.nested.__main__ import DEFAULT_CONFIG, HARDWARE_CLAIMS, layout
@@ -77,3 +79,54 @@ def test_ssh_wrapper_pins_the_host_key(tmp_path):
     text = lay.ssh.read_text()
     assert f"UserKnownHostsFile={lay.known_hosts}" in text and "StrictHostKeyChecking=yes" in text
     assert lay.key.exists() and lay.host_key.exists() and Path(str(lay.host_key) + ".pub").exists()
+
+
+def test_l1_has_no_ram_above_4g_so_vf_bars_stay_low(tmp_path, monkeypatch):
+    monkeypatch.delenv(l1.TRACE_ENV, raising=False)
+    argv = l1.qemu_argv(l1.Layout(tmp_path), image.L1Image(tmp_path / "img", "d"), tmp_path / "o", tmp_path / "u", 22790)
+    mib = int(argv[argv.index("-m") + 1])
+    assert mib < 2816, "q35 puts RAM above 4 GiB from 2816 MiB on; then the igb VF BARs go above 4 GiB too"
+    assert "-trace" not in argv and "-monitor" not in argv
+
+
+class _Resource:
+    """A host whose PF sysfs resource file is recorded text."""
+    def __init__(self, text):
+        self.text = text
+
+    def run(self, *argv, **kw):
+        assert argv == ("cat", f"/sys/bus/pci/devices/{l1.L1_PF}/resource")
+        return type("R", (), {"stdout": self.text})()
+
+
+# L1's igb PF, recorded: BARs 0-3, ROM, then the IOV BARs (lines 7-12)
+_PF_LOW = """0x00000000fe800000 0x00000000fe81ffff 0x0000000000040200
+0x00000000fe820000 0x00000000fe83ffff 0x0000000000040200
+0x000000000000e000 0x000000000000e01f 0x0000000000040101
+0x00000000fe840000 0x00000000fe843fff 0x0000000000140204
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x00000000fe800000 0x00000000fe81ffff 0x000000000014220c
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x00000000fe820000 0x00000000fe83ffff 0x000000000014220c
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+"""
+
+
+def test_vf_bars_above_4g_are_refused_with_the_reason():
+    l1.check_vf_bars(_Resource(_PF_LOW))
+    high = _PF_LOW.replace("0x00000000fe800000 0x00000000fe81ffff 0x000000000014220c",
+                           "0x000000c040000000 0x000000c04001ffff 0x000000000014220c")
+    with pytest.raises(Exception, match=r"VF BAR 0 is at 0xc040000000.*above 4 GiB.*2816 MiB"):
+        l1.check_vf_bars(_Resource(high))
+
+
+def test_trace_hook_logs_to_the_lab_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv(l1.TRACE_ENV, "igb_set_vfmailbox, igb_core_vf_reset")
+    lay = l1.Layout(tmp_path)
+    argv = l1.qemu_argv(lay, image.L1Image(tmp_path / "img", "d"), tmp_path / "o", tmp_path / "u", 22790)
+    assert argv[-8:] == ["-trace", "enable=igb_set_vfmailbox", "-trace", "enable=igb_core_vf_reset",
+                         "-D", str(tmp_path / "l1-trace.log"), "-monitor", f"unix:{lay.state / 'monitor.sock'},server,nowait"]

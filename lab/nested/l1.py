@@ -38,6 +38,18 @@ BACKPORTS = "bookworm-backports"
 # 5 of 5 L2 boots in a row were clean (57-73 s each).  la57=off: no 5-level paging for
 # the nested page tables TCG walks.
 L1_CPU = "max,la57=off"
+# L1's memory stays below q35's 2816 MiB low-memory split, so L1 has no RAM above 4 GiB.
+# With RAM above 4 GiB, SeaBIOS puts the root ports' prefetchable windows above 4 GiB,
+# L1's kernel places the igb VFs' 64-bit BARs there (0xc040000000), and QEMU 10.0.2 maps
+# a VF's BAR at the low 32 bits of that address only: the VF's registers read 0 and its
+# guest driver says "PF still in reset state" (SRIOV-4).  `check_vf_bars` guards this.
+L1_MEMORY_MIB = 2560
+# The igb PF in L1 (root port rp1 at a fixed slot: fixed BDF).
+L1_PF = "0000:01:00.0"
+# Debugging the emulated hardware: ACC_L1_TRACE=<QEMU trace patterns, comma-separated>
+# starts L1 with those trace events logged to <lab dir>/l1-trace.log and a human monitor
+# on <lab dir>/l1/monitor.sock (`info mtree`, `info pci`).
+TRACE_ENV = "ACC_L1_TRACE"
 L1_CPUS = 1
 PANIC_RE = re.compile(rb"Kernel panic - not syncing[^\n]*|end Kernel panic[^\n]*")
 
@@ -150,7 +162,7 @@ def ensure_qemu(lay: Layout, log=print) -> Path:
 
 
 def qemu_argv(lay: Layout, img: L1Image, overlay: Path, usb_disk: Path, ssh_port: int,
-              memory_mib: int = 6144, cpus: int = L1_CPUS) -> list[str]:
+              memory_mib: int = L1_MEMORY_MIB, cpus: int = L1_CPUS) -> list[str]:
     q = lay.qemu_root
     return [
         str(q / "usr/bin/qemu-system-x86_64"), "-name", "acc-l1,process=acc-l1",
@@ -179,7 +191,29 @@ def qemu_argv(lay: Layout, img: L1Image, overlay: Path, usb_disk: Path, ssh_port
         "-drive", f"file={usb_disk},if=none,id=usbdisk,format=raw",
         "-device", "usb-storage,bus=xhci.0,drive=usbdisk,serial=ACCUSB0001",
         "-device", "usb-kbd,bus=xhci.0",
-    ]
+    ] + debug_argv(lay)
+
+
+def debug_argv(lay: Layout) -> list[str]:
+    patterns = [p for p in os.environ.get(TRACE_ENV, "").split(",") if p.strip()]
+    if not patterns:
+        return []
+    out = []
+    for p in patterns:
+        out += ["-trace", f"enable={p.strip()}"]
+    return out + ["-D", str(lay.dir / "l1-trace.log"), "-monitor", f"unix:{lay.state / 'monitor.sock'},server,nowait"]
+
+
+def check_vf_bars(host, pf: str = L1_PF) -> None:
+    """The PF's VF BARs (sysfs resource lines 7-12) must sit below 4 GiB: QEMU 10.0.2
+    maps a VF's BAR at the low 32 bits of its address only (see L1_MEMORY_MIB)."""
+    lines = host.run("cat", f"/sys/bus/pci/devices/{pf}/resource").stdout.splitlines()
+    for i, line in enumerate(lines[7:13]):
+        start, end, _ = (int(x, 16) for x in line.split())
+        if end and end >= 1 << 32:
+            raise ImageError(f"L1's igb VF BAR {i} is at {start:#x}-{end:#x}, above 4 GiB, where QEMU 10.0.2 "
+                             f"does not map it (the VFs would read 0): keep L1's memory below 2816 MiB "
+                             f"(L1_MEMORY_MIB) so SeaBIOS puts the prefetchable windows below 4 GiB")
 
 
 def running_pid(lay: Layout) -> int | None:
@@ -275,6 +309,7 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
     try:
         poll(up, deadline, interval=1.0, detail=lambda: "console tail: " + (
             lay.console.read_text(errors="replace")[-400:] if lay.console.exists() else "(none)"))
+        check_vf_bars(host)
     except BaseException:
         stop(lay, log)
         raise
