@@ -2,13 +2,17 @@
 started, the mirror comes from the machine's apt sources, the QEMU command line
 carries the hardware the inventory lists.  L1 itself: `./harness nested`."""
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from lab import config
-from lab.nested import image, l1
+from lab.nested import __main__ as nested, image, l1
 from lab.nested.__main__ import DEFAULT_CONFIG, HARDWARE_CLAIMS, layout
 from lab import claims
 
@@ -130,3 +134,47 @@ def test_trace_hook_logs_to_the_lab_dir(tmp_path, monkeypatch):
     argv = l1.qemu_argv(lay, image.L1Image(tmp_path / "img", "d"), tmp_path / "o", tmp_path / "u", 22790)
     assert argv[-8:] == ["-trace", "enable=igb_set_vfmailbox", "-trace", "enable=igb_core_vf_reset",
                          "-D", str(tmp_path / "l1-trace.log"), "-monitor", f"unix:{lay.state / 'monitor.sock'},server,nowait"]
+
+
+def test_a_run_whose_l1_died_runs_once_more_on_a_fresh_l1(tmp_path, monkeypatch):
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    monkeypatch.setenv("ACC_REPORTS_DIR", str(tmp_path / "reports"))
+    lay = l1.Layout(tmp_path / "lab")          # no pid file: to watch(), L1 is not running
+    lay.state.mkdir(parents=True)
+    lay.console.write_text("[ 99.1] Kernel panic - not syncing: corrupted stack end detected\n")
+    calls = []
+
+    def start(lay_, port, log):
+        calls.append("start")
+        return SimpleNamespace(boot_s=1.0)
+
+    def stop(lay_, log):
+        calls.append("stop")
+
+    children = iter([[sys.executable, "-c", "import time; time.sleep(60)"], [sys.executable, "-c", "pass"]])
+
+    def suites():
+        calls.append("suites")
+        return subprocess.Popen(next(children))
+
+    cfg = SimpleNamespace(shell_port=22790, path=DEFAULT_CONFIG)
+    rc = nested.run(cfg, lay, SimpleNamespace(pytest_args=[]), start=start, stop=stop, suites=suites)
+    assert rc == 0 and calls == ["start", "suites", "stop", "start", "suites", "stop"]
+    kept = (tmp_path / "reports" / "l1-console-attempt1.log").read_text()
+    assert "corrupted stack end" in kept, "the dead L1's console is kept as evidence"
+
+
+def test_a_second_l1_death_fails_the_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(signal, "signal", lambda *a: None)
+    monkeypatch.setenv("ACC_REPORTS_DIR", str(tmp_path / "reports"))
+    lay = l1.Layout(tmp_path / "lab")
+    runs = []
+
+    def suites():
+        runs.append(1)
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    cfg = SimpleNamespace(shell_port=22790, path=DEFAULT_CONFIG)
+    rc = nested.run(cfg, lay, SimpleNamespace(pytest_args=[]), start=lambda *a: SimpleNamespace(boot_s=0.0),
+                    stop=lambda *a: None, suites=suites)
+    assert rc == nested.L1_DIED and len(runs) == nested.ATTEMPTS
