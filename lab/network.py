@@ -151,6 +151,16 @@ def ovs_dpdk_ready(runner=subprocess.run, host=None) -> tuple[bool, str]:
     return True, "OVS-DPDK is initialised"
 
 
+def vhostuser_socket_dir(parent, runner=subprocess.run) -> str:
+    """A directory for QEMU's vhost-user server sockets, inside `parent` (the run's
+    directory on the lab host, removed with the run).  QEMU runs as libvirt's QEMU user,
+    not root: it cannot bind in /run/openvswitch, so the directory is writable for all,
+    sticky like /tmp (`install -d` sets the mode whatever the umask)."""
+    d = f"{parent}/vhost-user"
+    host_run("install", "-d", "-m", "1777", d, runner=runner)
+    return d
+
+
 def vhostuser_interface(mac: str, socket: str, queues: int | None = None):
     """QEMU as the vhost-user server on `socket` (OVS connects as the client)."""
     from . import xml as X

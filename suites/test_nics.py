@@ -140,14 +140,16 @@ def test_vhost_user_nics_carry_traffic(vms, lab):
     """Two guests with vhost-user NICs on one OVS-DPDK bridge ping each other."""
     ovs = network.OvsBridge(lab.run_id, runner=lab.runner, datapath="netdev").create()
     lab.push_undo(f"removed OVS bridge {ovs.name}", ovs.remove)
+    sockets = network.vhostuser_socket_dir(lab.hdir, runner=lab.runner)
     try:
         ends = []
         for n in range(2):
-            sock = f"/run/openvswitch/acc-{lab.run_id}-{n}.sock"
+            sock = f"{sockets}/vhu{n}.sock"
             iface = network.vhostuser_interface(random_mac(), sock)
-            vm = vms.define(VMSpec(f"nics-vhu{n}", shared_memory=True, devices=[iface]))
-            vm.start()
+            # OVS is the client and retries until QEMU listens; QEMU, the server, holds the
+            # guest until its client is there: the port first, then the guest.
             ovs.add_vhostuser_port(f"accvhu{n}{lab.run_id[-4:]}", sock)
+            vm = vms.boot(VMSpec(f"nics-vhu{n}", shared_memory=True, devices=[iface]))
             nic = wait_nic(vm, iface.find("mac").get("address"))
             vm.guest.run("ip link set %s up", nic.name, check=True)
             ends.append((vm, nic))

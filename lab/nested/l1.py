@@ -12,6 +12,7 @@ Hardware of L1 (what a real lab host's inventory would list):
 - e1000e on root port 02:00.0: a device for plain PCI passthrough (it has a ROM BAR)
 - two e1000 behind a PCIe-to-PCI bridge (bus 04): one IOMMU group with two devices
 - qemu-xhci with a USB disk (46f4:0001) and a USB keyboard (0627:0001)
+- in software: OVS-DPDK (vhost-user), LIO (vhost-scsi), device-mapper, vhost-net
 Everything L1 writes lives in an overlay that is removed when L1 stops.
 """
 from __future__ import annotations
