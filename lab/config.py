@@ -198,7 +198,10 @@ def load(path: Path | str | None = None) -> LabConfig:
 
 def from_dict(raw: dict, path: Path) -> LabConfig:
     def err(key, msg, fix=""):
-        return LabConfigError(f"{path}: key '{key}' {msg}" + (f"; fix: {fix}" if fix else ""))
+        text = f"{path}: key '{key}' {msg}" + (f"; fix: {fix}" if fix else "")
+        # One line, whatever the file held: a key or path with a newline or a control
+        # character is shown escaped (found by tests/test_config_fuzz.py: a key '\n').
+        return LabConfigError("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
 
     for section in raw:
         if section not in SCHEMA:

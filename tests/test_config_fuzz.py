@@ -34,3 +34,12 @@ def test_random_toml_text_never_tracebacks(text):
         assert "\n" not in str(e)
     finally:
         p.unlink(missing_ok=True)
+
+
+def test_a_key_with_a_newline_is_shown_escaped_on_one_line():
+    try:
+        config.from_dict({"host": {"\n": 0}}, Path("fuzz.toml"))
+    except config.LabConfigError as e:
+        assert str(e).startswith("fuzz.toml: key 'host.\\n' is not a known key"), str(e)
+    else:
+        raise AssertionError("an unknown key was accepted")
