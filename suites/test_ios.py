@@ -1,6 +1,8 @@
 """Configuring Disk I/O Suspension (IOS-8, IOS-9 here; IOS-1..7 need the
 openEuler `retry` extension).  Faults are real: the storage under the VM's disk
 fails (dm-error, or nbdkit's error filter where the host has no device-mapper)."""
+import threading
+
 import libvirt
 import pytest
 
@@ -22,17 +24,33 @@ def paused_waiter(vm):
     return vm.run.session.events.waiter(vm.dom, "lifecycle", lambda e: e.detail["event"] == "suspended")
 
 
-def in_background(guest, command, tag, after_s=1):
-    """Start `command` in the guest, detached; its exit code lands in /tmp/<tag>.rc.
-    The command begins `after_s` seconds later, so the SSH exchange that starts it is
-    over before its I/O can suspend the VM (a suspended guest cannot answer SSH)."""
-    guest.run("setsid sh -c %s > /dev/null 2>&1 < /dev/null &",
-              f"sleep {after_s}; {command} > /tmp/{tag}.log 2>&1; echo $? > /tmp/{tag}.rc")
+class in_background:
+    """`command` started in the guest, detached; its exit code lands in /tmp/<tag>.rc.
+    The SSH exchange that starts it runs in a thread: the command's own I/O may suspend
+    the VM before that exchange is over (a suspended guest cannot answer), and no fixed
+    sleep covers that on a slow lab host.  Wait for what the command causes (the suspend
+    event, a pending I/O), then `rc()` collects the start and the exit code."""
 
+    def __init__(self, guest, command, tag):
+        self.guest, self.tag, self._error = guest, tag, None
 
-def background_rc(guest, tag, seconds=60):
-    return int(poll(lambda: guest.run("cat /tmp/%s.rc", f"{tag}").stdout.strip(),
-                    Deadline(seconds, f"the guest's {tag} to finish"), interval=0.3))
+        def start():
+            try:
+                guest.run("setsid sh -c %s > /dev/null 2>&1 < /dev/null &",
+                          f"{command} > /tmp/{tag}.log 2>&1; echo $? > /tmp/{tag}.rc", timeout=600, check=True)
+            except BaseException as e:      # handed to rc() in the test's thread
+                self._error = e
+        self._thread = threading.Thread(target=start, name=f"guest-{tag}", daemon=True)
+        self._thread.start()
+
+    def rc(self, seconds=60) -> int:
+        d = Deadline(seconds, f"the guest's {self.tag} to finish")
+        self._thread.join(max(d.remaining, 0.1))
+        if self._thread.is_alive():
+            raise d.fail("the SSH command that starts it did not return")
+        if self._error is not None:
+            raise self._error
+        return int(poll(lambda: self.guest.run("cat /tmp/%s.rc", self.tag).stdout.strip(), d, interval=0.3))
 
 
 def assert_no_guest_io_errors(guest):
@@ -53,7 +71,7 @@ def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms):
 
     with paused_waiter(vm) as pause_w:
         fault.fail("all")
-        in_background(g, "dd if=/tmp/p of=/mnt/f/data bs=1M conv=fsync", "write")
+        job = in_background(g, "dd if=/tmp/p of=/mnt/f/data bs=1M conv=fsync", "write")
         ev = pause_w.wait(Deadline(30, "the VM to be suspended by the storage fault"))
     assert ev.detail["detail"] == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR
     state, reason = vm.dom.state()
@@ -63,7 +81,7 @@ def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms):
 
     fault.heal()
     virsh(vm.run.cfg.libvirt_uri, "resume", vm.name).check()
-    assert background_rc(g, "write") == 0, g.run("cat /tmp/write.log").stdout
+    assert job.rc() == 0, g.run("cat /tmp/write.log").stdout
     g.run("sync; echo 3 > /proc/sys/vm/drop_caches", check=True)
     assert g.check_output("sha256sum /mnt/f/data").split()[0] == digest, "the data written across the fault is wrong"
     mount = g.check_output("grep ' /mnt/f ' /proc/mounts").split()
@@ -91,12 +109,12 @@ def test_read_and_write_error_policies_are_separate(fault, vms):
 
     with paused_waiter(vm) as pause_w:
         fault.fail("read")
-        in_background(g, f"dd if=/dev/{dev} of=/dev/null bs=64k count=16 iflag=direct", "read")
+        job = in_background(g, f"dd if=/dev/{dev} of=/dev/null bs=64k count=16 iflag=direct", "read")
         pause_w.wait(Deadline(30, "the VM to be suspended on a read error"))
     assert vm.dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR]
     fault.heal()
     virsh(vm.run.cfg.libvirt_uri, "resume", vm.name).check()
-    assert background_rc(g, "read") == 0, "the suspended read did not complete after resume"
+    assert job.rc() == 0, "the suspended read did not complete after resume"
 
 
 # ------------------------------------------------------------------ the openEuler retry extension
@@ -146,11 +164,11 @@ def test_short_fault_is_retried_and_completes_without_guest_error(fault, vms):
     digest = g.check_output("dd if=/dev/urandom of=/tmp/p bs=1M count=4 2>/dev/null; sha256sum /tmp/p").split()[0]
     boot_id = g.boot_id()
     fault.fail("all")
-    in_background(g, "dd if=/tmp/p of=/mnt/f/data bs=1M conv=fsync", "write")
-    observe_pending(g, "write", 4)                       # shorter than retry_timeout
+    job = in_background(g, "dd if=/tmp/p of=/mnt/f/data bs=1M conv=fsync", "write")
+    observe_pending(g, job.tag, 4)                       # shorter than retry_timeout
     assert vm.state()[0] == "running", "retry must not suspend the VM"
     fault.heal()
-    assert background_rc(g, "write") == 0
+    assert job.rc() == 0
     g.run("sync; echo 3 > /proc/sys/vm/drop_caches", check=True)
     assert g.check_output("sha256sum /mnt/f/data").split()[0] == digest
     assert g.check_output("grep ' /mnt/f ' /proc/mounts").split()[3].startswith("rw")
@@ -164,8 +182,8 @@ def test_fault_longer_than_retry_timeout_reaches_the_guest(fault, vms):
     g = vm.guest
     dev = g.block.find("acc-fault").name
     fault.fail("all")
-    in_background(g, f"dd if=/dev/zero of=/dev/{dev} bs=64k count=4 oflag=direct", "write")
-    rc = background_rc(g, "write", seconds=30)
+    job = in_background(g, f"dd if=/dev/zero of=/dev/{dev} bs=64k count=4 oflag=direct", "write")
+    rc = job.rc(seconds=30)
     fault.heal()
     assert rc != 0, "after retry_timeout the guest must get the error"
     assert "I/O error" in g.check_output("dmesg | tail -n 30")
@@ -180,12 +198,12 @@ def test_retry_defaults_interval_1000ms_and_no_timeout(fault, vms):
     dev = g.block.find("acc-fault").name
     before = fault.log.read_text().count("injecting EIO")
     fault.fail("write")
-    in_background(g, f"dd if=/dev/zero of=/dev/{dev} bs=4k count=1 oflag=direct", "write")
+    job = in_background(g, f"dd if=/dev/zero of=/dev/{dev} bs=4k count=1 oflag=direct", "write")
     window = 6
-    observe_pending(g, "write", window)                   # no timeout: still waiting
+    observe_pending(g, job.tag, window)                   # no timeout: still waiting
     retries = fault.log.read_text().count("injecting EIO") - before
     fault.heal()
-    assert background_rc(g, "write") == 0
+    assert job.rc() == 0
     # one retry a second (1000 ms default), plus the first attempt; the interval excludes the I/O itself
     assert window - 2 <= retries <= window + 2, f"{retries} failed attempts in {window} s"
 
@@ -200,10 +218,10 @@ def test_read_and_write_suspension_are_enabled_separately(fault, vms):
     fault.heal()
     assert r.rc != 0, "writes are not suspended when only rerror_policy is retry"
     fault.fail("read")
-    in_background(g, f"dd if=/dev/{dev} of=/dev/null bs=64k count=4 iflag=direct", "read")
-    observe_pending(g, "read", 3)
+    job = in_background(g, f"dd if=/dev/{dev} of=/dev/null bs=64k count=4 iflag=direct", "read")
+    observe_pending(g, job.tag, 3)
     fault.heal()
-    assert background_rc(g, "read") == 0
+    assert job.rc() == 0
 
 
 @claims("IOS-6")
