@@ -180,7 +180,6 @@ class VM:
                 self.boot_faults.append(str(e))
                 self.run.log(f"[lab] {e}; starting it again ({attempt + 1} of {retries}, [host] boot_retries)")
                 self.destroy()
-        return self
 
     def start_with_console(self, transcript: Path) -> Console:
         """`virsh start --console`: returns the attached console; call wait_ready() next."""

@@ -136,45 +136,38 @@ def test_trace_hook_logs_to_the_lab_dir(tmp_path, monkeypatch):
                          "-D", str(tmp_path / "l1-trace.log"), "-monitor", f"unix:{lay.state / 'monitor.sock'},server,nowait"]
 
 
-def test_a_run_whose_l1_died_runs_once_more_on_a_fresh_l1(tmp_path, monkeypatch):
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+@pytest.fixture
+def dead_l1(tmp_path, monkeypatch):
+    """A nested run whose L1 is never running (no pid file): to watch(), it died."""
     monkeypatch.setattr(signal, "signal", lambda *a: None)
     monkeypatch.setenv("ACC_REPORTS_DIR", str(tmp_path / "reports"))
-    lay = l1.Layout(tmp_path / "lab")          # no pid file: to watch(), L1 is not running
+    lay = l1.Layout(tmp_path / "lab")
     lay.state.mkdir(parents=True)
     lay.console.write_text("[ 99.1] Kernel panic - not syncing: corrupted stack end detected\n")
     calls = []
 
-    def start(lay_, port, log):
-        calls.append("start")
-        return SimpleNamespace(boot_s=1.0)
+    def run(children):
+        children = iter(children)
 
-    def stop(lay_, log):
-        calls.append("stop")
+        def suites():
+            calls.append("suites")
+            return subprocess.Popen(next(children))
+        return nested.run(SimpleNamespace(shell_port=22790, path=DEFAULT_CONFIG), lay, SimpleNamespace(pytest_args=[]),
+                          start=lambda *a: calls.append("start") or SimpleNamespace(boot_s=1.0),
+                          stop=lambda *a: calls.append("stop"), suites=suites)
+    return SimpleNamespace(run=run, calls=calls, reports=tmp_path / "reports")
 
-    children = iter([[sys.executable, "-c", "import time; time.sleep(60)"], [sys.executable, "-c", "pass"]])
 
-    def suites():
-        calls.append("suites")
-        return subprocess.Popen(next(children))
-
-    cfg = SimpleNamespace(shell_port=22790, path=DEFAULT_CONFIG)
-    rc = nested.run(cfg, lay, SimpleNamespace(pytest_args=[]), start=start, stop=stop, suites=suites)
-    assert rc == 0 and calls == ["start", "suites", "stop", "start", "suites", "stop"]
-    kept = (tmp_path / "reports" / "l1-console-attempt1.log").read_text()
+def test_a_run_whose_l1_died_runs_once_more_on_a_fresh_l1(dead_l1):
+    rc = dead_l1.run([SLEEPER, [sys.executable, "-c", "pass"]])
+    assert rc == 0 and dead_l1.calls == ["start", "suites", "stop", "start", "suites", "stop"]
+    kept = (dead_l1.reports / "l1-console-attempt1.log").read_text()
     assert "corrupted stack end" in kept, "the dead L1's console is kept as evidence"
 
 
-def test_a_second_l1_death_fails_the_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(signal, "signal", lambda *a: None)
-    monkeypatch.setenv("ACC_REPORTS_DIR", str(tmp_path / "reports"))
-    lay = l1.Layout(tmp_path / "lab")
-    runs = []
-
-    def suites():
-        runs.append(1)
-        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-
-    cfg = SimpleNamespace(shell_port=22790, path=DEFAULT_CONFIG)
-    rc = nested.run(cfg, lay, SimpleNamespace(pytest_args=[]), start=lambda *a: SimpleNamespace(boot_s=0.0),
-                    stop=lambda *a: None, suites=suites)
-    assert rc == nested.L1_DIED and len(runs) == nested.ATTEMPTS
+def test_a_second_l1_death_fails_the_run(dead_l1):
+    rc = dead_l1.run([SLEEPER] * nested.ATTEMPTS)
+    assert rc == nested.L1_DIED and dead_l1.calls.count("suites") == nested.ATTEMPTS

@@ -76,7 +76,7 @@ L1_DIED = 3
 ATTEMPTS = 2
 
 
-def watch(child: subprocess.Popen, lay: l1.Layout, keep_console: Path | None = None) -> int:
+def watch(child: subprocess.Popen, lay: l1.Layout, keep_console: Path) -> int:
     """Wait for the suites; if L1 itself dies meanwhile, say why (its console's
     panic), keep its console, and stop the suites instead of letting every test
     wait for a dead host."""
@@ -90,10 +90,9 @@ def watch(child: subprocess.Popen, lay: l1.Layout, keep_console: Path | None = N
             why = [ln for ln in text.splitlines() if "panic" in ln.lower() or "BUG" in ln][:3]
             log(f"[nested] L1 died during the run: {' | '.join(why) or 'no panic on its console'}; "
                 f"stopping the suites")
-            if keep_console is not None:
-                keep_console.parent.mkdir(parents=True, exist_ok=True)
-                keep_console.write_text(text)
-                log(f"[nested] L1's console: {keep_console}")
+            keep_console.parent.mkdir(parents=True, exist_ok=True)
+            keep_console.write_text(text)
+            log(f"[nested] L1's console: {keep_console}")
             child.send_signal(signal.SIGINT)
             child.wait()
             return L1_DIED
