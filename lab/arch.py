@@ -23,6 +23,7 @@ class ArchProfile:
     rootport_model: str = "pcie-root-port"
     acpi: bool = True         # aarch64 has ACPI only with UEFI firmware; direct kernel boot uses DT
     tcg_cpu: str | None = None   # libvirt CPU mode for TCG guests (None: the machine default)
+    pci_root_bus: str = "pcie.0"  # QEMU's id of the machine's root PCI bus (the guide's pc machine: pci.0)
 
 
 ARCHES = {

@@ -1,7 +1,8 @@
-"""Command line of the harness library: `python -m lab doctor|image|sweep`."""
+"""Command line of the harness library: `python -m lab doctor|image|qemu|sweep`."""
 from __future__ import annotations
 
 import argparse
+import time
 import sys
 
 from . import claims, config, daemon, host, images, timeouts
@@ -60,6 +61,10 @@ def cmd_doctor(cfg) -> int:
             print(f"guest image  {e}")
     else:
         print(f"guest image  {cfg.image} (lab-provided, SSH key via NoCloud seed)")
+    q = host.qemu_facts(cfg, conn) if conn is not None else {}
+    if q:
+        print(f"qemu         {q.get('qemu.emulator')}: {q.get('qemu.version', '?')}"
+              + (f"; {q['qemu.build']}" if "qemu.build" in q else ""))
     caps = host.probe(cfg, conn)
     print("\ncapabilities (probed on the host):")
     for c in caps.values():
@@ -130,6 +135,20 @@ def cmd_image(cfg) -> int:
     return 0
 
 
+def cmd_qemu(cfg) -> int:
+    """Build (or find cached) the lab's QEMU from [qemu] source; say which QEMU the lab uses."""
+    from . import qemu_build
+    if not cfg.qemu_source:
+        print(f"lab {cfg.name} builds no QEMU; its domains use "
+              f"{cfg.emulator or 'libvirt default QEMU'}")
+        return 0
+    t = time.monotonic()
+    b = qemu_build.for_lab(cfg, build=True)
+    print(f"{b.describe()}: {b.emulator} (ready in {time.monotonic() - t:.1f} s; "
+          f"built in {b.info['build_seconds']:.0f} s on {b.info['built']})")
+    return 0
+
+
 def cmd_sweep(cfg) -> int:
     timeouts.set_factor(cfg.timeout_factor)
     daemon.ensure(cfg)
@@ -186,6 +205,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("doctor", help="what this lab host can do, and which claims will run or skip")
     sub.add_parser("image", help="build (or check) the default guest image")
+    sub.add_parser("qemu", help="build (or check) the lab's own QEMU ([qemu] source in the lab config)")
     sub.add_parser("sweep", help="remove leftovers of dead runs")
     sub.add_parser("discover", help="host PCI/SR-IOV/HPRE devices (read-only) and a lab-config snippet")
     d = sub.add_parser("daemon", help="start or stop the private libvirtd of lab hosts with daemon = 'private'")
@@ -194,9 +214,9 @@ def main(argv=None) -> int:
     try:
         if args.cmd == "daemon":
             return _each(lambda cfg: cmd_daemon(cfg, args.action))(args)
-        return _each({"doctor": cmd_doctor, "image": cmd_image, "sweep": cmd_sweep,
+        return _each({"doctor": cmd_doctor, "image": cmd_image, "qemu": cmd_qemu, "sweep": cmd_sweep,
                       "discover": cmd_discover}[args.cmd])(args)
-    except (config.LabConfigError, images.ImageError, LabUnreachable, RuntimeError) as e:
+    except (config.LabConfigError, images.ImageError, LabUnreachable, RuntimeError) as e:   # QemuBuildError too
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -76,6 +76,9 @@ class LabConfig:
     shell_known_hosts: str = ""
     host_work_dir: Path = Path("/var/lib/acc-harness")   # on the lab host (== work_dir on this machine)
     daemon: str = "system"     # system: libvirt at libvirt_uri is the host's; private: the harness starts one
+    emulator: str = ""         # QEMU binary on the lab host for every domain ("" : libvirt's default)
+    qemu_source: str = ""      # QEMU source (tarball or git checkout) the harness builds for this lab
+    qemu_source_sha256: str = ""   # pin of that tarball
 
     @property
     def private_daemon_dir(self) -> Path:
@@ -169,6 +172,15 @@ SCHEMA = {
         "work_dir": (str, "/var/lib/acc-harness", _abs_path, "a directory on the lab host the harness owns "
                      "(guest images, overlays, fault backing files)"),
     },
+    "qemu": {
+        "emulator": (str, "", lambda v: None if not v or v.startswith("/") else "must be an absolute path",
+                     "the QEMU binary on the lab host every domain uses (libvirt's <emulator>), for example "
+                     "/usr/libexec/qemu-kvm; empty: libvirt's default"),
+        "source": (str, "", None, "a QEMU source tarball or git checkout (relative to this file) the harness "
+                   "builds for this lab, for example openEuler's QEMU; empty: no build"),
+        "source_sha256": (str, "", lambda v: None if not v or re.match(r"^[0-9a-f]{64}$", v) else
+                          "must be 64 lower-case hex digits", "the sha256 the source tarball must have"),
+    },
     "faults": {
         "backend": (str, "auto", _one_of("auto", "dm-error", "nbdkit", "none"), "auto, dm-error, nbdkit or none"),
     },
@@ -246,6 +258,22 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         if vals["host.libvirt_uri"] != want:
             raise err("host.libvirt_uri", f"has value {vals['host.libvirt_uri']!r}, but daemon = 'private' serves "
                       f"{want}", f"write libvirt_uri = \"{want}\"")
+    qemu_source = ""
+    if vals["qemu.source"]:
+        if vals["qemu.emulator"]:
+            raise err("qemu.source", "is set together with qemu.emulator", "set one: emulator (an installed QEMU) "
+                      "or source (the harness builds it)")
+        remote = vals["shell.address"] or not vals["host.libvirt_uri"].split("://", 1)[-1].startswith("/")
+        if remote:
+            raise err("qemu.source", "asks for a QEMU build on a remote lab host",
+                      "build and install it on the lab host, then set qemu.emulator to its path there")
+        src = (path.parent / vals["qemu.source"]).resolve()
+        if not src.exists():
+            raise err("qemu.source", f"names {src}, which does not exist",
+                      "name the QEMU source tarball or git checkout, relative to this file or absolute")
+        qemu_source = str(src)
+    elif vals["qemu.source_sha256"]:
+        raise err("qemu.source_sha256", "is set without qemu.source", "drop it, or name the source it pins")
     inv = _inventory(vals, err)
     return LabConfig(
         path=path, name=vals["host.name"], libvirt_uri=vals["host.libvirt_uri"],
@@ -259,6 +287,7 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         shell_address=vals["shell.address"], shell_port=vals["shell.port"], shell_user=vals["shell.user"],
         shell_key_file=vals["shell.key_file"], shell_known_hosts=vals["shell.known_hosts"],
         host_work_dir=Path(vals["shell.work_dir"]) if vals["shell.address"] else Path(vals["host.work_dir"]),
+        emulator=vals["qemu.emulator"], qemu_source=qemu_source, qemu_source_sha256=vals["qemu.source_sha256"],
     )
 
 

@@ -52,6 +52,8 @@ class VMSpec:
     shared_memory: bool = False           # vhost-user backends map guest memory
     usb: bool = False                     # False: no USB controller at all
     extra_cmdline: str = ""               # appended to the guest kernel command line
+    overrides: dict = field(default_factory=dict)   # {device alias: {QEMU property: value}} (<qemu:override>)
+    qemu_args: list = field(default_factory=list)   # handed to QEMU as they are (<qemu:commandline>)
 
 
 def random_mac() -> str:
@@ -120,10 +122,12 @@ class VM:
         devices = []
         if self.spec.pcie_root_ports is not None:
             devices += X.simplified_pcie_topology(self.spec.pcie_root_ports, bridge=self.spec.pcie_bridge)
-        devices.append(X.disk(str(overlay), target="vda", bus="virtio", serial="acc-root"))
+        # User aliases for the harness's own disks: libvirt's own names (virtio-disk0, ...) stay
+        # free for a claim that names a device that way (the guide's QEMU command line does).
+        devices.append(X.disk(str(overlay), target="vda", bus="virtio", serial="acc-root", alias="ua-acc-root"))
         if img.access == "nocloud":
             devices.append(X.disk(str(self.dir / "seed.iso"), target="vdz", bus="virtio", fmt="raw",
-                                  readonly=True, serial="acc-seed"))
+                                  readonly=True, serial="acc-seed", alias="ua-acc-seed"))
         devices.append(X.user_interface(self.mac))
         devices.append(X.serial_pty(str(self.serial_log)))
         devices.append(X.console_pty())
@@ -143,7 +147,8 @@ class VM:
         return X.domain(self.name, virt_type=run.cfg.virt_type, arch=arch,
                         memory_mib=self.spec.memory_mib or run.cfg.memory_mib, vcpus=self.spec.vcpus,
                         kernel=img.kernel, initrd=img.initrd, cmdline=cmdline, metadata=meta, devices=devices,
-                        shared_memory=self.spec.shared_memory)
+                        shared_memory=self.spec.shared_memory, emulator=run.emulator,
+                        overrides=self.spec.overrides, qemu_args=self.spec.qemu_args)
 
     def define(self) -> "VM":
         xml = X.to_string(self.build_xml())

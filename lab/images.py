@@ -167,7 +167,7 @@ def default_image(cache_dir: Path, arch: ArchProfile, log=print) -> GuestImage:
 IMAGE_FILES = ("kernel", "initrd.img", "root.qcow2")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -175,19 +175,27 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_sha256 = sha256_file
+
+
 def prune(cache_dir: Path, arch: ArchProfile, keep: int = 3, log=print) -> None:
     """Keep the `keep` most recently used images of an arch; drop older ones no run holds."""
-    entries = sorted((d for d in cache_dir.glob(f"guest-{arch.name}-*") if d.is_dir()),
-                     key=lambda d: (d / "manifest.json").stat().st_mtime if (d / "manifest.json").exists() else 0,
-                     reverse=True)
+    prune_lru((d for d in cache_dir.glob(f"guest-{arch.name}-*") if d.is_dir()), keep, "manifest.json",
+              lambda d: cache_dir / f".guest-{d.name.rsplit('-', 1)[1]}.lock", "guest image", log)
+
+
+def prune_lru(entries, keep: int, stamp: str, lock_of, what: str, log=print) -> None:
+    """Of cache entries (directories), keep the `keep` whose `stamp` file was touched last;
+    remove the others unless a process holds the entry's lock file (`lock_of(entry)`)."""
+    entries = sorted(entries, key=lambda d: (d / stamp).stat().st_mtime if (d / stamp).exists() else 0, reverse=True)
     for d in entries[keep:]:
-        with open(cache_dir / f".guest-{d.name.rsplit('-', 1)[1]}.lock", "w") as lock:
+        with open(lock_of(d), "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 continue
             shutil.rmtree(d, ignore_errors=True)
-            log(f"pruned old guest image {d.name}")
+            log(f"pruned old {what} {d.name}")
 
 
 def _complete(d: Path) -> bool:

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path, PurePosixPath
 
-from . import images, timeouts
+from . import images, qemu_build, timeouts
 from .arch import profile
 from .config import LabConfig
 from .domain import VM, VMSpec
@@ -53,6 +53,8 @@ class Run:
             self.host.makedirs(self.hdir)
         self.key = RunKey.generate()
         self.image = self._image()
+        # The QEMU every domain of this run uses ("" : libvirt's default for the arch).
+        self.emulator = qemu_build.emulator_of(cfg, build=True, log=log)
 
     def _image(self) -> images.GuestImage:
         if self.cfg.uses_default_image:

@@ -8,6 +8,7 @@ from lxml import etree
 from ..arch import ArchProfile
 
 META_NS = "https://acc-harness.invalid/xmlns/harness/1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 
 
 def el(tag: str, attrib: dict | None = None, *children, text: str | None = None) -> etree._Element:
@@ -32,7 +33,13 @@ def parse(xml: str) -> etree._Element:
 
 def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 384, vcpus: int = 1,
            kernel=None, initrd=None, cmdline: str | None = None, metadata: etree._Element | None = None,
-           devices=(), acpi: bool = True, shared_memory: bool = False) -> etree._Element:
+           devices=(), acpi: bool = True, shared_memory: bool = False, emulator: str = "",
+           overrides: dict | None = None, qemu_args=()) -> etree._Element:
+    """`emulator`: the QEMU binary on the lab host ("" : libvirt's default); `overrides`:
+    {device alias: {property: value}} set on QEMU's device (frontend) through libvirt's
+    <qemu:override>, for properties this libvirt cannot express; `qemu_args`: arguments
+    handed to QEMU as they are (<qemu:commandline>), for a claim about QEMU's own
+    command line."""
     os_el = el("os", None, el("type", {"arch": arch.name, "machine": arch.machine}, text="hvm"))
     if kernel:
         os_el.append(el("kernel", text=str(kernel)))
@@ -47,10 +54,12 @@ def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 38
         # Without ACPI a q35 guest drops every root-port bus at the first PCIe hot-plug.
         feats.append(el("acpi"))
     dev = el("devices")
+    if emulator:
+        dev.append(el("emulator", text=str(emulator)))
     for d in devices:
         if d is not None:
             dev.append(d)
-    return el(
+    root = el(
         "domain", {"type": virt_type},
         el("name", text=name),
         el("metadata", None, metadata) if metadata is not None else None,
@@ -68,6 +77,34 @@ def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 38
         el("on_crash", text="destroy"),
         dev,
     )
+    if qemu_args or overrides:
+        root = _with_qemu_ns(root)
+    if qemu_args:
+        cl = etree.SubElement(root, f"{{{QEMU_NS}}}commandline")
+        for a in qemu_args:
+            etree.SubElement(cl, f"{{{QEMU_NS}}}arg", value=str(a))
+    if overrides:
+        qemu_override(root, overrides)
+    return root
+
+
+def _with_qemu_ns(dom: etree._Element) -> etree._Element:
+    out = etree.Element(dom.tag, dict(dom.attrib), nsmap={"qemu": QEMU_NS})
+    for child in dom:
+        out.append(child)
+    return out
+
+
+def qemu_override(dom: etree._Element, overrides: dict) -> None:
+    """Add <qemu:override> frontend properties to a domain built with the qemu namespace:
+    {alias: {name: value}}; an int goes in as 'signed', a bool as 'bool', else 'string'."""
+    ov = etree.SubElement(dom, f"{{{QEMU_NS}}}override")
+    for alias, props in overrides.items():
+        front = etree.SubElement(etree.SubElement(ov, f"{{{QEMU_NS}}}device", alias=alias), f"{{{QEMU_NS}}}frontend")
+        for name, value in props.items():
+            kind = "bool" if isinstance(value, bool) else "signed" if isinstance(value, int) else "string"
+            etree.SubElement(front, f"{{{QEMU_NS}}}property", name=name, type=kind,
+                             value=str(value).lower() if isinstance(value, bool) else str(value))
 
 
 def harness_metadata(run_id: str, pid: int, role: str, files=(), work_dir: str = "") -> etree._Element:
@@ -123,7 +160,8 @@ def disk(source: str, *, target: str, bus: str = "virtio", fmt: str = "qcow2", s
          cache: str | None = None, io: str | None = None, readonly: bool = False,
          device: str = "disk", kind: str = "file", drive_address: dict | None = None,
          error_policy: str | None = None, rerror_policy: str | None = None,
-         pci_address: dict | None = None) -> etree._Element:
+         pci_address: dict | None = None, alias: str | None = None) -> etree._Element:
+    """`alias`: a user alias (libvirt wants the 'ua-' prefix), for <qemu:override>."""
     if kind == "network":
         # `source` is an NBD unix socket path
         src = el("source", {"protocol": "nbd"}, el("host", {"transport": "unix", "socket": source}))
@@ -142,6 +180,8 @@ def disk(source: str, *, target: str, bus: str = "virtio", fmt: str = "qcow2", s
         d.append(el("address", {"type": "drive", **drive_address}))
     if pci_address:
         d.append(el("address", {"type": "pci", **pci_address}))
+    if alias:
+        d.append(el("alias", {"name": alias}))
     return d
 
 
