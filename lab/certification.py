@@ -22,6 +22,7 @@ class TestOutcome:
     reason: str = ""
     host: str = ""
     duration: float = 0.0
+    how: str = ""           # how a passed test proved its claims, where a lab host has several ways
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ClaimVerdict:
     verdict: str
     tests: list = field(default_factory=list)
     reasons: list = field(default_factory=list)
+    how: list = field(default_factory=list)
 
 
 def claim_verdicts(outcomes: list[TestOutcome], collected_claims: set[str]) -> dict[str, ClaimVerdict]:
@@ -51,6 +53,7 @@ def claim_verdicts(outcomes: list[TestOutcome], collected_claims: set[str]) -> d
                 v.verdict = "skipped"
             v.tests = [f"{o.nodeid} [{o.outcome}]" for o in mine]
             v.reasons = sorted({o.reason for o in mine if o.reason and o.outcome != "passed"})
+            v.how = sorted({o.how for o in mine if o.how and o.outcome == "passed"})
         out[cid] = v
     return out
 
@@ -91,6 +94,8 @@ def markdown(report: dict) -> str:
               "## Claims", "", "| claim | feature | documented behaviour | verdict | why / tests |", "|---|---|---|---|---|"]
     for c in report["claims"]:
         why = "; ".join(c["reasons"]) or ", ".join(t.split("::")[-1] for t in c["tests"])
+        if c.get("how"):
+            why += "; proven with " + "; ".join(c["how"])
         lines.append(f"| {c['id']} | {c['feature']} | {c['story']} | **{c['verdict']}** | {why.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 

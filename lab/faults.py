@@ -14,10 +14,13 @@ backend removed.  `describe()` says which backend ran, for the report.
 """
 from __future__ import annotations
 
+import datetime
 import os
+import re
 import secrets
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import loopdev
@@ -54,6 +57,18 @@ class FaultBackend:
     def describe(self) -> str:
         raise NotImplementedError
 
+    def qemu_file(self) -> str:
+        """The storage as QEMU's own `-drive file=` names it (for QEMU's command-line form)."""
+        raise NotImplementedError
+
+    def requests(self) -> list | None:
+        """The requests the storage saw, with their outcome (None: this backend keeps no record)."""
+        return None
+
+    def failing_now(self) -> str:
+        """The storage's own word that it is failing now (raises FaultError if not)."""
+        raise NotImplementedError
+
     def healthy(self) -> bool:
         return self.state == "healthy"
 
@@ -74,20 +89,67 @@ class FaultBackend:
 
 # ------------------------------------------------------------------ nbdkit
 
+@dataclass(frozen=True)
+class NbdRequest:
+    """One request the NBD export saw (nbdkit's log filter, outside the error filter)."""
+    at: float                 # seconds since the epoch, when the request arrived
+    op: str                   # Read, Write, Flush, Trim, Zero, ...
+    offset: int
+    count: int
+    error: str | None         # None: succeeded; 'EIO': failed; '?' : no reply logged yet
+
+    @property
+    def failed(self) -> bool:
+        return self.error not in (None, "?")
+
+
+_LOG_CALL = re.compile(r"^(\S+ \S+) connection=(\d+) (\w+) id=(\d+)(.*)$")
+_LOG_RETURN = re.compile(r"^\S+ \S+ connection=(\d+) \.\.\.(\w+) id=(\d+) return=(-?\d+)(?: error=(\w+))?")
+
+
+def parse_nbd_log(text: str) -> list[NbdRequest]:
+    """nbdkit log-filter lines -> the requests in arrival order, each with its outcome."""
+    calls: dict = {}
+    order = []
+    outcome: dict = {}
+    for line in text.splitlines():
+        m = _LOG_RETURN.match(line)
+        if m:
+            conn, op, rid, rc, err = m.groups()
+            outcome[(conn, rid)] = None if rc == "0" else (err or f"rc {rc}")
+            continue
+        m = _LOG_CALL.match(line)
+        if m and m.group(3) not in ("Connect", "Disconnect"):
+            stamp, conn, op, rid, rest = m.groups()
+            args = dict(kv.split("=", 1) for kv in rest.split() if "=" in kv)
+            t = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            calls[(conn, rid)] = (t, op, int(args.get("offset", "0"), 16), int(args.get("count", "0"), 16))
+            order.append((conn, rid))
+    return [NbdRequest(*calls[k], outcome.get(k, "?")) for k in order]
+
+
 class NbdkitBackend(FaultBackend):
     name = "nbdkit"
 
-    def __init__(self, workdir: Path, size_mib: int = 64):
+    def __init__(self, workdir: Path, size_mib: int = 64, write_delay_ms: int = 0):
+        """`write_delay_ms`: every write takes that long before it succeeds or fails (a slow
+        storage path: nbdkit's delay filter, between the log and the error filter)."""
         self.dir = workdir
         self.size_mib = size_mib
+        self.write_delay_ms = write_delay_ms
         self.socket = workdir / f"nbd-{secrets.token_hex(3)}.sock"
         self.files = {k: workdir / f"fault-{k}-{secrets.token_hex(3)}" for k in ("read", "write")}
         self.proc: subprocess.Popen | None = None
         self.log = workdir / f"{self.socket.stem}.log"
+        self.requests_log = workdir / f"{self.socket.stem}.requests.log"
 
     def command(self) -> list[str]:
+        # The log filter sits outside the error filter: it sees each request as QEMU sent
+        # it and the error it got back, with the time it arrived.
+        delay = (["--filter=delay"], [f"delay-write={self.write_delay_ms}ms"]) if self.write_delay_ms else ([], [])
         return ["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(self.socket),
-                "--filter=error", "memory", f"{self.size_mib}M",
+                "--filter=log", *delay[0], "--filter=error", "memory", f"{self.size_mib}M",
+                f"logfile={self.requests_log}", *delay[1],
                 "error-pread=EIO", "error-pread-rate=100%", f"error-pread-file={self.files['read']}",
                 "error-pwrite=EIO", "error-pwrite-rate=100%", f"error-pwrite-file={self.files['write']}",
                 "error-trim=EIO", "error-trim-rate=100%", f"error-trim-file={self.files['write']}",
@@ -137,11 +199,32 @@ class NbdkitBackend(FaultBackend):
                 self.proc.kill()
                 self.proc.wait()
         self.socket.unlink(missing_ok=True)
+        self.requests_log.unlink(missing_ok=True)
         self.state = "removed"
+
+    def requests(self) -> list[NbdRequest]:
+        """Every request the export has seen so far (the backend's own record)."""
+        try:
+            return parse_nbd_log(self.requests_log.read_text())
+        except FileNotFoundError:
+            return []
+
+    def qemu_file(self) -> str:
+        return f"nbd:unix:{self.socket}"
+
+    def failing_now(self) -> str:
+        armed = [k for k, f in self.files.items() if f.exists()]
+        failed = [r for r in self.requests() if r.failed]
+        if not armed or not failed:
+            raise FaultError(f"nbdkit is not failing: error files armed {armed or 'none'}, "
+                             f"{len(failed)} failed request(s) in its log")
+        return f"nbdkit fails {'/'.join(armed)}: {len(failed)} request(s) failed so far, the last {failed[-1]}"
 
     def describe(self) -> str:
         return (f"nbdkit memory {self.size_mib}M behind the error filter (EIO while the error file exists) "
-                f"on {self.socket.name}; fallback for a host without device-mapper")
+                f"on {self.socket.name}, every request logged by the log filter"
+                + (f", writes delayed {self.write_delay_ms} ms" if self.write_delay_ms else "")
+                + "; fallback for a host without device-mapper")
 
 
 # ------------------------------------------------------------------ dm-error
@@ -231,15 +314,29 @@ class DmErrorBackend(FaultBackend):
     def describe(self) -> str:
         return f"device-mapper {self.dm_name}: linear over {self.loop} swapped with an error table"
 
+    def qemu_file(self) -> str:
+        # QEMU started from its own command line gets no relabelling from libvirt: the node
+        # is the harness's own (removed with the backend), so QEMU's user may open it.
+        self.runner(["chmod", "0666", self.path], capture_output=True, text=True)
+        return self.path
 
-def make_backend(name: str, workdir: Path, run_id: str, host=None) -> FaultBackend:
+    def failing_now(self) -> str:
+        table = self._dmsetup("table", self.dm_name).stdout.strip()
+        if table.split()[2:3] != ["error"]:
+            raise FaultError(f"device-mapper {self.dm_name} is not failing: its live table is {table!r}")
+        return f"device-mapper {self.dm_name} live table: {table}"
+
+
+def make_backend(name: str, workdir: Path, run_id: str, host=None, write_delay_ms: int = 0) -> FaultBackend:
     """The backend on the lab host: `workdir` is a host path; `host` None is this machine."""
     remote = host is not None and not host.local
     if name == "nbdkit":
         if remote:
             raise FaultError(f"the nbdkit backend runs on this machine only; lab host {host.name} "
                              "needs faults.backend = 'dm-error'")
-        return NbdkitBackend(workdir)
+        return NbdkitBackend(workdir, write_delay_ms=write_delay_ms)
+    if write_delay_ms:
+        raise FaultError(f"fault backend {name} cannot delay writes (nbdkit's delay filter can)")
     if name == "dm-error":
         from .hostexec import runner_for
         return DmErrorBackend(workdir, run_id, runner=runner_for(host) if remote else subprocess.run)

@@ -32,6 +32,7 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     def add(name, present, detail):
         caps[name] = Capability(name, bool(present), detail)
 
+    h = (host or cfg.host()) if cfg.has_shell else None
     if not cfg.has_shell:
         why = (f"lab host {cfg.name} is reached only through libvirt ({cfg.libvirt_uri}); host commands need "
                f"[shell] address (SSH) in {cfg.path.name}")
@@ -39,7 +40,7 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
             add(name, False, why)
     else:
         try:
-            _probe_host(cfg, host or cfg.host(), sysroot, add)
+            _probe_host(cfg, h, sysroot, add)
         except (OSError, RuntimeError) as e:
             for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user"):
                 add(name, False, f"probing lab host {cfg.name} failed: {e}")
@@ -49,16 +50,38 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     add("hpre", inv.hpre, f"{len(inv.hpre)} HPRE device(s) listed in [inventory] hpre")
     add("usb-device", inv.usb, f"{len(inv.usb)} host USB device(s) listed in [inventory] usb")
     add("second-host", False, "the lab config names one host")
-    if conn is not None:
-        ok, why = probe_retry_policy(conn, cfg)
-        add("error-policy-retry", ok, why)
+    try:
+        emulator = lab_emulator(cfg, conn)
+    except (RuntimeError, libvirt.libvirtError) as e:
+        emulator, why = None, str(e)
+    if emulator is None:
+        add("error-policy-retry", False, f"no QEMU to probe: {why}")
+        add("qemu-retry", False, f"no QEMU to probe: {why}")
     else:
-        add("error-policy-retry", False, "error_policy='retry' needs a libvirt connection to probe")
+        if conn is not None:
+            ok, why = probe_retry_policy(conn, cfg, emulator)
+            add("error-policy-retry", ok, why)
+        else:
+            add("error-policy-retry", False, "error_policy='retry' needs a libvirt connection to probe")
+        if cfg.has_shell:
+            ok, why = probe_qemu_retry(h, emulator)
+            add("qemu-retry", ok, why + ("" if h.local else f" on {cfg.name}"))
+        else:
+            add("qemu-retry", False, f"QEMU's device properties need a [shell] on lab host {cfg.name} to ask "
+                                     f"{emulator or 'its QEMU'}")
     backend = fault_backend(cfg, caps)
     add("fault-backend", backend != "none", f"fault backend: {backend}")
     add("fault-one-direction", backend == "nbdkit", f"fault backend {backend} " + (
         "fails reads and writes separately" if backend == "nbdkit" else
         "cannot fail reads and writes separately (nbdkit's error filter can)"))
+    add("fault-request-log", backend == "nbdkit", f"fault backend {backend} " + (
+        "logs every request it fails, with its time (nbdkit's log filter)" if backend == "nbdkit" else
+        "keeps no record of the requests it fails (nbdkit's log filter does)"))
+    x, q = caps.get("error-policy-retry"), caps.get("qemu-retry")
+    if x is not None and q is not None and q.present and not x.present:
+        add("error-policy-retry", False, f"{x.detail}. This lab's QEMU has the retry properties, so IOS-2..5 and "
+            f"IOS-7 are proven with the guide's settings on QEMU's device (<qemu:override>); IOS-1 and IOS-6 are "
+            f"about libvirt's XML and stay unproven on this lab host")
     if conn is not None:
         kvm = _virt_type_available(conn, "kvm")
         add("kvm", kvm, "KVM " + ("usable by libvirt" if kvm else "is not offered by libvirt's domain capabilities"))
@@ -137,15 +160,31 @@ def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> d
         "host.memory_mib": str(info[1]),
         "host.kernel": (cfg.host().run("uname", "-r", check=False).stdout.strip() or "(unknown)") if cfg.has_shell else "(no [shell] to ask)",
         "libvirt.version": ver(conn.getLibVersion()),
-        "qemu.version": ver(conn.getVersion()),
+        "qemu.version": ver(conn.getVersion()),       # libvirt's default QEMU; qemu_facts() names the lab's
         "virt.type": cfg.virt_type,
         "guest.arch": cfg.arch,
         "guest.image": image_digest or cfg.image,
         "timeout.factor": str(cfg.timeout_factor),
     }
+    out.update(qemu_facts(cfg, conn))
     caps = probe(cfg, conn)
     out["fault.backend"] = fault_backend(cfg, caps)
+    out["ios.retry_form"] = retry_form(caps)[1]
     return out
+
+
+def retry_form(caps: dict[str, Capability]) -> tuple[str, str]:
+    """How this lab host proves the disk I/O suspension claims: ('xml', why) with the
+    guide's libvirt XML, ('override', why) with the guide's settings as QEMU device
+    properties through <qemu:override>, or ('none', why)."""
+    x, q = caps.get("error-policy-retry"), caps.get("qemu-retry")
+    if x is not None and x.present:
+        return "xml", "the guide's libvirt XML (this libvirt has the error_policy='retry' extension)"
+    if q is not None and q.present:
+        return "override", ("the guide's settings as QEMU device properties (werror, rerror, retry_interval, "
+                            "retry_timeout) through libvirt's <qemu:override>: this QEMU has the retry feature, "
+                            "this libvirt lacks openEuler's XML extension, so IOS-1 and IOS-6 stay unproven here")
+    return "none", "neither libvirt nor QEMU has the disk I/O suspension extension"
 
 
 def _cpu_model(h=None) -> str:
@@ -159,7 +198,58 @@ def _cpu_model(h=None) -> str:
     return platform.processor() or os.uname().machine
 
 
-def probe_retry_policy(conn, cfg: LabConfig) -> tuple[bool, str]:
+def lab_emulator(cfg: LabConfig, conn=None) -> str:
+    """The QEMU binary the lab's domains use: the lab config's (or its built one), else
+    libvirt's default for the guest architecture (asked of libvirt's capabilities)."""
+    from . import qemu_build
+    emu = qemu_build.emulator_of(cfg, build=False)
+    if emu or conn is None:
+        return emu
+    from . import xml as X
+    caps = X.parse(conn.getCapabilities())
+    found = caps.find(f"guest/arch[@name='{cfg.arch}']/emulator")
+    return found.text.strip() if found is not None and found.text else ""
+
+
+def probe_qemu_retry(h, emulator: str) -> tuple[bool, str]:
+    """Does this QEMU have openEuler's disk I/O suspension on the devices the guide names
+    (retry_interval/retry_timeout beside werror/rerror on virtio-blk-pci and scsi-hd)?
+    Asked of the binary itself (`-device X,help`), never guessed from its version."""
+    from . import qemu_build
+    if not emulator:
+        return False, "libvirt names no QEMU for this architecture"
+    missing = []
+    for dev in ("virtio-blk-pci", "scsi-hd"):
+        r = h.run(emulator, "-device", f"{dev},help", check=False, timeout=60)
+        if r.rc != 0:
+            return False, f"{emulator} -device {dev},help failed: {(r.stderr or r.stdout).strip()[-200:]}"
+        have = {line.split("=", 1)[0].strip() for line in r.stdout.splitlines() if "=" in line}
+        missing += [f"{dev}.{p}" for p in qemu_build.RETRY_PROPERTIES if p not in have]
+    if missing:
+        return False, f"{emulator} has no disk I/O suspension (no {', '.join(missing)}: upstream QEMU)"
+    return True, f"{emulator} has retry_interval/retry_timeout on virtio-blk-pci and scsi-hd"
+
+
+def qemu_facts(cfg: LabConfig, conn) -> dict[str, str]:
+    """Which QEMU the lab's domains run: its path, its own version string and, for a
+    build of the harness's, what it was built from."""
+    from . import qemu_build
+    out = {}
+    try:
+        emu = lab_emulator(cfg, conn)
+    except (RuntimeError, libvirt.libvirtError) as e:
+        return {"qemu.emulator": f"unavailable: {e}"}
+    out["qemu.emulator"] = emu or "(libvirt's default)"
+    if emu and cfg.has_shell:
+        r = cfg.host().run(emu, "--version", check=False, timeout=30)
+        out["qemu.version"] = (r.stdout.splitlines() or ["(no answer)"])[0].strip()
+    b = qemu_build.for_lab(cfg, build=False) if cfg.qemu_source else None
+    if b is not None:
+        out["qemu.build"] = b.describe()
+    return out
+
+
+def probe_retry_policy(conn, cfg: LabConfig, emulator: str = "") -> tuple[bool, str]:
     """Does this host's libvirt accept the openEuler disk I/O suspension XML
     (error_policy='retry' with retry_interval/retry_timeout)?  Asked of libvirt
     itself with a validating define, never guessed from the distribution.  The
@@ -178,7 +268,7 @@ def probe_retry_policy(conn, cfg: LabConfig) -> tuple[bool, str]:
             d.find("driver").set("retry_timeout", "0")
         meta = X.harness_metadata("probe", 0, "probe", work_dir=cfg.work_dir)
         dom_xml = X.domain(f"acc-probe-{secrets.token_hex(3)}", virt_type=cfg.virt_type, arch=profile(cfg.arch),
-                           metadata=meta, devices=[d])
+                           metadata=meta, devices=[d], emulator=emulator)
         dom = conn.defineXMLFlags(X.to_string(dom_xml), libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
         try:
             return X.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
