@@ -47,9 +47,9 @@ def assert_no_guest_io_errors(guest):
     assert not bad, f"the guest saw I/O errors: {bad[:5]}"
 
 
-def measured(record_property, name, value, text):
+def measured(request, name, value, text):
     """A figure the test measured: a JUnit property and an Allure attachment."""
-    record_property(name, value)
+    request.node.user_properties.append((name, value))
     allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
 
 
@@ -188,7 +188,7 @@ def test_short_fault_is_retried_and_completes_without_guest_error(fault, vms, re
 
 
 @claims("IOS-3")
-def test_fault_longer_than_retry_timeout_reaches_the_guest(fault, vms, retry_form, record_property):
+def test_fault_longer_than_retry_timeout_reaches_the_guest(fault, vms, retry_form, request):
     interval, timeout = 0.5, 3.0
     vm = boot_retry(vms, fault, retry_form, "ios-retry-long",
                     ("vdb", RetryPolicy(interval=int(interval * 1000), timeout=int(timeout * 1000)), SERIAL))
@@ -200,7 +200,7 @@ def test_fault_longer_than_retry_timeout_reaches_the_guest(fault, vms, retry_for
     assert rc is not None, f"the guest's write got no error {30 + timeout:.0f} s into the fault (retry_timeout {timeout} s)"
     took = job.elapsed()
     fault.heal()
-    measured(record_property, "IOS-3 fault to guest error (s)", round(took, 3),
+    measured(request, "IOS-3 fault to guest error (s)", round(took, 3),
              f"the guest's write failed {took:.3f} s after it was issued into the fault "
              f"(retry_timeout {timeout} s, retry_interval {interval} s)")
     assert rc != 0, f"after retry_timeout the guest must get the error: {job.output()!r}"
@@ -218,7 +218,7 @@ def test_fault_longer_than_retry_timeout_reaches_the_guest(fault, vms, retry_for
 
 
 @claims("IOS-4")
-def test_retry_defaults_interval_1000ms_and_no_timeout(fault, vms, retry_form, record_property):
+def test_retry_defaults_interval_1000ms_and_no_timeout(fault, vms, retry_form, request):
     """Without retry_interval/retry_timeout the device holds 1000 ms and 0, and a write into
     a fault is retried about once a second and still waits long after any finite timeout
     (15 s, past the guide's own example of 10 s)."""
@@ -238,7 +238,7 @@ def test_retry_defaults_interval_1000ms_and_no_timeout(fault, vms, retry_form, r
                       name="IOS-4 retry rate", attachment_type=allure.attachment_type.TEXT)
         return
     tries = failed_attempts(seen, "Write")
-    measured(record_property, "IOS-4 retries per second", round(tries.per_second, 3), tries.summary())
+    measured(request, "IOS-4 retries per second", round(tries.per_second, 3), tries.summary())
     assert tries.count >= 10, f"a write pending for 15 s was retried too rarely: {tries.summary()}"
     med = statistics.median(tries.gaps)
     assert 0.99 <= med <= 1.5, f"the default retry interval is not 1000 ms: {tries.summary()}"
@@ -248,7 +248,7 @@ def test_retry_defaults_interval_1000ms_and_no_timeout(fault, vms, retry_form, r
 @claims("IOS-4")
 @pytest.mark.requires("fault-request-log")
 @pytest.mark.fault_options(write_delay_ms=600)
-def test_retry_interval_excludes_the_io_itself(fault, vms, retry_form, record_property):
+def test_retry_interval_excludes_the_io_itself(fault, vms, retry_form, request):
     """The guide: the interval does not include the I/O's own time, so two attempts are at
     least retry_interval + the I/O apart.  The storage takes 600 ms for each write; the
     interval is not the default (a QEMU that ignores the setting fails)."""
@@ -266,7 +266,7 @@ def test_retry_interval_excludes_the_io_itself(fault, vms, retry_form, record_pr
     assert job.rc() == 0, job.output()
     writes = [r for r in seen if r.op == "Write" and r.failed]
     tries = failed_attempts(writes, "Write")
-    measured(record_property, "IOS-4 gap between retries with interval 1500 ms and 600 ms I/O (s)",
+    measured(request, "IOS-4 gap between retries with interval 1500 ms and 600 ms I/O (s)",
              round(statistics.median(tries.gaps), 3) if tries.gaps else 0, tries.summary())
     assert tries.count >= 3, f"too few retries to measure: {tries.summary()}"
     io = 0.6
