@@ -84,8 +84,12 @@ class GuestJob:
         self._thread.start()
 
     def started(self, seconds: float = 60) -> "GuestJob":
-        """Wait until the command has begun (its start time is written)."""
+        """Wait until the command has begun (the SSH exchange that starts it is over and its
+        start time is written).  Only for a command that does not stop the VM."""
         d = Deadline(seconds, f"the guest's {self.tag} to start")
+        self._thread.join(max(d.remaining, 0.1))
+        if self._thread.is_alive():
+            raise d.fail("the SSH command that starts it did not return")
         poll(lambda: self._raise() or self.guest.run("test -s /tmp/%s.t0", self.tag).ok, d, interval=0.2)
         return self
 
@@ -94,7 +98,11 @@ class GuestJob:
             raise self._error
 
     def finished(self) -> bool:
+        """The command has ended.  No second SSH channel is opened while the one that starts
+        it is still open: two at once on the guest's dropbear once failed with 'Channel closed'."""
         self._raise()
+        if self._thread.is_alive():
+            return False
         return self.guest.run("cat /tmp/%s.rc", self.tag).ok
 
     def rc(self, seconds: float = 60) -> int:

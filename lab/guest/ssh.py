@@ -117,9 +117,19 @@ class SSH:
         if not self.connected:
             raise ConnectionError(f"SSH to {self.host}:{self.port} is not connected")
         deadline = Deadline(timeout, f"guest command {command!r}")
-        chan = self._client.get_transport().open_session(timeout=min(10, timeout))
-        chan.settimeout(0.5)
-        chan.exec_command(GUEST_PATH + command)
+        for attempt in (1, 2):
+            chan = self._client.get_transport().open_session(timeout=min(10, timeout))
+            chan.settimeout(0.5)
+            try:
+                chan.exec_command(GUEST_PATH + command)
+                break
+            except paramiko.SSHException:
+                # The server refused to start the command (it answered the exec request with a
+                # failure, seen once from dropbear with another channel open): nothing ran, so
+                # asking once more is safe.  A second refusal is the error.
+                chan.close()
+                if attempt == 2 or not self.connected:
+                    raise
         if stdin is not None:
             chan.sendall(stdin)
         chan.shutdown_write()
