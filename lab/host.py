@@ -50,25 +50,7 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     add("hpre", inv.hpre, f"{len(inv.hpre)} HPRE device(s) listed in [inventory] hpre")
     add("usb-device", inv.usb, f"{len(inv.usb)} host USB device(s) listed in [inventory] usb")
     add("second-host", False, "the lab config names one host")
-    try:
-        emulator = lab_emulator(cfg, conn)
-    except (RuntimeError, libvirt.libvirtError) as e:
-        emulator, why = None, str(e)
-    if emulator is None:
-        add("error-policy-retry", False, f"no QEMU to probe: {why}")
-        add("qemu-retry", False, f"no QEMU to probe: {why}")
-    else:
-        if conn is not None:
-            ok, why = probe_retry_policy(conn, cfg, emulator)
-            add("error-policy-retry", ok, why)
-        else:
-            add("error-policy-retry", False, "error_policy='retry' needs a libvirt connection to probe")
-        if cfg.has_shell:
-            ok, why = probe_qemu_retry(h, emulator)
-            add("qemu-retry", ok, why + ("" if h.local else f" on {cfg.name}"))
-        else:
-            add("qemu-retry", False, f"QEMU's device properties need a [shell] on lab host {cfg.name} to ask "
-                                     f"{emulator or 'its QEMU'}")
+    _probe_retry(cfg, conn, h, add)
     backend = fault_backend(cfg, caps)
     add("fault-backend", backend != "none", f"fault backend: {backend}")
     add("fault-one-direction", backend == "nbdkit", f"fault backend {backend} " + (
@@ -77,15 +59,34 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     add("fault-request-log", backend == "nbdkit", f"fault backend {backend} " + (
         "logs every request it fails, with its time (nbdkit's log filter)" if backend == "nbdkit" else
         "keeps no record of the requests it fails (nbdkit's log filter does)"))
-    x, q = caps.get("error-policy-retry"), caps.get("qemu-retry")
-    if x is not None and q is not None and q.present and not x.present:
-        add("error-policy-retry", False, f"{x.detail}. This lab's QEMU has the retry properties, so IOS-2..5 and "
-            f"IOS-7 are proven with the guide's settings on QEMU's device (<qemu:override>); IOS-1 and IOS-6 are "
-            f"about libvirt's XML and stay unproven on this lab host")
     if conn is not None:
         kvm = _virt_type_available(conn, "kvm")
         add("kvm", kvm, "KVM " + ("usable by libvirt" if kvm else "is not offered by libvirt's domain capabilities"))
     return caps
+
+
+def _probe_retry(cfg: LabConfig, conn, h, add) -> None:
+    """The two faces of disk I/O suspension: libvirt's XML (error-policy-retry) and QEMU's
+    device properties (qemu-retry), each asked of the thing itself."""
+    try:
+        emulator = lab_emulator(cfg, conn)
+    except (RuntimeError, libvirt.libvirtError) as e:
+        add("error-policy-retry", False, f"no QEMU to probe: {e}")
+        add("qemu-retry", False, f"no QEMU to probe: {e}")
+        return
+    if h is None:
+        q = (False, f"QEMU's device properties need a [shell] on lab host {cfg.name} to ask {emulator or 'its QEMU'}")
+    else:
+        ok, why = probe_qemu_retry(h, emulator)
+        q = (ok, why + ("" if h.local else f" on {cfg.name}"))
+    x = probe_retry_policy(conn, cfg, emulator) if conn is not None else \
+        (False, "error_policy='retry' needs a libvirt connection to probe")
+    if q[0] and not x[0]:
+        x = (False, f"{x[1]}. This lab's QEMU has the retry properties, so IOS-2..5 and IOS-7 are proven with the "
+                    f"guide's settings on QEMU's device (<qemu:override>); IOS-1 and IOS-6 are about libvirt's XML "
+                    f"and stay unproven on this lab host")
+    add("error-policy-retry", *x)
+    add("qemu-retry", *q)
 
 
 def _probe_host(cfg, h, sysroot: Path, add) -> None:

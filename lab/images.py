@@ -151,7 +151,7 @@ def default_image(cache_dir: Path, arch: ArchProfile, log=print) -> GuestImage:
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{digest}-", dir=cache_dir))
         try:
             _build(tmp, inp, arch)
-            files = {f: _sha256(tmp / f) for f in IMAGE_FILES}
+            files = {f: sha256_file(tmp / f) for f in IMAGE_FILES}
             (tmp / "manifest.json").write_text(json.dumps({"digest": digest, "files": files, "inputs": inp}, indent=1))
             os.chmod(tmp, 0o755)     # QEMU runs as another user and must reach the files
             os.rename(tmp, final)
@@ -173,9 +173,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-_sha256 = sha256_file
 
 
 def prune(cache_dir: Path, arch: ArchProfile, keep: int = 3, log=print) -> None:
@@ -202,7 +199,7 @@ def _complete(d: Path) -> bool:
     """The entry is whole: its manifest names it and every file has the hash it was built with."""
     try:
         m = json.loads((d / "manifest.json").read_text())
-        return m["digest"] == d.name.rsplit("-", 1)[1] and all(_sha256(d / f) == m["files"][f] for f in IMAGE_FILES)
+        return m["digest"] == d.name.rsplit("-", 1)[1] and all(sha256_file(d / f) == m["files"][f] for f in IMAGE_FILES)
     except (OSError, ValueError, KeyError, IndexError):
         return False
 

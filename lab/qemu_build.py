@@ -19,10 +19,12 @@ submodules (both outside the emulator's device and block code):
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -85,6 +87,22 @@ class QemuBuild:
 # ------------------------------------------------------------------ inputs
 
 def source_id(source: Path, expect_sha256: str = "") -> str:
+    """See _source_id; the same unchanged source is hashed once per process."""
+    try:
+        st = source.stat()
+    except OSError:
+        return _source_id(source, expect_sha256)
+    if source.is_dir():                   # a checkout changes without its directory's mtime
+        return _source_id(source, expect_sha256)
+    return _cached_source_id(str(source), st.st_mtime_ns, st.st_size, expect_sha256)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_source_id(source: str, _mtime_ns: int, _size: int, expect_sha256: str) -> str:
+    return _source_id(Path(source), expect_sha256)
+
+
+def _source_id(source: Path, expect_sha256: str = "") -> str:
     """What identifies the source: `sha256:<hex>` of a tarball, `git:<commit>[+<diff hash>]`
     of a checkout.  A missing or unusable source is one clear error."""
     if not source.exists():
@@ -113,6 +131,11 @@ def source_id(source: Path, expect_sha256: str = "") -> str:
     return f"sha256:{digest}"
 
 
+@functools.lru_cache(maxsize=1)
+def _toolchain() -> tuple:
+    return tuple(sorted(_pkg_versions(BUILD_PACKAGES).items()))
+
+
 def _pkg_versions(packages) -> dict:
     out = {}
     for p in packages:
@@ -130,7 +153,7 @@ def inputs(source: Path, expect_sha256: str = "") -> dict:
         "source_id": source_id(source, expect_sha256),
         "configure": CONFIGURE_ARGS,
         "adjustments": hashlib.sha256(json.dumps([_KEYMAP_STUB, _FP_TESTS_SKIPPED]).encode()).hexdigest()[:16],
-        "toolchain": _pkg_versions(BUILD_PACKAGES),
+        "toolchain": dict(_toolchain()),
     }
 
 
@@ -246,7 +269,6 @@ def _unpack(source: Path, work: Path) -> Path:
 
 
 def _q(p) -> str:
-    import shlex
     return shlex.quote(str(p))
 
 

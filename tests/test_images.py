@@ -12,7 +12,7 @@ def fake_entry(cache, digest, age=0):
     d.mkdir(parents=True)
     for f in images.IMAGE_FILES:
         (d / f).write_bytes(f"{f}-{digest}".encode())
-    files = {f: images._sha256(d / f) for f in images.IMAGE_FILES}
+    files = {f: images.sha256_file(d / f) for f in images.IMAGE_FILES}
     (d / "manifest.json").write_text(json.dumps({"digest": digest, "files": files}))
     t = time.time() - age
     os.utime(d / "manifest.json", (t, t))
@@ -42,8 +42,8 @@ def test_prune_keeps_the_most_recently_used(tmp_path):
 
 def test_overlay_leaves_the_base_untouched(tmp_path):
     base = images.create_image(tmp_path / "base.qcow2", "8M")
-    before = images._sha256(base)
+    before = images.sha256_file(base)
     ov = images.create_overlay(base, tmp_path / "ov.qcow2")
     info = images.image_info(ov)
     assert info["backing-filename"] == str(base) and info["format"] == "qcow2"
-    assert images._sha256(base) == before
+    assert images.sha256_file(base) == before
