@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from lab import config
+from lab import config, debroot
 from lab.nested import __main__ as nested, image, l1
 from lab.nested.__main__ import DEFAULT_CONFIG, HARDWARE_CLAIMS, layout
 from lab import claims
@@ -66,7 +66,7 @@ def test_apt_mirrors_from_deb822_and_one_line_sources(tmp_path):
         "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n\n"
         "Types: deb-src\nURIs: http://src.example/\nSuites: trixie\n")
     (etc / "sources.list").write_text("# comment\ndeb [arch=amd64] http://other.example/debian bookworm-backports main\n")
-    m = image.apt_mirrors(etc)
+    m = debroot.apt_mirrors(etc)
     assert m == {"bookworm": "http://mirror.example/debian", "bookworm-updates": "http://mirror.example/debian",
                  "bookworm-security": "http://mirror.example/debian-security",
                  "bookworm-backports": "http://other.example/debian"}

@@ -6,10 +6,8 @@ chroot (the newest one may live in the security suite), the lab host's software
 sshd), then an ext4 file system made from the folder (`mkfs.ext4 -d`, no loop
 mounts) and converted to qcow2.  Content-addressed like the guest image: the
 cache key hashes the package list, the mirror's package versions of the
-kernel, the builder's version and the lab key that may log in as root.
-
-The mirror is the machine's own apt source (read from /etc/apt), never a host
-written into the repository.
+kernel, the builder's version and the lab key that may log in as root.  The Debian
+root comes from lab/debroot.py.
 """
 from __future__ import annotations
 
@@ -17,13 +15,12 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..debroot import candidate, chroot, debootstrap, install, prune_docs, sh, write
 from ..images import ImageError
 
 BUILDER_VERSION = "2"
@@ -72,44 +69,14 @@ class L1Image:
         return self.dir / "initrd.img"
 
 
-def apt_mirrors(etc: Path = Path("/etc/apt")) -> dict[str, str]:
-    """suite -> mirror URI, from the machine's apt sources (deb822 and one-line)."""
-    out: dict[str, str] = {}
-    for f in sorted(etc.glob("sources.list.d/*.sources")):
-        for stanza in f.read_text().split("\n\n"):
-            fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.*)$", stanza, re.M))
-            if fields.get("Types", "deb").split()[0] != "deb" or fields.get("Enabled", "yes") == "no":
-                continue
-            for suite in fields.get("Suites", "").split():
-                out.setdefault(suite, fields.get("URIs", "").split()[0])
-    if (etc / "sources.list").exists():
-        for line in (etc / "sources.list").read_text().splitlines():
-            m = re.match(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+(\S+)", line.strip())
-            if m:
-                out.setdefault(m.group(2), m.group(1))
-    return out
-
-
-def _mirror(suite: str) -> str:
-    m = apt_mirrors()
-    if suite not in m:
-        raise ImageError(f"no apt source for suite {suite!r} in /etc/apt (the L1 lab-host image is built from "
-                         f"the machine's own Debian mirror): add a 'deb' source for {suite}")
-    return m[suite]
-
-
-def _candidate(pkg: str) -> str:
-    r = subprocess.run(["apt-cache", "policy", pkg], capture_output=True, text=True)
-    m = re.search(r"Candidate:\s*(\S+)", r.stdout)
-    if not m or m.group(1) == "(none)":
-        raise ImageError(f"apt knows no candidate for {pkg}: run 'apt-get update' (./harness setup does)")
-    return m.group(1)
+def _sh(cmd: list[str], what: str, **kw) -> str:
+    return sh(cmd, f"L1 image: {what}", **kw)
 
 
 def inputs(pubkey: str, host_key: Path | None = None) -> dict:
     return {"host_key": host_key.with_suffix(".pub").read_text().strip() if host_key else "",
             "builder": BUILDER_VERSION, "suite": SUITE, "packages": PACKAGES,
-            "kernel": [KERNEL_PACKAGE, _candidate(KERNEL_PACKAGE)], "libvirt": _candidate("libvirt-daemon-system"),
+            "kernel": [KERNEL_PACKAGE, candidate(KERNEL_PACKAGE)], "libvirt": candidate("libvirt-daemon-system"),
             "modules": MODULES, "prune": PRUNE_MODULES, "pubkey": pubkey.strip(), "size": ROOT_SIZE_MIB,
             "hugepages": HUGEPAGES_2M, "ovs_dpdk": OVS_DPDK_CONFIG}
 
@@ -153,40 +120,10 @@ def l1_image(cache_dir: Path, pubkey: str, host_key: Path | None = None, log=pri
     return L1Image(final, digest)
 
 
-def _sh(cmd: list[str], what: str, **kw) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    if r.returncode != 0:
-        tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-15:])
-        raise ImageError(f"L1 image: {what} failed (exit {r.returncode}):\n{tail}")
-    return r.stdout
-
-
-# Runs inside a private mount namespace (unshare -m): /proc, /sys and /dev reach
-# the chroot only there, so a crash leaves no mount behind.  $1 = root folder.
-_CHROOT_SETUP = r'''
-set -e
-r=$1; shift
-mount -t proc proc "$r/proc"
-mount -t sysfs sys "$r/sys"
-mount --bind /dev "$r/dev"
-exec chroot "$r" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 "$@"
-'''
-
-
-def _chroot(root: Path, *argv: str, what: str) -> str:
-    return _sh(["unshare", "-m", "--propagation", "private", "sh", "-c", _CHROOT_SETUP, "sh", str(root), *argv], what)
-
-
 def _build(out: Path, pubkey: str, host_key: Path | None = None) -> None:
     root = out / "root"
-    mirror, security = _mirror(SUITE), _mirror(f"{SUITE}-security")
-    _sh(["debootstrap", "--variant=minbase", "--components=main", f"--include={','.join(PACKAGES)}",
-         SUITE, str(root), mirror], "debootstrap")
-    (root / "etc/apt/sources.list").write_text(
-        f"deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\ndeb {security} {SUITE}-security main\n")
-    _chroot(root, "apt-get", "update", "-qq", what="apt-get update in the L1 root")
-    _chroot(root, "apt-get", "install", "-y", "-qq", "--no-install-recommends", KERNEL_PACKAGE, "initramfs-tools",
-            what="installing the kernel in the L1 root")
+    debootstrap(root, SUITE, PACKAGES, "the L1 lab-host image")
+    install(root, [KERNEL_PACKAGE, "initramfs-tools"], "the L1 lab-host image")
     _configure(root, pubkey)
     if host_key:
         for f in (root / "etc/ssh").glob("ssh_host_*"):
@@ -194,7 +131,7 @@ def _build(out: Path, pubkey: str, host_key: Path | None = None) -> None:
         shutil.copy2(host_key, root / "etc/ssh/ssh_host_ed25519_key")
         os.chmod(root / "etc/ssh/ssh_host_ed25519_key", 0o600)
         shutil.copy2(host_key.with_suffix(".pub"), root / "etc/ssh/ssh_host_ed25519_key.pub")
-        _write(root, "/etc/ssh/sshd_config.d/acc-hostkey.conf", "HostKey /etc/ssh/ssh_host_ed25519_key\n")
+        write(root, "/etc/ssh/sshd_config.d/acc-hostkey.conf", "HostKey /etc/ssh/ssh_host_ed25519_key\n")
     boot = sorted((root / "boot").glob("vmlinuz-*"))
     initrds = sorted((root / "boot").glob("initrd.img-*"))
     if not boot or not initrds:
@@ -211,28 +148,21 @@ def _build(out: Path, pubkey: str, host_key: Path | None = None) -> None:
         os.chmod(out / f, 0o644)
 
 
-def _write(root: Path, rel: str, text: str, mode: int = 0o644) -> None:
-    p = root / rel.lstrip("/")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
-    os.chmod(p, mode)
-
-
 def _configure(root: Path, pubkey: str) -> None:
-    _write(root, "/etc/hostname", "acc-l1\n")
-    _write(root, "/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 acc-l1\n")
-    _write(root, "/etc/fstab", "LABEL=l1root / ext4 defaults,noatime 0 1\n")
-    _write(root, "/root/.ssh/authorized_keys", pubkey.strip() + "\n", 0o600)
+    write(root, "/etc/hostname", "acc-l1\n")
+    write(root, "/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 acc-l1\n")
+    write(root, "/etc/fstab", "LABEL=l1root / ext4 defaults,noatime 0 1\n")
+    write(root, "/root/.ssh/authorized_keys", pubkey.strip() + "\n", 0o600)
     os.chmod(root / "root/.ssh", 0o700)
-    _write(root, "/etc/ssh/sshd_config.d/acc.conf",
+    write(root, "/etc/ssh/sshd_config.d/acc.conf",
            "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\nMaxSessions 64\nMaxStartups 64\n")
     # The management NIC (virtio) takes DHCP from QEMU's user network; every other NIC is lab hardware.
-    _write(root, "/etc/systemd/network/10-mgmt.network", "[Match]\nDriver=virtio_net\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n")
-    _write(root, "/etc/modules-load.d/acc-lab.conf", "\n".join(MODULES) + "\n")
-    _write(root, "/etc/modprobe.d/acc-lab.conf", "options kvm_amd nested=1\n")
-    _write(root, "/etc/sysctl.d/acc-hugepages.conf", f"vm.nr_hugepages = {HUGEPAGES_2M}\n")
+    write(root, "/etc/systemd/network/10-mgmt.network", "[Match]\nDriver=virtio_net\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n")
+    write(root, "/etc/modules-load.d/acc-lab.conf", "\n".join(MODULES) + "\n")
+    write(root, "/etc/modprobe.d/acc-lab.conf", "options kvm_amd nested=1\n")
+    write(root, "/etc/sysctl.d/acc-hugepages.conf", f"vm.nr_hugepages = {HUGEPAGES_2M}\n")
     settings = " ".join(f"other_config:{c}" for c in OVS_DPDK_CONFIG)
-    _write(root, "/etc/systemd/system/acc-ovs-dpdk.service",
+    write(root, "/etc/systemd/system/acc-ovs-dpdk.service",
            "[Unit]\nDescription=OVS-DPDK settings of the lab host, before ovs-vswitchd reads them\n"
            "Requires=ovsdb-server.service\nAfter=ovsdb-server.service\nBefore=ovs-vswitchd.service\n\n"
            f"[Service]\nType=oneshot\nExecStart=/usr/bin/ovs-vsctl --no-wait set Open_vSwitch . {settings}\n\n"
@@ -240,7 +170,7 @@ def _configure(root: Path, pubkey: str) -> None:
     # No libvirt network of its own: the lab's bridges are made by the harness.
     for f in (root / "etc/libvirt/qemu/networks/autostart").glob("*.xml"):
         f.unlink()
-    _chroot(root, "sh", "-c",
+    chroot(root, "sh", "-c",
             "systemctl enable systemd-networkd ssh libvirtd virtlogd acc-ovs-dpdk >/dev/null 2>&1; "
             "update-alternatives --set ovs-vswitchd /usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk >/dev/null; "
             "systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer "
@@ -251,8 +181,7 @@ def _configure(root: Path, pubkey: str) -> None:
 
 
 def _prune(root: Path) -> None:
-    for rel in ("usr/share/doc", "usr/share/man", "usr/share/info", "var/cache/apt/archives", "var/lib/apt/lists"):
-        shutil.rmtree(root / rel, ignore_errors=True)
+    prune_docs(root)
     for kdir in (root / "lib/modules").glob("*"):
         for rel in PRUNE_MODULES:
             shutil.rmtree(kdir / "kernel" / rel, ignore_errors=True)

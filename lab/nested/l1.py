@@ -131,7 +131,7 @@ def ensure_qemu(lay: Layout, log=print) -> Path:
     stamp = q / ".version"
     if stamp.exists() and stamp.read_text().strip() == QEMU_VERSION:
         return q
-    from .image import apt_mirrors
+    from ..debroot import apt_mirrors
     mirror = apt_mirrors().get("bookworm")
     if not mirror:
         raise ImageError("no apt source for bookworm in /etc/apt: the nested lab takes QEMU 10 from the same "
