@@ -71,7 +71,7 @@ class GuestJob:
 
     def __init__(self, guest, command: str, tag: str):
         self.guest, self.tag, self._error = guest, tag, None
-        t = f"cut -d' ' -f1 /proc/uptime >"
+        t = "cut -d' ' -f1 /proc/uptime >"
         script = f"{t} /tmp/{tag}.t0; {command} > /tmp/{tag}.log 2>&1; r=$?; {t} /tmp/{tag}.t1; echo $r > /tmp/{tag}.rc"
 
         def start():
