@@ -1,9 +1,10 @@
-"""Command line of the harness library: `python -m lab doctor|image|qemu|sweep`."""
+"""Command line of the harness library: `python -m lab doctor|image|qemu|sweep|secrets-scan|...`."""
 from __future__ import annotations
 
 import argparse
 import time
 import sys
+from pathlib import Path
 
 from . import claims, config, daemon, host, images, timeouts
 from .arch import profile
@@ -59,8 +60,13 @@ def cmd_doctor(cfg) -> int:
             print(f"guest image  default {d} ({inp['kernel'][0]} {inp['kernel'][1]}): {state}")
         except images.ImageError as e:
             print(f"guest image  {e}")
+    elif cfg.builtin_image:
+        print(f"guest image  {cfg.image} (built by the harness from Debian packages; access {cfg.image_access})")
     else:
-        print(f"guest image  {cfg.image} (lab-provided, SSH key via NoCloud seed)")
+        print(f"guest image  {cfg.image} (lab-provided; access {cfg.image_access})")
+    if cfg.image_access == "console-password":
+        src = f"${cfg.password_env}" if cfg.password_env else cfg.password_file
+        print(f"console      login as {cfg.guest_user}, password from {src}")
     q = host.qemu_facts(cfg, conn) if conn is not None else {}
     if q:
         print(f"qemu         {q.get('qemu.emulator')}: {q.get('qemu.version', '?')}"
@@ -127,6 +133,11 @@ def inventory_check(cfg, h) -> list[tuple[bool, str]]:
 
 
 def cmd_image(cfg) -> int:
+    if cfg.builtin_image:
+        from . import cloud_image
+        img = cloud_image.image(cfg.work_dir / "images", cfg.image)
+        print(f"guest image {cfg.image} {img.digest}: {img.root.parent}")
+        return 0
     if not cfg.uses_default_image:
         print(f"lab {cfg.name} uses its own image {cfg.image}; nothing to build")
         return 0
@@ -156,6 +167,42 @@ def cmd_sweep(cfg) -> int:
     undone = sweep(s.conn, cfg.work_dir, log=print, host=cfg.host() if cfg.has_shell else None,
                    host_work_dir=cfg.host_work_dir)
     print(f"swept {len(undone)} leftover(s)")
+    return 0
+
+
+def _files(paths) -> list[Path]:
+    out = []
+    for top in map(Path, paths):
+        out += [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+    return out
+
+
+def secret_leaks(secret: str, files) -> list[str]:
+    """Those of `files` whose bytes contain `secret` (names only, never the secret)."""
+    needle = secret.encode()
+    found = []
+    for f in files:
+        try:
+            if needle in f.read_bytes():
+                found.append(str(f))
+        except OSError:
+            pass
+    return found
+
+
+def cmd_secrets_scan(cfg, paths) -> int:
+    """Fail when the lab's console password is in any file under `paths` (reports, logs, Allure)."""
+    if cfg.image_access != "console-password":
+        print(f"lab {cfg.name} has no console password (access = {cfg.image_access}); nothing to scan for")
+        return 0
+    files = _files(paths)
+    leaks = secret_leaks(cfg.guest_password().reveal(), files)
+    n = len(files)
+    if leaks:
+        print(f"the console password of {cfg.name} (from {cfg.guest_password().source}) is written in "
+              f"{len(leaks)} file(s): " + ", ".join(leaks))
+        return 1
+    print(f"the console password of {cfg.name} is in none of {n} file(s) under {', '.join(map(str, paths))}")
     return 0
 
 
@@ -204,16 +251,20 @@ def main(argv=None) -> int:
     p.add_argument("--host", default=None, help="only this lab host of a multi-host lab config")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("doctor", help="what this lab host can do, and which claims will run or skip")
-    sub.add_parser("image", help="build (or check) the default guest image")
+    sub.add_parser("image", help="build (or check) the lab's guest image (default or built-in distribution image)")
     sub.add_parser("qemu", help="build (or check) the lab's own QEMU ([qemu] source in the lab config)")
     sub.add_parser("sweep", help="remove leftovers of dead runs")
     sub.add_parser("discover", help="host PCI/SR-IOV/HPRE devices (read-only) and a lab-config snippet")
+    sc = sub.add_parser("secrets-scan", help="fail if the lab's console password is in any file under PATHS")
+    sc.add_argument("paths", nargs="+")
     d = sub.add_parser("daemon", help="start or stop the private libvirtd of lab hosts with daemon = 'private'")
     d.add_argument("action", choices=["start", "stop"])
     args = p.parse_args(argv)
     try:
         if args.cmd == "daemon":
             return _each(lambda cfg: cmd_daemon(cfg, args.action))(args)
+        if args.cmd == "secrets-scan":
+            return _each(lambda cfg: cmd_secrets_scan(cfg, args.paths))(args)
         return _each({"doctor": cmd_doctor, "image": cmd_image, "qemu": cmd_qemu, "sweep": cmd_sweep,
                       "discover": cmd_discover}[args.cmd])(args)
     except (config.LabConfigError, images.ImageError, LabUnreachable, RuntimeError) as e:   # QemuBuildError too

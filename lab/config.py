@@ -4,6 +4,7 @@ Every error is one line naming the file, the key, the value and the fix.
 """
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -58,8 +59,8 @@ class LabConfig:
     arch: str
     work_dir: Path
     timeout_factor: float
-    image: str                 # "default" or a path to a qcow2 image
-    image_access: str          # cmdline | nocloud
+    image: str                 # "default", a built-in distribution image, or a path to a qcow2 image
+    image_access: str          # cmdline | nocloud | console-password
     memory_mib: int
     ssh_mode: str              # user-hostfwd
     ssh_port_base: int
@@ -79,6 +80,9 @@ class LabConfig:
     emulator: str = ""         # QEMU binary on the lab host for every domain ("" : libvirt's default)
     qemu_source: str = ""      # QEMU source (tarball or git checkout) the harness builds for this lab
     qemu_source_sha256: str = ""   # pin of that tarball
+    guest_user: str = "root"   # console login (access = "console-password")
+    password_file: str = ""    # where that user's password is read from (never logged)
+    password_env: str = ""     # or the environment variable that holds it
 
     @property
     def private_daemon_dir(self) -> Path:
@@ -107,6 +111,46 @@ class LabConfig:
     def uses_default_image(self) -> bool:
         return self.image == "default"
 
+    @property
+    def builtin_image(self) -> bool:
+        """A distribution image the harness builds (lab/cloud_image.py)."""
+        return self.image in BUILTIN_IMAGES
+
+    def guest_password(self) -> "Secret":
+        """The console password of access = 'console-password', read now (a file may be
+        written by the image build after the config was loaded)."""
+        if self.password_env:
+            v = os.environ.get(self.password_env, "")
+            if not v:
+                raise LabConfigError(f"{self.path}: key 'guest.password_env' names {self.password_env}, which is "
+                                     f"unset or empty; fix: export {self.password_env} with the guest's password")
+            return Secret(v, f"${self.password_env}")
+        p = Path(self.password_file)
+        try:
+            v = p.read_text().strip()
+        except OSError as e:
+            raise LabConfigError(f"{self.path}: key 'guest.password_file' names {p}, which cannot be read "
+                                 f"({e.strerror}); fix: write the password there (mode 0600)") from None
+        if not v:
+            raise LabConfigError(f"{self.path}: key 'guest.password_file' names {p}, which is empty; "
+                                 f"fix: write the password there")
+        return Secret(v, str(p))
+
+
+class Secret:
+    """A password: shown as where it came from, never as itself."""
+
+    def __init__(self, value: str, source: str):
+        self._value, self.source = value, source
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<secret from {self.source}>"
+
+    __str__ = __repr__
+
 
 _BDF = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
@@ -132,6 +176,9 @@ def _abs_path(v):
     return None if v.startswith("/") else "must be an absolute path"
 
 
+# Distribution images the harness builds itself (lab/cloud_image.py), with the access each needs.
+BUILTIN_IMAGES = {"debian12-cloud": "nocloud", "debian12-password": "console-password"}
+
 SCHEMA = {
     "host": {
         "name": (str, REQUIRED, lambda v: None if re.match(r"^[A-Za-z0-9_.-]+$", v) else "use letters, digits, '.', '_', '-'", "a short host name"),
@@ -151,9 +198,19 @@ SCHEMA = {
                    "host in a private mount namespace; libvirt_uri must then name its socket under work_dir)"),
     },
     "guest": {
-        "image": (str, "default", lambda v: None if v == "default" or v.startswith("/") else "must be 'default' or an absolute path to a qcow2 image",
-                  "'default' (built from Debian packages) or /path/to/image.qcow2"),
-        "access": (str, "cmdline", _one_of("cmdline", "nocloud"), "'cmdline' for the default image, 'nocloud' for a cloud image"),
+        "image": (str, "default", lambda v: None if v == "default" or v in BUILTIN_IMAGES or v.startswith("/")
+                  else f"must be 'default', one of {', '.join(BUILTIN_IMAGES)} or an absolute path to a qcow2 image",
+                  "'default' (the harness's own guest), a built-in distribution image "
+                  f"({', '.join(BUILTIN_IMAGES)}) or /path/to/image.qcow2"),
+        "access": (str, "cmdline", _one_of("cmdline", "nocloud", "console-password"),
+                   "'cmdline' for the default image, 'nocloud' for a cloud image (cloud-init), 'console-password' "
+                   "for an image without cloud-init (the harness logs in on the serial console)"),
+        "user": (str, "root", lambda v: None if re.match(r"^[a-z_][a-z0-9_-]*$", v) else "is not a user name",
+                 "the user the harness logs in as on the serial console (access = 'console-password')"),
+        "password_file": (str, "", lambda v: None if not v or v.startswith("/") else "must be an absolute path",
+                          "an absolute path to a file holding that user's password (mode 0600)"),
+        "password_env": (str, "", lambda v: None if not v or re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v)
+                         else "is not an environment variable name", "the environment variable holding the password"),
         "memory_mib": (int, 384, _positive, "guest memory in MiB"),
     },
     "ssh": {
@@ -244,14 +301,28 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
                     raise err(key, f"has value {v!r} that {problem}", fix)
             vals[key] = v
 
-    if vals["guest.image"] != "default":
+    if vals["guest.image"] in BUILTIN_IMAGES:
+        want = BUILTIN_IMAGES[vals["guest.image"]]
+        if vals["guest.access"] != want:
+            raise err("guest.access", f"is {vals['guest.access']!r}, but the built-in image {vals['guest.image']} "
+                      f"takes {want!r}", f"write access = '{want}'")
+    elif vals["guest.image"] != "default":
         img = Path(vals["guest.image"])
         if not img.is_file():
             raise err("guest.image", f"names {img}, which does not exist",
                       "build or copy the image there, or use image = 'default'")
         if vals["guest.access"] == "cmdline":
             raise err("guest.access", "is 'cmdline', which only the default image understands",
-                      "use access = 'nocloud' with a cloud image")
+                      "use access = 'nocloud' with a cloud image, 'console-password' with one without cloud-init")
+    if vals["guest.access"] == "console-password":
+        if bool(vals["guest.password_file"]) == bool(vals["guest.password_env"]):
+            raise err("guest.password_file", "and guest.password_env: access = 'console-password' needs exactly one",
+                      "name the file (password_file = '/path', mode 0600) or the variable (password_env = 'NAME') "
+                      "that holds the console password")
+    elif vals["guest.password_file"] or vals["guest.password_env"]:
+        key = "guest.password_file" if vals["guest.password_file"] else "guest.password_env"
+        raise err(key, f"is set with access = {vals['guest.access']!r}, which logs in with no password",
+                  "drop it, or use access = 'console-password'")
     if vals["host.daemon"] == "private":
         sock = f"{vals['host.work_dir'].rstrip('/')}/daemon/sock/libvirt-sock"
         want = f"qemu+unix:///system?socket={sock}"
@@ -288,6 +359,8 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         shell_key_file=vals["shell.key_file"], shell_known_hosts=vals["shell.known_hosts"],
         host_work_dir=Path(vals["shell.work_dir"]) if vals["shell.address"] else Path(vals["host.work_dir"]),
         emulator=vals["qemu.emulator"], qemu_source=qemu_source, qemu_source_sha256=vals["qemu.source_sha256"],
+        guest_user=vals["guest.user"], password_file=vals["guest.password_file"],
+        password_env=vals["guest.password_env"],
     )
 
 

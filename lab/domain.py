@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,14 +19,12 @@ from . import xml as X
 from .guest.console import PANIC_RE, Console, GuestPanic
 from .guest.ssh import SSH
 from .guest import Guest
+from .guest.login import PREPARE_ERRORS, READY_RE, boot_done, host_key_from_console, parse_prepared, prepare_script
 from .images import create_image, image_sha256
 from .steps import verb
 from .sweep import undefine
 from .timeouts import Deadline, poll
 
-# The whole line, up to its end: the serial log can be read while a slow console is mid-line.
-READY_RE = re.compile(r"ACC-READY boot_id=(\S+)(?: mgmt_if=\S+)?(?: hostkey=(\S+))?[ \t]*\r?\n")
-BOOT_BUDGET = 60.0        # seconds, scaled by the lab's timeout factor
 
 
 class DomainError(AssertionError):
@@ -84,6 +83,8 @@ class VM:
         self.uuid: str | None = None
         self.files: list[Path] = []
         self.boot_faults: list[str] = []     # hypervisor faults of boots that were retried
+        self.host_key_source = ""             # where the pinned SSH host key came from
+        self._start_console: Console | None = None   # the console `start --console` attached
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -118,7 +119,7 @@ class VM:
                     raise DomainError(f"cloud images (access = 'nocloud') on remote lab host {self.host.name} "
                                       "are not supported yet: use image = 'default'")
                 self.files.append(create_nocloud_seed(self.dir / "seed.iso", self.name, "acc-guest",
-                                                      run.key.public_line))
+                                                      run.key.public_line, run.seed_password_hash))
         devices = []
         if self.spec.pcie_root_ports is not None:
             devices += X.simplified_pcie_topology(self.spec.pcie_root_ports, bridge=self.spec.pcie_bridge)
@@ -126,8 +127,11 @@ class VM:
         # free for a claim that names a device that way (the guide's QEMU command line does).
         devices.append(X.disk(str(overlay), target="vda", bus="virtio", serial="acc-root", alias="ua-acc-root"))
         if img.access == "nocloud":
-            devices.append(X.disk(str(self.dir / "seed.iso"), target="vdz", bus="virtio", fmt="raw",
-                                  readonly=True, serial="acc-seed", alias="ua-acc-seed"))
+            # A CD-ROM on the machine's own SATA controller, as cloud tools attach a NoCloud seed: it
+            # takes no PCI slot, no virtio or SCSI disk name and no target a claim's disks use.
+            devices.append(X.disk(str(self.dir / "seed.iso"), target="sdzz", bus="sata", fmt="raw", device="cdrom",
+                                  readonly=True, alias="ua-acc-seed",
+                                  drive_address={"controller": 0, "bus": 0, "target": 0, "unit": 5}))
         devices.append(X.user_interface(self.mac))
         devices.append(X.serial_pty(str(self.serial_log)))
         devices.append(X.console_pty())
@@ -169,6 +173,7 @@ class VM:
         retries = self.run.cfg.boot_retries if wait else 0
         for attempt in range(retries + 1):
             self._reset_boot()
+            t0 = time.monotonic()
             try:
                 self.dom.create()
             except libvirt.libvirtError as e:
@@ -178,6 +183,7 @@ class VM:
                 return self
             try:
                 self.wait_ready(deadline)
+                self.run.boot_seconds.append(time.monotonic() - t0)
                 return self
             except HypervisorFault as e:
                 if attempt == retries:
@@ -190,7 +196,9 @@ class VM:
         """`virsh start --console`: returns the attached console; call wait_ready() next."""
         self._reset_boot()
         con = Console.start_attached(self.run.cfg.libvirt_uri, self.name, transcript)
+        con.default_login = self.run.console_login
         self.consoles.append(con)
+        self._start_console = con
         poll(lambda: self.is_active() or not con.child.isalive(), Deadline(20, f"{self.name} to start"))
         if not self.is_active():
             raise DomainError(f"'virsh start --console {self.name}' did not start it: {con.tail()!r}")
@@ -199,6 +207,7 @@ class VM:
 
     def _reset_boot(self) -> None:
         self.boot_id = None
+        self._start_console = None
         if self._guest:
             self._guest.close()
             self._guest = None
@@ -256,28 +265,68 @@ class VM:
             raise GuestNotReady(f"{self.name} stopped while booting (state {st}, reason {reason}); "
                                 f"console tail: {text[-400:]!r}")
 
-    @verb(lambda self, *a, **k: f"wait for {self.name}: console ready marker, then SSH")
+    @verb(lambda self, *a, **k: f"wait for {self.name}: the console says the boot is done, then SSH")
     def wait_ready(self, deadline: Deadline | None = None) -> Guest:
-        """Ready = the guest printed its ready marker on the console and SSH answers."""
-        deadline = deadline or Deadline(BOOT_BUDGET, f"{self.name} to boot")
+        """Ready = the console shows the end of the boot (the harness's marker, cloud-init's
+        host keys, or a login prompt, by the image's access) and SSH answers with the host
+        key the console showed."""
+        deadline = deadline or self.run.boot_deadline(f"{self.name} to boot")
+        access = self.run.image.access
 
         def ready():
             self._check_alive()
-            return READY_RE.search(self.serial_text())
+            return boot_done(self.serial_text(), access)
 
-        if self.run.image.access == "cmdline":
-            m = poll(ready, deadline, interval=0.05,
-                     detail=lambda: f"console marker ACC-READY; console tail: {self.serial_text()[-400:]!r}")
+        m = poll(ready, deadline, interval=0.05 if access == "cmdline" else 0.2,
+                 detail=lambda: f"the end of the boot on the console ({access} image); "
+                                f"console tail: {self.serial_text()[-400:]!r}")
+        if m.re is READY_RE:
             self.boot_id = m.group(1)
             if m.group(2) and m.group(2) != "none":
-                self.host_key = m.group(2)          # pinned from the console, before any SSH
+                self.host_key, self.host_key_source = m.group(2), "the harness's marker on the console"
+        elif access == "nocloud":
+            key = host_key_from_console(self.serial_text())
+            if key:
+                self.host_key, self.host_key_source = key, "cloud-init's host-key block on the console"
+        else:
+            self._prepare_over_console(deadline)
         ssh = SSH("127.0.0.1", self.ssh_port, self.run.key, host_key=self.host_key, via=self.host)
         ssh.connect(deadline, alive=self._check_alive)
-        self.host_key = ssh.host_key               # trust on first use for images without a marker
+        if not self.host_key_source:
+            self.host_key_source = "trusted on first use (the console showed no host key)"
+            self.run.log(f"[lab] {self.name}: SSH host key {ssh.host_key[:24]}... {self.host_key_source}")
+        self.host_key = ssh.host_key
         self._guest = Guest(ssh, self)
         if self.boot_id is None:
             self.boot_id = self._guest.boot_id()
         return self._guest
+
+    @verb(lambda self, *a, **k: f"log in on {self.name}'s console: the run's SSH key, the management NIC, sshd")
+    def _prepare_over_console(self, deadline: Deadline) -> None:
+        """An image without cloud-init: log in on the serial console with the lab's
+        credentials, install the run's key, bring up the management NIC and sshd, and
+        pin the host key the guest shows there.  Logs out again."""
+        con = self._start_console if self._start_console and self._start_console.child.isalive() else None
+        own = con is None
+        if own:
+            con = self.console()
+            con.wait_connected(deadline.sub(15, "virsh console"))
+        try:
+            con.sync_shell(deadline, login=self.run.console_login)
+            rc, out = con.run(prepare_script(self.run.key.public_line, self.mac), deadline.sub(90, "console set-up"))
+            if rc != 0:
+                raise GuestNotReady(f"{self.name}: setting the guest up over its console failed (exit {rc}: "
+                                    f"{PREPARE_ERRORS.get(rc, 'see the console transcript')}): {out.strip()[-300:]!r}")
+            got = parse_prepared(out)
+            if not got.get("HOSTKEY"):
+                raise GuestNotReady(f"{self.name}: the guest has no ed25519 SSH host key "
+                                    f"(/etc/ssh/ssh_host_ed25519_key.pub): {out.strip()[-300:]!r}")
+            self.host_key, self.host_key_source = got["HOSTKEY"], "the guest's key file, read on its console"
+            self.boot_id = got.get("BOOT_ID") or None
+            con.child.sendline("exit")          # log out: the console is back at its login prompt
+        finally:
+            if own:
+                con.close()
 
     @property
     def guest(self) -> Guest:
@@ -287,6 +336,7 @@ class VM:
 
     def console(self) -> Console:
         con = Console.attach(self.run.cfg.libvirt_uri, self.name, self.dir / f"console-{len(self.consoles)}.log")
+        con.default_login = self.run.console_login      # sync_shell logs in where the console asks
         self.consoles.append(con)
         return con
 

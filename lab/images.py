@@ -33,7 +33,7 @@ INITRD_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]
 # Modules the claims need inside the guest (loaded at boot, in this order).
 GUEST_MODULES = [
     "virtio_pci", "virtio_blk", "virtio_net", "virtio_scsi", "virtio_console",
-    "scsi_mod", "sd_mod", "isofs",
+    "scsi_mod", "sd_mod", "isofs", "ahci", "sr_mod",     # the NoCloud seed is a SATA CD-ROM
     "usbcore", "uhci_hcd", "ehci_hcd", "ehci_pci", "xhci_pci", "usb_storage",
     "usbhid", "hid_generic",
     "8021q", "igbvf", "ixgbevf", "iavf",
@@ -532,8 +532,10 @@ def upload(img: GuestImage, host, cache_dir) -> GuestImage:
                       console_tty=img.console_tty)
 
 
-def create_nocloud_seed(path: Path, instance_id: str, hostname: str, pubkey: str) -> Path:
-    """A NoCloud seed (iso9660, volume id 'cidata') that gives the run's SSH key to root."""
+def create_nocloud_seed(path: Path, instance_id: str, hostname: str, pubkey: str,
+                        password_hash: str | None = None) -> Path:
+    """A NoCloud seed (iso9660, volume id 'cidata') that gives the run's SSH key to root,
+    and with `password_hash` (a crypt hash, never clear text) root's console password."""
     with tempfile.TemporaryDirectory() as d:
         Path(d, "meta-data").write_text(f"instance-id: {instance_id}\nlocal-hostname: {hostname}\n")
         Path(d, "user-data").write_text(
@@ -546,6 +548,7 @@ def create_nocloud_seed(path: Path, instance_id: str, hostname: str, pubkey: str
             "  - name: root\n"
             "    ssh_authorized_keys:\n"
             f"      - {pubkey}\n"
+            + (f"chpasswd:\n  expire: false\n  list:\n    - root:{password_hash}\n" if password_hash else "")
         )
         _run(["genisoimage", "-quiet", "-output", str(path), "-volid", "cidata", "-joliet", "-rock",
               str(Path(d, "user-data")), str(Path(d, "meta-data"))])

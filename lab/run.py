@@ -9,7 +9,8 @@ import subprocess
 import time
 from pathlib import Path, PurePosixPath
 
-from . import images, qemu_build, timeouts
+from . import cloud_image, images, qemu_build, timeouts
+from .guest import login
 from .arch import profile
 from .config import LabConfig
 from .domain import VM, VMSpec
@@ -18,7 +19,15 @@ from .hostexec import runner_for, sys_root
 from .leases import Lease, lease_port, try_lock
 from .network import Bridge
 from .session import Session
+from .timeouts import Deadline
 from .sweep import PREFIX, sweep
+
+
+# The first boot of an image in a run, in seconds (scaled by the lab's timeout factor):
+# the harness's own guest boots its kernel directly in seconds; a distribution image
+# goes through firmware, GRUB, systemd and cloud-init (45 s idle under TCG here).
+FIRST_BOOT_BUDGET = {"kernel": 60.0, "firmware": 300.0}
+BOOT_BUDGET = FIRST_BOOT_BUDGET["kernel"]
 
 
 class Run:
@@ -53,10 +62,18 @@ class Run:
             self.host.makedirs(self.hdir)
         self.key = RunKey.generate()
         self.image = self._image()
+        # How the harness logs in on a guest's console (None: the console is a root shell already).
+        self.console_login, self.seed_password_hash = self._console_login()
+        self.boot_seconds: list[float] = []      # measured boots of this run's image (start to ready)
         # The QEMU every domain of this run uses ("" : libvirt's default for the arch).
         self.emulator = qemu_build.emulator_of(cfg, build=True, log=log)
 
     def _image(self) -> images.GuestImage:
+        if self.cfg.builtin_image:
+            img = cloud_image.image(self.work_dir / "images", self.cfg.image, log=self.log)
+            if not self.host.local:
+                img = images.upload(img, self.host, PurePosixPath(self.cfg.host_work_dir) / "images")
+            return img
         if self.cfg.uses_default_image:
             img = images.default_image(self.work_dir / "images", self.arch, log=self.log)
             if self.cfg.image_access == "nocloud":
@@ -65,7 +82,30 @@ class Run:
             if not self.host.local:
                 img = images.upload(img, self.host, PurePosixPath(self.cfg.host_work_dir) / "images")
             return img
-        return images.GuestImage(root=Path(self.cfg.image), access="nocloud", console_tty=self.arch.console_tty)
+        return images.GuestImage(root=Path(self.cfg.image), access=self.cfg.image_access,
+                                 console_tty=self.arch.console_tty)
+
+    def _console_login(self):
+        if self.image.access == "nocloud":
+            return login.per_run_login()
+        if self.image.access == "console-password":
+            return login.Login(self.cfg.guest_user, self.cfg.guest_password()), None
+        return None, None
+
+    def boot_deadline(self, what: str, extra: float = 0) -> Deadline:
+        """A boot's deadline, fitted to the image: the run's first boot gets the generous
+        budget of its kind (a hang still fails there, with the console attached); later
+        boots get three times the slowest boot measured so far, plus 30 s (never less than
+        the first-boot budget of the harness's own guest).  `extra`: seconds a test's
+        own devices add (scaled by the lab's timeout factor)."""
+        extra_s = extra * timeouts.factor()
+        if not self.boot_seconds:
+            first = FIRST_BOOT_BUDGET["firmware" if self.image.kernel is None else "kernel"]
+            return Deadline(first * timeouts.factor() + extra_s, f"{what} (first boot of this image in the run)",
+                            scaled=False)
+        budget = max(BOOT_BUDGET * timeouts.factor(), 3 * max(self.boot_seconds) + 30) + extra_s
+        return Deadline(budget, f"{what} (3 x the slowest boot so far, {max(self.boot_seconds):.0f} s, + 30 s)",
+                        scaled=False)
 
     def push_undo(self, what: str, fn) -> None:
         """Register the undo of a host change, right after the change succeeded."""

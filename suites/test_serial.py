@@ -7,6 +7,7 @@ import pytest
 
 from fixtures.plugin import claims
 from lab.domain import VMSpec
+from lab.guest.login import boot_done_patterns
 from lab.guest.ssh import SSH
 from lab.timeouts import Deadline
 
@@ -40,11 +41,13 @@ def test_pty_console_gives_an_interactive_shell(guest_vm):
 @claims("SER-2")
 def test_start_with_console_misses_no_boot_message(vms):
     vm = vms.define(VMSpec("serial-start"))
+    boot = vm.run.boot_deadline(f"{vm.name} to boot with its console attached")
     con = vm.start_with_console(vm.dir / "start-console.log")
-    con.expect(r"Linux version [^\r\n]+", Deadline(30, "the kernel's first line"), "the kernel's first line")
-    # keep reading the console until the guest says it is up: everything in between is the boot
-    con.expect(r"ACC-READY boot_id=\S+", Deadline(60, "the guest's ready marker"), "the guest's ready marker")
-    vm.wait_ready()
+    con.expect(r"Linux version [^\r\n]+", boot, "the kernel's first line")
+    # keep reading the console until it shows the end of the boot (the harness's marker,
+    # cloud-init's host keys or a login prompt): everything in between is the boot
+    con.expect([p.pattern for p in boot_done_patterns(vm.run.image.access)], boot, "the end of the boot")
+    vm.wait_ready(boot)
     con.close()
     transcript = con.transcript.read_bytes().decode(errors="replace").replace("\r", "")
     # The guest's own record of its boot: every message the console was asked to

@@ -2,8 +2,18 @@
 guest kernel actually found (never what libvirt's XML asked for)."""
 from __future__ import annotations
 
+import re
+
 from .ssh import SSH, Result
 from .probes import PciProbe, BlockProbe, NetProbe
+
+
+class GuestToolMissing(Exception):
+    """The guest image lacks a program a claim's probe runs: a fact about the image
+    (reported as a skip that names the program), not a finding about the device."""
+
+
+_NOT_FOUND = re.compile(r"(?:^|\s)([\w./+-]+): (?:command )?not found|([\w./+-]+): No such file or directory")
 
 
 class Guest:
@@ -20,7 +30,13 @@ class Guest:
         return self.ssh.run(cmd, *args, timeout=timeout, check=check)
 
     def check_output(self, cmd: str, *args, timeout: float = 60.0) -> str:
-        return self.run(cmd, *args, timeout=timeout, check=True).stdout
+        r = self.run(cmd, *args, timeout=timeout)
+        if r.rc == 127:
+            m = _NOT_FOUND.search(r.stderr)
+            if m:
+                raise GuestToolMissing(f"the guest image has no {m.group(1) or m.group(2)!r}, which the probe "
+                                       f"{r.command[:80]!r} runs; fix: install it in the image")
+        return r.check().stdout
 
     def boot_id(self) -> str:
         return self.check_output("cat /proc/sys/kernel/random/boot_id").strip()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pexpect
 
 from ..timeouts import Deadline
+from .login import LOGIN_RE, LOGIN_REFUSED_RE, PASSWORD_RE
 
 PANIC_PATTERNS = [
     r"Kernel panic - not syncing[^\r\n]*",
@@ -40,6 +41,7 @@ class Console:
         self._log = open(transcript, "ab")
         self.child = pexpect.spawn(argv[0], argv[1:], timeout=None, echo=False)
         self.child.logfile_read = self._log
+        self.default_login = None     # the Login sync_shell answers a login prompt with
 
     @classmethod
     def attach(cls, uri: str, name: str, transcript: Path) -> "Console":
@@ -77,17 +79,53 @@ class Console:
     def wait_connected(self, deadline: Deadline) -> None:
         self.expect(r"Escape character is", deadline, "virsh to connect the console")
 
-    def sync_shell(self, deadline: Deadline) -> None:
-        """Get a shell prompt we can type into (press Enter until one answers)."""
+    def sync_shell(self, deadline: Deadline, login=None) -> None:
+        """Get a shell we can type into: press Enter until one answers, logging in
+        first where the console asks for a login (`login`: a lab.guest.login.Login)."""
         token = secrets.token_hex(4)
+        sync = f"ACC_SYNC_{token}_OK"
         while True:
+            self.child.sendline("")
+            try:
+                idx = self._expect_any([LOGIN_RE.pattern, PASSWORD_RE.pattern], deadline.sub(2, "a prompt"))
+            except TimeoutError:
+                idx = None
+            if idx == 0:
+                self.login(login or self.default_login, deadline)
+            elif idx == 1:
+                continue          # a password prompt we did not ask for: Enter abandons it, never a password
+            # The typed line reads "ACC_SYNC_<t>''_OK" (also when echoed at a login prompt); only a shell prints it whole.
             self.child.sendline(f"echo ACC_SYNC_{token}''_OK")
             try:
-                self.expect(f"ACC_SYNC_{token}_OK", deadline.sub(3, "shell answer"), "a shell answer")
-                return
+                idx = self._expect_any([sync, LOGIN_RE.pattern], deadline.sub(3, "shell answer"))
+                if idx == 0:
+                    return
             except TimeoutError:
-                if deadline.expired:
-                    raise deadline.fail(f"a shell on the {self.description}; last output: {self.tail()!r}")
+                pass
+            if deadline.expired:
+                raise deadline.fail(f"a shell on the {self.description}; last output: {self.tail()!r}")
+
+    def _expect_any(self, patterns: list[str], deadline: Deadline) -> int:
+        """Which of `patterns` came first."""
+        m = self.expect(patterns, deadline, " or ".join(patterns))
+        got = m.re.pattern.decode() if isinstance(m.re.pattern, bytes) else m.re.pattern
+        return patterns.index(got)
+
+    def login(self, login, deadline: Deadline) -> None:
+        """Answer the login prompt; the password is typed only when the guest asks for it."""
+        if login is None:
+            raise ConsoleError(f"{self.description} asks for a login and the lab config gives none; fix: "
+                               "[guest] access = 'console-password' with user and password_file/password_env")
+        self.child.sendline(login.user)
+        self.expect(PASSWORD_RE.pattern, deadline.sub(20, "the password prompt"), f"the password prompt for {login.user}")
+        self.child.sendline(login.password.reveal())
+        token = secrets.token_hex(4)
+        self.child.sendline(f"echo ACC_LOGIN_{token}''_OK")
+        idx = self._expect_any([f"ACC_LOGIN_{token}_OK", LOGIN_REFUSED_RE.pattern],
+                               deadline.sub(60, f"a shell after logging in as {login.user}"))
+        if idx == 1:
+            raise ConsoleError(f"{self.description}: the guest refused the login of {login.user!r} with the "
+                               f"password from {login.password.source}; fix: put the guest's password there")
 
     def run(self, command: str, deadline: Deadline) -> tuple[int, str]:
         """Run `command` in the console shell; returns (exit code, output)."""

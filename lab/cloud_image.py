@@ -1,0 +1,271 @@
+"""Distribution guest images, built offline from Debian packages: what a lab
+engineer brings instead of the harness's own guest.
+
+Two variants of one Debian 12 image, both booted by firmware like any cloud
+image (SeaBIOS, GRUB on an MBR disk, Debian's generic kernel and initramfs,
+systemd, udev, OpenSSH, systemd-networkd, predictable interface names):
+
+- `debian12-cloud`: cloud-init with the NoCloud data source, no password, no
+  SSH host keys until first boot (cloud-init makes them and prints them on the
+  console).  The lab config says `access = "nocloud"`.
+- `debian12-password`: no cloud-init; root has a password, as openEuler's
+  published VM images come.  The lab config says `access = "console-password"`
+  and names the password file this builder writes (mode 0600, a random password
+  made once per work dir).  The image gets no network configuration of its own
+  beyond DHCP on the first Ethernet port, and no key for the harness.
+
+The disk is assembled without loop devices: the root file system is made from a
+folder (`mkfs.ext4 -d`), put behind an MBR partition table, and GRUB's boot
+sector and core image are written by `grub-bios-setup` from inside the image's
+own root.  Cached by the hash of its inputs like the default image.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import struct
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import debroot
+from .images import GuestImage, ImageError, prune_lru, sha256_file
+
+BUILDER_VERSION = "1"
+SUITE = "bookworm"
+# A server-shaped cloud image: systemd, udev, OpenSSH, the usual admin tools, and the
+# tools the harness's probes call in the guest (pciutils, usbutils, ethtool; an image
+# without one gets a skip that names it).
+PACKAGES = ["systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "iproute2", "kmod", "procps",
+            "util-linux", "e2fsprogs", "pciutils", "usbutils", "ethtool", "pci.ids", "sudo", "less", "netbase"]
+BOOT_PACKAGES = ["linux-image-amd64", "initramfs-tools", "grub-pc-bin", "grub2-common"]
+DISK_MIB = 2048
+PART_START = 2048                      # sectors: the first partition at 1 MiB, as partitioners put it
+# Debian's cloud images' kernel command line (console on the serial port after GRUB).
+CMDLINE = "ro console=tty0 console=ttyS0,115200 earlyprintk=ttyS0,115200 consoleblank=0"
+HOSTNAME = "debian"
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    cloud_init: bool
+    access: str
+
+
+VARIANTS = {
+    "debian12-cloud": Variant("debian12-cloud", cloud_init=True, access="nocloud"),
+    "debian12-password": Variant("debian12-password", cloud_init=False, access="console-password"),
+}
+IMAGE_FILES = ("disk.qcow2",)
+
+
+def password_file(cache_dir: Path, variant: str) -> Path:
+    """Where the password variant's root password lives (written once, mode 0600)."""
+    return cache_dir / f"{variant}.password"
+
+
+def _password(cache_dir: Path, variant: str) -> str:
+    p = password_file(cache_dir, variant)
+    if not p.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18) + "\n")
+    return p.read_text().strip()
+
+
+def inputs(v: Variant, password: str | None) -> dict:
+    here = Path(__file__).read_bytes()
+    return {"builder": BUILDER_VERSION, "suite": SUITE, "variant": v.name, "packages": PACKAGES,
+            "boot": {p: debroot.candidate(p) for p in BOOT_PACKAGES},
+            "cloud-init": debroot.candidate("cloud-init") if v.cloud_init else None,
+            "cmdline": CMDLINE, "disk_mib": DISK_MIB, "source": hashlib.sha256(here).hexdigest()[:16],
+            # a salted hash, so a new password means a new image (the password itself is never stored here)
+            "password": hashlib.sha256(b"acc-image-password:" + password.encode()).hexdigest()[:16]
+            if password else None}
+
+
+def _complete(d: Path) -> bool:
+    try:
+        m = json.loads((d / "manifest.json").read_text())
+        return all(sha256_file(d / f) == m["files"][f] for f in IMAGE_FILES)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def image(cache_dir: Path, variant: str, log=print) -> GuestImage:
+    """The cached image of `variant`, built first when its inputs changed."""
+    if variant not in VARIANTS:
+        raise ImageError(f"no built-in guest image {variant!r}; known: {', '.join(VARIANTS)}")
+    v = VARIANTS[variant]
+    password = None if v.cloud_init else _password(cache_dir, variant)
+    inp = inputs(v, password)
+    digest = hashlib.sha256(json.dumps(inp, sort_keys=True).encode()).hexdigest()[:16]
+    final = cache_dir / f"{variant}-{digest}"
+    img = GuestImage(root=final / "disk.qcow2", digest=digest, access=v.access, console_tty="ttyS0")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f".{variant}-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _complete(final):
+            os.utime(final / "manifest.json")
+            return img
+        shutil.rmtree(final, ignore_errors=True)
+        for stale in cache_dir.glob(f".build-{variant}-*"):
+            shutil.rmtree(stale, ignore_errors=True)          # a killed build's leftovers
+        t0 = time.monotonic()
+        log(f"building guest image {final.name} (Debian {SUITE}, {', '.join(f'{k} {x}' for k, x in inp['boot'].items() if k.startswith('linux'))}"
+            f"{', cloud-init ' + inp['cloud-init'] if v.cloud_init else ', root password, no cloud-init'}); "
+            f"about 5 minutes")
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{variant}-{digest}-", dir=cache_dir))
+        try:
+            _build(tmp, v, password, log)
+            files = {f: sha256_file(tmp / f) for f in IMAGE_FILES}
+            (tmp / "manifest.json").write_text(json.dumps({"digest": digest, "files": files, "inputs": inp}, indent=1))
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log(f"built {final.name} in {time.monotonic() - t0:.0f} s")
+    prune_lru((d for d in cache_dir.glob(f"{variant}-*") if d.is_dir()), 2, "manifest.json",
+              lambda d: cache_dir / f".{d.name}.lock", "guest image", log)
+    return img
+
+
+def _build(out: Path, v: Variant, password: str | None, log) -> None:
+    what = f"guest image {v.name}"
+    root = out / "root"
+    log(f"  [1/5] debootstrap {SUITE} ({len(PACKAGES)} packages)")
+    debroot.debootstrap(root, SUITE, PACKAGES, what)
+    log(f"  [2/5] kernel, GRUB{' and cloud-init' if v.cloud_init else ''}")
+    debroot.install(root, BOOT_PACKAGES + (["cloud-init"] if v.cloud_init else []), what)
+    log("  [3/5] configuring")
+    part_uuid = f"{secrets.randbits(32):08x}"
+    fs_uuid = str(uuid.uuid4())
+    _configure(root, v, password, part_uuid, what)
+    _grub(root, part_uuid, fs_uuid, what)
+    debroot.prune_docs(root)
+    log("  [4/5] file system and disk")
+    part = out / "part.raw"
+    part_mib = DISK_MIB - PART_START * 512 // (1 << 20)
+    debroot.sh(["mkfs.ext4", "-q", "-U", fs_uuid, "-L", "root", "-d", str(root), str(part), f"{part_mib}M"],
+               f"{what}: mkfs.ext4 -d")
+    disk = out / "disk.raw"
+    with open(disk, "wb") as f, open(part, "rb") as p:
+        f.write(mbr(int(part_uuid, 16), PART_START, part.stat().st_size // 512).ljust(PART_START * 512, b"\0"))
+        shutil.copyfileobj(p, f, 1 << 20)
+    part.unlink()
+    log("  [5/5] GRUB boot sector, qcow2")
+    grub_dir = root / "boot/grub/i386-pc"
+    embed_grub(disk, (grub_dir / "boot.img").read_bytes(), (grub_dir / "core.img").read_bytes())
+    debroot.sh(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(out / "disk.qcow2")],
+               f"{what}: qemu-img convert")
+    shutil.rmtree(root)
+    disk.unlink()
+    os.chmod(out / "disk.qcow2", 0o644)
+
+
+# GRUB 2.06, include/grub/i386/pc/boot.h: fields of boot.img that grub-bios-setup fills in
+BOOT_KERNEL_SECTOR, BOOT_DRIVE, BOOT_DRIVE_CHECK, BOOT_NT_MAGIC, BOOT_PART_END = 0x5c, 0x64, 0x66, 0x1b8, 0x1fe
+KERNEL_SEGMENT = 0x800          # GRUB_BOOT_I386_PC_KERNEL_SEG
+
+
+def embed_grub(disk: Path, boot_img: bytes, core_img: bytes) -> None:
+    """What `grub-bios-setup` does for a disk with a DOS label (it only works on a
+    device it can find the root of, not on an image file): core.img goes into the gap
+    after the MBR (sectors 1..), its first sector (diskboot) gets the block list of the
+    rest, and boot.img becomes the MBR's code, told where core.img starts, with the
+    disk's own signature and partition table kept."""
+    nsec = (len(core_img) + 511) // 512
+    if len(boot_img) != 512 or boot_img[510:] != b"\x55\xaa" or nsec + 1 > PART_START:
+        raise ImageError(f"GRUB images do not fit: boot.img {len(boot_img)} bytes (a boot sector is 512, ending "
+                         f"55 aa), core.img {nsec} sectors (room for {PART_START - 1})")
+    core = bytearray(core_img.ljust(nsec * 512, b"\0"))
+    # diskboot's block list, at the end of its sector: the rest of core.img, loaded after it
+    struct.pack_into("<QHH", core, 512 - 12, 2, nsec - 1, KERNEL_SEGMENT + (512 >> 4))
+    with open(disk, "r+b") as f:
+        old = f.read(512)
+        boot = bytearray(boot_img)
+        struct.pack_into("<Q", boot, BOOT_KERNEL_SECTOR, 1)
+        boot[BOOT_DRIVE] = 0xff                        # the drive the BIOS booted from
+        boot[BOOT_DRIVE_CHECK:BOOT_DRIVE_CHECK + 2] = b"\x90\x90"   # a hard disk: no floppy probe
+        boot[BOOT_NT_MAGIC:BOOT_PART_END] = old[BOOT_NT_MAGIC:BOOT_PART_END]
+        f.seek(0)
+        f.write(boot)
+        f.seek(512)
+        f.write(core)
+
+
+def mbr(disk_id: int, start: int, sectors: int) -> bytes:
+    """A DOS partition table with one bootable Linux partition (what `sfdisk` writes
+    for `start=S, size=N, type=83, bootable`); Linux names it PARTUUID=<id>-01.
+    CHS fields hold the 'beyond CHS' marker: everything boots by LBA."""
+    entry = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", start, sectors)
+    return bytes(440) + struct.pack("<IH", disk_id, 0) + entry + bytes(48) + b"\x55\xaa"
+
+
+def _configure(root: Path, v: Variant, password: str | None, part_uuid: str, what: str) -> None:
+    w = debroot.write
+    w(root, "/etc/hostname", f"{HOSTNAME}\n")
+    w(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n")
+    w(root, "/etc/fstab", f"PARTUUID={part_uuid}-01 / ext4 rw,discard,errors=remount-ro 0 1\n")
+    # systemd makes a machine id at first boot, as in every distribution image
+    w(root, "/etc/machine-id", "")
+    units = ["systemd-networkd", "ssh"]
+    if v.cloud_init:
+        # NoCloud only (no metadata service is ever asked for); cloud-init renders its
+        # network config for systemd-networkd and brings up the first NIC only.
+        w(root, "/etc/cloud/cloud.cfg.d/01_acc_datasource.cfg",
+          "datasource_list: [ NoCloud, None ]\nlocale: C.UTF-8\n"
+          "system_info:\n  network:\n    renderers: ['networkd']\n")
+        units += ["cloud-init-local", "cloud-init", "cloud-config", "cloud-final"]
+        for f in (root / "etc/ssh").glob("ssh_host_*"):
+            f.unlink()                                     # cloud-init makes them at first boot
+    else:
+        # DHCP on the first Ethernet port, as a distribution installer leaves it
+        w(root, "/etc/systemd/network/80-first-ether.network",
+          "[Match]\nName=enp1s0 ens3 eth0\n\n[Network]\nDHCP=ipv4\n")
+    debroot.chroot(root, "sh", "-c",
+                   f"systemctl enable {' '.join(units)} >/dev/null 2>&1; "
+                   "systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer "
+                   "man-db.timer >/dev/null 2>&1; apt-get clean", what=f"{what}: enabling services")
+    if password is not None:
+        # through stdin: the password is never on a command line
+        debroot.chroot(root, "chpasswd", what=f"{what}: setting root's password", input=f"root:{password}\n")
+
+
+def _grub(root: Path, part_uuid: str, fs_uuid: str, what: str) -> None:
+    """GRUB for BIOS: modules under /boot/grub, a core image that finds them on the
+    first partition, and a menu like the one grub-mkconfig writes on a cloud image."""
+    kernels = sorted(p.name for p in (root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise ImageError(f"{what}: no kernel in /boot after installing {BOOT_PACKAGES[0]}")
+    kver = kernels[-1].removeprefix("vmlinuz-")
+    mods = root / "boot/grub/i386-pc"
+    mods.mkdir(parents=True, exist_ok=True)
+    for f in (root / "usr/lib/grub/i386-pc").iterdir():       # what grub-install puts there
+        if f.suffix in (".mod", ".lst", ".img"):
+            shutil.copy2(f, mods / f.name)
+    debroot.chroot(root, "grub-mkimage", "-O", "i386-pc", "-o", "/boot/grub/i386-pc/core.img",
+                   "-p", "(hd0,msdos1)/boot/grub", "biosdisk", "part_msdos", "ext2",
+                   what=f"{what}: grub-mkimage")
+    debroot.write(root, "/boot/grub/grub.cfg", f"""\
+serial --unit=0 --speed=115200
+terminal_input serial console
+terminal_output serial console
+set timeout=1
+insmod part_msdos
+insmod ext2
+search --no-floppy --fs-uuid --set=root {fs_uuid}
+menuentry 'Debian GNU/Linux, with Linux {kver}' {{
+    linux /boot/vmlinuz-{kver} root=PARTUUID={part_uuid}-01 {CMDLINE}
+    initrd /boot/initrd.img-{kver}
+}}
+""")
+
