@@ -3,6 +3,8 @@
 compared from run to run (diff two outputs):
 
   boot.*     start -> SSH ready of fresh guests (bench/boot.py), median and max of N
+  image.*    the same for each guest image the harness knows (its own, the Debian cloud image,
+             the password-only variant), side by side (the local lab only)
   hotplug.*  attach -> visible / detach -> gone in the guest, disk and NIC (bench/hotplug.py)
   tests.*    harness overhead per test (setup + teardown, boots included) of the full run
   run.*      the acceptance suites' wall time with -n 0 and -n W, and the xdist speed-up
@@ -71,12 +73,27 @@ def suites(lab: str | None, workers: int, extra: list[str]) -> dict:
             "over_mean": statistics.mean(over) if over else 0.0, "call_median": statistics.median(calls) if calls else 0.0}
 
 
+# The guest images the harness knows, each through its local lab config.
+IMAGE_LABS = {"default": "labs/local.toml", "debian12-cloud": "labs/local-cloud-image.toml",
+              "debian12-password": "labs/local-password-image.toml"}
+
+
+def images(n: int) -> None:
+    """Boot-to-SSH of every known image, side by side (the first boot of a run included)."""
+    for name, lab in IMAGE_LABS.items():
+        b = script(["bench/boot.py", "-n", str(n), "--lab", lab])
+        out(f"image.{name}.start_to_ssh.median_s", grab(r"start -> SSH ready: median ([\d.]+)s", b))
+        out(f"image.{name}.start_to_ssh.max_s", grab(r"start -> SSH ready: median [\d.]+s, max ([\d.]+)s", b))
+        out(f"image.{name}.start_to_boot_done.median_s", grab(r"start -> console says boot done: median ([\d.]+)s", b))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", type=int, default=5, help="boots and hot-plug rounds (default 5)")
     p.add_argument("-w", "--workers", type=int, default=2, help="xdist workers for the parallel run (default 2)")
     p.add_argument("--lab", default=None, help="lab config (default labs/local.toml)")
     p.add_argument("--quick", action="store_true", help="boot and hot-plug only, no full runs")
+    p.add_argument("--images", action="store_true", help="only boot-to-SSH of each known guest image")
     a = p.parse_args()
     one = first_host(a.lab)
     out("bench.date", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -86,9 +103,13 @@ def main():
     b = script(["bench/boot.py", "-n", str(a.n), "--lab", one])
     out("boot.start_to_ssh.median_s", grab(r"start -> SSH ready: median ([\d.]+)s", b))
     out("boot.start_to_ssh.max_s", grab(r"start -> SSH ready: median [\d.]+s, max ([\d.]+)s", b))
-    out("boot.start_to_console_marker.median_s", grab(r"start -> console marker: median ([\d.]+)s", b))
+    out("boot.start_to_console_marker.median_s", grab(r"start -> console says boot done: median ([\d.]+)s", b))
     out("boot.harness_overhead_per_vm.median_s", grab(r"harness overhead per VM .*: median ([\d.]+)s", b))
     out("boot.run_setup_s", grab(r"run setup .*: ([\d.]+)s", b))
+    if a.lab is None or a.images:
+        images(max(2, min(a.n, 3)))
+    if a.images:
+        return
     for dev in ("disk", "nic"):
         h = script(["bench/hotplug.py", "-n", str(a.n), "--device", dev, "--lab", one])
         out(f"hotplug.{dev}.attach_to_visible.median_s", grab(r"attach -> visible in guest: median ([\d.]+)s", h))

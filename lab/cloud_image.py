@@ -43,7 +43,8 @@ SUITE = "bookworm"
 # tools the harness's probes call in the guest (pciutils, usbutils, ethtool; an image
 # without one gets a skip that names it).
 PACKAGES = ["systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "iproute2", "kmod", "procps",
-            "util-linux", "e2fsprogs", "pciutils", "usbutils", "ethtool", "pci.ids", "sudo", "less", "netbase"]
+            "util-linux", "e2fsprogs", "pciutils", "usbutils", "ethtool", "pci.ids", "sudo", "less", "netbase",
+            "iputils-ping"]
 BOOT_PACKAGES = ["linux-image-amd64", "initramfs-tools", "grub-pc-bin", "grub2-common"]
 DISK_MIB = 2048
 PART_START = 2048                      # sectors: the first partition at 1 MiB, as partitioners put it
@@ -122,7 +123,7 @@ def image(cache_dir: Path, variant: str, log=print) -> GuestImage:
         t0 = time.monotonic()
         log(f"building guest image {final.name} (Debian {SUITE}, {', '.join(f'{k} {x}' for k, x in inp['boot'].items() if k.startswith('linux'))}"
             f"{', cloud-init ' + inp['cloud-init'] if v.cloud_init else ', root password, no cloud-init'}); "
-            f"about 5 minutes")
+            f"about 2 minutes")
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{variant}-{digest}-", dir=cache_dir))
         try:
             _build(tmp, v, password, log)
@@ -135,6 +136,14 @@ def image(cache_dir: Path, variant: str, log=print) -> GuestImage:
         log(f"built {final.name} in {time.monotonic() - t0:.0f} s")
     prune_lru((d for d in cache_dir.glob(f"{variant}-*") if d.is_dir()), 2, "manifest.json",
               lambda d: cache_dir / f".{d.name}.lock", "guest image", log)
+    for lock_file in cache_dir.glob(f".{variant}-*.lock"):        # locks of images that are gone
+        if not (cache_dir / lock_file.name[1:-len(".lock")]).exists():
+            with open(lock_file, "w") as lk:
+                try:
+                    fcntl.flock(lk, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue
+                lock_file.unlink(missing_ok=True)
     return img
 
 

@@ -1,0 +1,59 @@
+"""The password-only distribution image for real: a guest with no cloud-init and a root
+password is reached through a console login, and the password is in none of the files the
+run writes (console transcripts, the serial log, the defined XML, the run's log lines)."""
+import secrets
+
+import pytest
+
+from lab import config
+from lab.domain import VMSpec
+from lab.run import Run
+from lab.timeouts import Deadline
+
+pytestmark = pytest.mark.lab
+LAB = config.REPO / "labs" / "local-password-image.toml"
+
+
+def test_console_login_reaches_ssh_and_the_password_is_written_nowhere():
+    cfg = config.load(LAB)
+    lines = []
+    run = Run(cfg, log=lines.append)          # builds the image when it is not cached (about 2 minutes)
+    password = cfg.guest_password().reveal()
+    try:
+        vm = run.new_vm(VMSpec("pw-login"))
+        vm.start()
+        assert vm.host_key_source == "the guest's key file, read on its console"
+        assert vm.guest.check_output("cat /proc/1/comm").strip() == "systemd", "a distribution image, not ours"
+        assert vm.guest.check_output("cat /proc/sys/kernel/random/boot_id").strip() == vm.boot_id
+        assert vm.guest.run("test -e /usr/bin/cloud-init").rc != 0, "the image has no cloud-init"
+        # a console session of a claim logs in again where the console asks
+        with vm.console() as con:
+            con.wait_connected(Deadline(15, "virsh console"))
+            con.sync_shell(Deadline(60, "a console shell"))
+            token = secrets.token_hex(6)
+            rc, out = con.run(f"echo {token} > /root/console-proof; id -un", Deadline(15, "a console command"))
+            assert (rc, out.strip()) == (0, "root")
+        assert vm.guest.check_output("cat /root/console-proof").strip() == token
+        written = {p: p.read_bytes() for p in vm.dir.rglob("*") if p.is_file()}
+        written["serial log"] = vm.serial_text().encode()
+        written["run log"] = "\n".join(map(str, lines)).encode()
+        transcripts = b"".join(v for k, v in written.items() if "console" in str(k))
+        assert transcripts.count(b"Password:") >= 2, "both logins went through the guest's password prompt"
+        leaks = [str(k) for k, v in written.items() if password.encode() in v]
+        assert not leaks, f"the console password is written in {leaks}"
+    finally:
+        run.close()
+
+
+def test_a_wrong_password_ends_the_boot_wait_with_the_source_named(tmp_path):
+    import dataclasses
+    cfg = config.load(LAB)
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    run = Run(dataclasses.replace(cfg, password_file=str(wrong)))
+    try:
+        vm = run.new_vm(VMSpec("pw-wrong"))
+        with pytest.raises(AssertionError, match=f"refused the login of 'root' with the password from {wrong}"):
+            vm.start()
+    finally:
+        run.close()
