@@ -164,7 +164,9 @@ def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> d
         "qemu.version": ver(conn.getVersion()),       # libvirt's default QEMU; qemu_facts() names the lab's
         "virt.type": cfg.virt_type,
         "guest.arch": cfg.arch,
-        "guest.image": image_digest or cfg.image,
+        "guest.image": f"{cfg.image} {image_digest}".strip() if image_digest and not cfg.image.startswith("/")
+        else image_digest or cfg.image,
+        "guest.access": cfg.image_access,
         "timeout.factor": str(cfg.timeout_factor),
     }
     out.update(qemu_facts(cfg, conn))
