@@ -65,7 +65,7 @@ _TABLE = [
     ("USB-7", "USB live/config hot swap", ("usb-device",)),
     ("USB-8", "USB device to one VM only", ("usb-device",)),
     ("USB-9", "no live migration with USB passthrough", ("usb-device",)),
-    ("USB-10", "absent USB device fails VM start", ()),
+    ("USB-10", "absent USB device fails VM start", ("usb-subsystem",)),
     ("SNAP-1", "domblklist lists disks", ()),
     ("SNAP-2", "external disk-only snapshot", ()),
     ("SNAP-3", "snapshot-list shows disk-snapshot", ()),

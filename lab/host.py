@@ -36,13 +36,15 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     if not cfg.has_shell:
         why = (f"lab host {cfg.name} is reached only through libvirt ({cfg.libvirt_uri}); host commands need "
                f"[shell] address (SSH) in {cfg.path.name}")
-        for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user"):
+        for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user",
+                     "usb-subsystem"):
             add(name, False, why)
     else:
         try:
             _probe_host(cfg, h, sysroot, add)
         except (OSError, RuntimeError) as e:
-            for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user"):
+            for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user",
+                         "usb-subsystem"):
                 add(name, False, f"probing lab host {cfg.name} failed: {e}")
     inv = cfg.inventory
     add("pci-device", inv.pci, f"{len(inv.pci)} PCI device(s) listed in [inventory] pci")
@@ -96,6 +98,10 @@ def _probe_host(cfg, h, sysroot: Path, add) -> None:
     add("vhost-net", vn, "/dev/vhost-net " + ("present" if vn else "is missing (no vhost_net module)") + on)
     vs = h.exists(p("/sys/kernel/config/target/vhost")) or h.exists(p("/sys/module/vhost_scsi"))
     add("vhost-scsi", vs, "vhost_scsi target support " + ("present" if vs else "is missing (no vhost_scsi module / LIO configfs)") + on)
+    usb = h.exists(p("/sys/bus/usb/devices"))
+    add("usb-subsystem", usb, "USB subsystem " + ("present (/sys/bus/usb/devices), so libvirt can look a USB device up"
+        if usb else "is missing (no /sys/bus/usb/devices): libvirt refuses any USB hostdev before it looks for "
+        "the device") + on)
     groups = h.listdir(p("/sys/kernel/iommu_groups")) if h.exists(p("/sys/kernel/iommu_groups")) else []
     node = h.exists(p("/dev/vfio/vfio"))
     vfio = node and bool(groups)

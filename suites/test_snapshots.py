@@ -77,24 +77,29 @@ def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm):
 @claims("SNAP-5")
 def test_qcow2_and_raw_images_can_be_snapshotted(vms):
     vm = vms.define(VMSpec("snap-formats"))
-    vm.attach(X.disk(str(vm.scratch_image("data-qcow2", "32M", "qcow2")), target="vdb", serial="acc-q"),
-              live=False, config=True)
-    vm.attach(X.disk(str(vm.scratch_image("data-raw", "32M", "raw")), target="vdc", fmt="raw", serial="acc-r"),
-              live=False, config=True)
+    bases = {"acc-q": (vm.scratch_image("data-qcow2", "32M", "qcow2"), "qcow2", "vdb"),
+             "acc-r": (vm.scratch_image("data-raw", "32M", "raw"), "raw", "vdc")}
+    for serial, (path, fmt, target) in bases.items():
+        vm.attach(X.disk(str(path), target=target, fmt=fmt, serial=serial), live=False, config=True)
     vm.start()
-    disks = {s: vm.guest.block.find(s).name for s in ("acc-q", "acc-r")}
+    disks = {s: vm.guest.block.find(s).name for s in bases}
     before = {s: vm.guest.block.write_and_verify(n, mib=2) for s, n in disks.items()}
-    name, _ = snapshots.create_external(vm, {"vdb": vm.dir / "q.snap.qcow2", "vdc": vm.dir / "r.snap.qcow2"},
-                                        others_no=["vda"])
-    for target, fmt in (("vdb", "qcow2"), ("vdc", "raw")):
+    overlays = {"acc-q": vm.hdir / "q.snap.qcow2", "acc-r": vm.hdir / "r.snap.qcow2"}
+    snapshots.create_external(vm, {bases[s][2]: overlays[s] for s in bases}, others_no=["vda"])
+    for serial, (path, fmt, target) in bases.items():
         src = vm.live_xml().find(f"devices/disk/target[@dev='{target}']/../source").get("file")
-        backing = images.image_info(src)
-        assert backing["backing-filename-format"] == fmt and backing["backing-filename"]
-    # the snapshot holds the data, and the guest keeps using both disks
-    for serial, name_ in disks.items():
-        assert vm.guest.block.write_and_verify(name_, mib=2, seek_mib=4)
-    assert images.image_sha256(vm.dir / "data-qcow2.qcow2", 2, "qcow2") == before["acc-q"]
-    assert images.image_sha256(vm.dir / "data-raw.raw", 2, "raw") == before["acc-r"]
+        assert src == str(overlays[serial]), f"{target} now writes to {src}, not the snapshot's overlay"
+        backing = images.image_info(src, host=vm.host)
+        assert backing["backing-filename-format"] == fmt and backing["backing-filename"] == str(path)
+    # The same region rewritten after the snapshot: the base keeps the data of the snapshot's
+    # moment, the overlay serves what the guest wrote since (a broken overlay or a base written
+    # through fails one of the two).
+    after = {s: vm.guest.block.write_and_verify(n, mib=2) for s, n in disks.items()}
+    for serial, (path, fmt, _) in bases.items():
+        assert after[serial] != before[serial]
+        assert vm.image_sha256(path, 2, fmt) == before[serial], f"the {fmt} base changed after the snapshot"
+        assert vm.image_sha256(overlays[serial], 2, "qcow2") == after[serial], \
+            f"the overlay on the {fmt} base does not serve the guest's new data"
 
 
 @claims("SNAP-5")

@@ -26,7 +26,7 @@ from . import l1
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "labs" / "nested.toml"
 # The hardware claims, the suites the nested run selects (USB-9 skips there: it needs a second host).
-HARDWARE_CLAIMS = "DISK-3,NIC-2,NIC-5,NIC-8,PCI,SRIOV,USB-6,USB-7,USB-8,USB-9,IOS-8,IOS-9"
+HARDWARE_CLAIMS = "DISK-3,NIC-2,NIC-5,NIC-8,PCI,SRIOV,USB-6,USB-7,USB-8,USB-9,USB-10,IOS-8,IOS-9"
 
 
 def layout(cfg: config.LabConfig) -> l1.Layout:
