@@ -5,6 +5,7 @@ change and restored on every exit path."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,3 +271,38 @@ def hostdev_interface(vf_bdf, mac, vlan):
                 X.el("vlan", None, X.el("tag", {"id": vlan})))
 
 
+
+
+@dataclass(frozen=True)
+class VfLink:
+    """One `vf N` line of `ip link show <PF>`: what the PF's driver reports for a VF."""
+    vf: int
+    mac: str = ""
+    vlan: int | None = None
+    max_tx_rate: int | None = None     # Mbps ("max_tx_rate 100Mbps")
+    tx_rate: int | None = None         # Mbps, the older form ("tx rate 100 (Mbps)")
+
+    @property
+    def rate(self) -> int | None:
+        return self.max_tx_rate if self.max_tx_rate is not None else self.tx_rate
+
+
+def parse_vf_links(ip_link_show: str) -> dict[int, VfLink]:
+    """The VF lines of `ip link show <PF>` (iproute2's print_vfinfo), each parsed on its own:
+    a value is read only from its own VF's line, and numbers are compared whole."""
+    out = {}
+    for line in ip_link_show.splitlines():
+        m = re.match(r"\s*vf (\d+)\s+(.*)$", line)
+        if not m:
+            continue
+        rest = m.group(2)
+
+        def num(rx):
+            f = re.search(rx, rest)
+            return int(f.group(1)) if f else None
+
+        mac = re.search(r"(?:link/ether|MAC) ([0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5})\b", rest)
+        out[int(m.group(1))] = VfLink(int(m.group(1)), mac.group(1).lower() if mac else "",
+                                      num(r"(?:^|, )vlan (\d+)\b"), num(r"\bmax_tx_rate (\d+)Mbps\b"),
+                                      num(r"\btx rate (\d+) \(Mbps\)"))
+    return out

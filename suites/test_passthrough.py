@@ -2,7 +2,6 @@
 (PCI-1..3, SRIOV-1..4, HPRE-1..3).  Only devices listed in the lab config are
 touched; host state (drivers, VF counts, VF MAC/VLAN/rate) is recorded first
 and restored on every exit path."""
-import re
 import secrets
 
 import pytest
@@ -122,8 +121,9 @@ def test_ip_link_sets_vf_mac_and_rate(lab, pf, host_state):
     if not r.ok:
         pytest.fail(f"lab host {lab.cfg.name} refused a VF rate on {net}: {r.stderr.strip()}")
     shown = lab.host.run("ip", "link", "show", net).stdout
-    vf0 = next(line for line in shown.splitlines() if re.match(r"\s*vf 0\b", line))
-    assert mac in vf0.lower() and "100" in vf0, f"ip link show {net}: {vf0}"
+    vf0 = pci.parse_vf_links(shown).get(0)
+    assert vf0 is not None, f"ip link show {net} lists no vf 0: {shown}"
+    assert (vf0.mac, vf0.rate) == (mac, 100), f"ip link show {net}: VF 0 has MAC {vf0.mac}, rate {vf0.rate} Mbps"
 
 
 @claims("SRIOV-4")
@@ -141,7 +141,9 @@ def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(lab, pf, host_state, vm
         + vm.guest.run("dmesg | grep -i %s | tail -n 4", nic.driver).stdout.replace("\n", " | "))
     assert nic.driver not in ("-", "virtio_net"), f"the guest NIC {nic.name} is not the VF (driver {nic.driver})"
     shown = lab.host.run("ip", "link", "show", pf.netdevs[0]).stdout
-    assert re.search(rf"vf \d+ .*{mac}.*vlan 1", shown, re.I | re.S), f"host shows no VLAN 1 on the VF: {shown}"
+    mine = [v for v in pci.parse_vf_links(shown).values() if v.mac == mac]
+    assert len(mine) == 1, f"ip link show {pf.netdevs[0]}: {len(mine)} VF line(s) with MAC {mac}: {shown}"
+    assert mine[0].vlan == 1, f"the host shows VLAN {mine[0].vlan} on VF {mine[0].vf}, not the configured 1"
 
 
 # ------------------------------------------------------------------ HPRE

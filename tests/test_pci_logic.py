@@ -115,3 +115,24 @@ def test_saved_host_state_survives_the_process(sys_tree, tmp_path):
     st.remember_device("0000:04:10.0")
     rec = json.loads(saved.read_text())
     assert rec["drivers"] == {"0000:04:10.0": "ixgbe"}
+
+
+IP_LINK_PF = """\
+4: enp0s2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc mq state UP mode DEFAULT group default qlen 1000
+    link/ether 52:54:00:12:34:56 brd ff:ff:ff:ff:ff:ff
+    vf 0     link/ether 52:54:00:aa:bb:01 brd ff:ff:ff:ff:ff:ff, tx rate 1000 (Mbps), max_tx_rate 1000Mbps, spoof checking on, link-state auto, trust off
+    vf 1     link/ether 52:54:00:aa:bb:02 brd ff:ff:ff:ff:ff:ff, vlan 10, spoof checking on, link-state auto, trust off
+    vf 2     link/ether 52:54:00:aa:bb:03 brd ff:ff:ff:ff:ff:ff, vlan 1, qos 2, max_tx_rate 100Mbps, spoof checking on, link-state auto
+    vf 3     MAC 52:54:00:aa:bb:04, vlan 100, tx rate 100 (Mbps), spoof checking on, link-state auto
+"""
+
+
+def test_vf_lines_are_parsed_one_by_one_with_whole_numbers():
+    from lab.pci import parse_vf_links
+    vfs = parse_vf_links(IP_LINK_PF)
+    assert sorted(vfs) == [0, 1, 2, 3]
+    assert vfs[0].mac == "52:54:00:aa:bb:01" and vfs[0].rate == 1000 and vfs[0].vlan is None
+    assert vfs[1].vlan == 10 and vfs[1].rate is None, "vlan 10 is not vlan 1; no rate is no rate"
+    assert vfs[2].vlan == 1 and vfs[2].max_tx_rate == 100
+    assert vfs[3].mac == "52:54:00:aa:bb:04" and vfs[3].vlan == 100 and vfs[3].tx_rate == 100, "the older form"
+    assert parse_vf_links("4: eth0: <UP>\n    link/ether 52:54:00:12:34:56 brd ff:ff:ff:ff:ff:ff\n") == {}
