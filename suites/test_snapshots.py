@@ -7,7 +7,7 @@ import allure
 import libvirt
 import pytest
 
-from fixtures.plugin import claims, deviation
+from fixtures.plugin import claims, deviation, proven_with
 from lab import images, loopdev, snapshots
 from lab import xml as X
 from lab.domain import VMSpec
@@ -37,7 +37,7 @@ def test_domblklist_lists_every_disk_with_its_source(snap_vm):
 
 
 @claims("SNAP-2", "SNAP-3", "SNAP-4")
-def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm):
+def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm, request):
     vm, g = snap_vm, snap_vm.guest
     token = secrets.token_hex(8)
     g.run("echo %s > /root/precious && sync", token, check=True)
@@ -48,6 +48,8 @@ def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm):
     name, took = snapshots.create_external(vm, {"vda": overlay})       # SNAP-2
     allure.dynamic.parameter("snapshot seconds", f"{took:.2f}")
     record("snapshot-create-as took", f"{took:.3f} s")
+    # the guide says "within a few seconds": a measured figure in the certification report, not a timed assert
+    proven_with(request, f"external disk-only snapshot of vda taken in {took:.2f} s (measured)")
     assert overlay.exists()
     info = images.image_info(overlay)
     assert info["format"] == "qcow2" and info.get("backing-filename") == base
