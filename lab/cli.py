@@ -195,14 +195,13 @@ def cmd_secrets_scan(cfg, paths) -> int:
     if cfg.image_access != "console-password":
         print(f"lab {cfg.name} has no console password (access = {cfg.image_access}); nothing to scan for")
         return 0
-    files = _files(paths)
-    leaks = secret_leaks(cfg.guest_password().reveal(), files)
-    n = len(files)
+    files, password = _files(paths), cfg.guest_password()
+    leaks = secret_leaks(password.reveal(), files)
     if leaks:
-        print(f"the console password of {cfg.name} (from {cfg.guest_password().source}) is written in "
+        print(f"the console password of {cfg.name} (from {password.source}) is written in "
               f"{len(leaks)} file(s): " + ", ".join(leaks))
         return 1
-    print(f"the console password of {cfg.name} is in none of {n} file(s) under {', '.join(map(str, paths))}")
+    print(f"the console password of {cfg.name} is in none of {len(files)} file(s) under {', '.join(map(str, paths))}")
     return 0
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import debroot
+from . import images
 from .images import GuestImage, ImageError, prune_lru, sha256_file
 
 BUILDER_VERSION = "1"
@@ -93,14 +94,6 @@ def inputs(v: Variant, password: str | None) -> dict:
             if password else None}
 
 
-def _complete(d: Path) -> bool:
-    try:
-        m = json.loads((d / "manifest.json").read_text())
-        return all(sha256_file(d / f) == m["files"][f] for f in IMAGE_FILES)
-    except (OSError, ValueError, KeyError):
-        return False
-
-
 def image(cache_dir: Path, variant: str, log=print) -> GuestImage:
     """The cached image of `variant`, built first when its inputs changed."""
     if variant not in VARIANTS:
@@ -114,16 +107,15 @@ def image(cache_dir: Path, variant: str, log=print) -> GuestImage:
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / f".{variant}-{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _complete(final):
+        if images._complete(final, IMAGE_FILES):
             os.utime(final / "manifest.json")
             return img
         shutil.rmtree(final, ignore_errors=True)
         for stale in cache_dir.glob(f".build-{variant}-*"):
             shutil.rmtree(stale, ignore_errors=True)          # a killed build's leftovers
         t0 = time.monotonic()
-        log(f"building guest image {final.name} (Debian {SUITE}, {', '.join(f'{k} {x}' for k, x in inp['boot'].items() if k.startswith('linux'))}"
-            f"{', cloud-init ' + inp['cloud-init'] if v.cloud_init else ', root password, no cloud-init'}); "
-            f"about 2 minutes")
+        log(f"building guest image {final.name} (Debian {SUITE}, linux-image-amd64 {inp['boot']['linux-image-amd64']}, "
+            f"{'cloud-init ' + inp['cloud-init'] if v.cloud_init else 'root password, no cloud-init'}); about 2 minutes")
         tmp = Path(tempfile.mkdtemp(prefix=f".build-{variant}-{digest}-", dir=cache_dir))
         try:
             _build(tmp, v, password, log)

@@ -312,7 +312,7 @@ class VM:
             con = self.console()
             con.wait_connected(deadline.sub(15, "virsh console"))
         try:
-            con.sync_shell(deadline, login=self.run.console_login)
+            con.sync_shell(deadline)          # logs in with the run's console login (default_login)
             rc, out = con.run(prepare_script(self.run.key.public_line, self.mac), deadline.sub(90, "console set-up"))
             if rc != 0:
                 raise GuestNotReady(f"{self.name}: setting the guest up over its console failed (exit {rc}: "

@@ -23,6 +23,11 @@ class Capability:
     detail: str
 
 
+# The capabilities only a command on the lab host can tell (absent without a [shell]).
+HOST_PROBED = ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user",
+               "usb-subsystem")
+
+
 def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path = Path("/"),
           host=None) -> dict[str, Capability]:
     """Probe the lab host through its executor (this machine, or SSH to a remote
@@ -36,15 +41,13 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     if not cfg.has_shell:
         why = (f"lab host {cfg.name} is reached only through libvirt ({cfg.libvirt_uri}); host commands need "
                f"[shell] address (SSH) in {cfg.path.name}")
-        for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user",
-                     "usb-subsystem"):
+        for name in HOST_PROBED:
             add(name, False, why)
     else:
         try:
             _probe_host(cfg, h, sysroot, add)
         except (OSError, RuntimeError) as e:
-            for name in ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user",
-                         "usb-subsystem"):
+            for name in HOST_PROBED:
                 add(name, False, f"probing lab host {cfg.name} failed: {e}")
     inv = cfg.inventory
     add("pci-device", inv.pci, f"{len(inv.pci)} PCI device(s) listed in [inventory] pci")
@@ -170,8 +173,8 @@ def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> d
         "qemu.version": ver(conn.getVersion()),       # libvirt's default QEMU; qemu_facts() names the lab's
         "virt.type": cfg.virt_type,
         "guest.arch": cfg.arch,
-        "guest.image": f"{cfg.image} {image_digest}".strip() if image_digest and not cfg.image.startswith("/")
-        else image_digest or cfg.image,
+        # the default image by its hash, a built-in one by name and hash, a lab's own by its path
+        "guest.image": " ".join(x for x in ("" if cfg.uses_default_image else cfg.image, image_digest) if x),
         "guest.access": cfg.image_access,
         "timeout.factor": str(cfg.timeout_factor),
     }

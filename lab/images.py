@@ -195,11 +195,12 @@ def prune_lru(entries, keep: int, stamp: str, lock_of, what: str, log=print) -> 
             log(f"pruned old {what} {d.name}")
 
 
-def _complete(d: Path) -> bool:
-    """The entry is whole: its manifest names it and every file has the hash it was built with."""
+def _complete(d: Path, files=IMAGE_FILES) -> bool:
+    """The entry (<name>-<digest>) is whole: its manifest names it and every file has the
+    hash it was built with."""
     try:
         m = json.loads((d / "manifest.json").read_text())
-        return m["digest"] == d.name.rsplit("-", 1)[1] and all(sha256_file(d / f) == m["files"][f] for f in IMAGE_FILES)
+        return m["digest"] == d.name.rsplit("-", 1)[1] and all(sha256_file(d / f) == m["files"][f] for f in files)
     except (OSError, ValueError, KeyError, IndexError):
         return False
 

@@ -271,8 +271,6 @@ def hostdev_interface(vf_bdf, mac, vlan):
                 X.el("vlan", None, X.el("tag", {"id": vlan})))
 
 
-
-
 @dataclass(frozen=True)
 class VfLink:
     """One `vf N` line of `ip link show <PF>`: what the PF's driver reports for a VF."""

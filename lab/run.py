@@ -71,19 +71,17 @@ class Run:
     def _image(self) -> images.GuestImage:
         if self.cfg.builtin_image:
             img = cloud_image.image(self.work_dir / "images", self.cfg.image, log=self.log)
-            if not self.host.local:
-                img = images.upload(img, self.host, PurePosixPath(self.cfg.host_work_dir) / "images")
-            return img
-        if self.cfg.uses_default_image:
+        elif self.cfg.uses_default_image:
             img = images.default_image(self.work_dir / "images", self.arch, log=self.log)
             if self.cfg.image_access == "nocloud":
                 img = images.GuestImage(root=img.root, kernel=img.kernel, initrd=img.initrd,
                                         digest=img.digest, access="nocloud", console_tty=img.console_tty)
-            if not self.host.local:
-                img = images.upload(img, self.host, PurePosixPath(self.cfg.host_work_dir) / "images")
-            return img
-        return images.GuestImage(root=Path(self.cfg.image), access=self.cfg.image_access,
-                                 console_tty=self.arch.console_tty)
+        else:
+            return images.GuestImage(root=Path(self.cfg.image), access=self.cfg.image_access,
+                                     console_tty=self.arch.console_tty)
+        if not self.host.local:
+            img = images.upload(img, self.host, PurePosixPath(self.cfg.host_work_dir) / "images")
+        return img
 
     def _console_login(self):
         if self.image.access == "nocloud":
@@ -92,18 +90,16 @@ class Run:
             return login.Login(self.cfg.guest_user, self.cfg.guest_password()), None
         return None, None
 
-    def boot_deadline(self, what: str, extra: float = 0) -> Deadline:
+    def boot_deadline(self, what: str) -> Deadline:
         """A boot's deadline, fitted to the image: the run's first boot gets the generous
         budget of its kind (a hang still fails there, with the console attached); later
         boots get three times the slowest boot measured so far, plus 30 s (never less than
-        the first-boot budget of the harness's own guest).  `extra`: seconds a test's
-        own devices add (scaled by the lab's timeout factor)."""
-        extra_s = extra * timeouts.factor()
+        the first-boot budget of the harness's own guest)."""
         if not self.boot_seconds:
             first = FIRST_BOOT_BUDGET["firmware" if self.image.kernel is None else "kernel"]
-            return Deadline(first * timeouts.factor() + extra_s, f"{what} (first boot of this image in the run)",
+            return Deadline(first * timeouts.factor(), f"{what} (first boot of this image in the run)",
                             scaled=False)
-        budget = max(BOOT_BUDGET * timeouts.factor(), 3 * max(self.boot_seconds) + 30) + extra_s
+        budget = max(BOOT_BUDGET * timeouts.factor(), 3 * max(self.boot_seconds) + 30)
         return Deadline(budget, f"{what} (3 x the slowest boot so far, {max(self.boot_seconds):.0f} s, + 30 s)",
                         scaled=False)
 

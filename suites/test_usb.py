@@ -1,9 +1,9 @@
 """Managing VM USB (USB-1..10): the guide's three controllers, their ports and
 hot-swap rules as the guest sees them, and USB passthrough of host devices the
 lab config lists."""
-import allure
 import re
 
+import allure
 import pytest
 
 from fixtures.plugin import claims, deviation
@@ -109,7 +109,7 @@ def test_vm_with_an_absent_usb_device_fails_to_start(vms):
     # libvirt's own refusal for the device (the VM's name has "usb" in it: any error would match that)
     assert re.search(r"did not find USB device (0x)?fffe:(0x)?fffd", str(e.value), re.I), str(e.value)
     assert not vm.is_active()
-    # control: the same VM without the absent device starts
+    # control: a VM with the same controllers and without the absent device starts
     control = vms.boot(VMSpec("usb-present", usb=True, devices=usb.guide_controllers()))
     assert control.guest.boot_id()
 

@@ -82,24 +82,28 @@ class Console:
     def sync_shell(self, deadline: Deadline, login=None) -> None:
         """Get a shell we can type into: press Enter until one answers, logging in
         first where the console asks for a login (`login`: a lab.guest.login.Login)."""
+        login = login or self.default_login
         token = secrets.token_hex(4)
         sync = f"ACC_SYNC_{token}_OK"
         while True:
-            self.child.sendline("")
-            try:
-                idx = self._expect_any([LOGIN_RE.pattern, PASSWORD_RE.pattern], deadline.sub(2, "a prompt"))
-            except TimeoutError:
-                idx = None
-            if idx == 0:
-                self.login(login or self.default_login, deadline)
-            elif idx == 1:
-                continue          # a password prompt we did not ask for: Enter abandons it, never a password
+            if login is not None:      # an image whose console may ask for a login: look before typing
+                self.child.sendline("")
+                try:
+                    idx = self._expect_any([LOGIN_RE.pattern, PASSWORD_RE.pattern], deadline.sub(2, "a prompt"))
+                except TimeoutError:
+                    idx = None
+                if idx == 0:
+                    self.login(login, deadline)
+                elif idx == 1:
+                    continue       # a password prompt we did not ask for: Enter abandons it, never a password
             # The typed line reads "ACC_SYNC_<t>''_OK" (also when echoed at a login prompt); only a shell prints it whole.
             self.child.sendline(f"echo ACC_SYNC_{token}''_OK")
             try:
-                idx = self._expect_any([sync, LOGIN_RE.pattern], deadline.sub(3, "shell answer"))
+                idx = self._expect_any([sync, LOGIN_RE.pattern, PASSWORD_RE.pattern], deadline.sub(3, "shell answer"))
                 if idx == 0:
                     return
+                if login is None:
+                    self.login(None, deadline)         # the error that names the keys to set
             except TimeoutError:
                 pass
             if deadline.expired:
