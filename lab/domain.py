@@ -23,12 +23,17 @@ from .guest.login import PREPARE_ERRORS, READY_RE, boot_done, host_key_from_cons
 from .images import create_image, image_sha256
 from .steps import verb
 from .sweep import undefine
+from . import timeouts
 from .timeouts import Deadline, poll
 
 
 
 class DomainError(AssertionError):
-    pass
+    """libvirt refused an operation on a domain; `reason` is libvirt's own message."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class HypervisorFault(AssertionError):
@@ -177,7 +182,8 @@ class VM:
             try:
                 self.dom.create()
             except libvirt.libvirtError as e:
-                raise DomainError(f"libvirt could not start {self.name}: {e.get_error_message()}") from None
+                raise DomainError(f"libvirt could not start {self.name}: {e.get_error_message()}",
+                                  e.get_error_message()) from None
             self._after_start()
             if not wait:
                 return self
@@ -340,10 +346,32 @@ class VM:
         self.consoles.append(con)
         return con
 
+    def unresponsive(self, seconds: float = 20) -> str | None:
+        """Why this VM cannot serve another test as it is (None: it runs and its guest
+        answers over SSH within `seconds`)."""
+        try:
+            st, reason = self.state()
+        except libvirt.libvirtError as e:
+            return f"libvirt cannot read its state: {e.get_error_message()}"
+        if st != "running":
+            return f"the domain is {st} (reason {reason})"
+        panic = PANIC_RE.search(self.serial_text())
+        if panic:
+            return f"the guest panicked: {panic.group(0)}"
+        if self._guest is None:
+            return "it has no ready guest"
+        try:
+            r = self._guest.run("true", timeout=seconds * timeouts.factor())
+        except Exception as e:     # any way SSH can fail means the same here: it does not answer
+            return f"its guest did not answer over SSH within {seconds * timeouts.factor():.0f} s ({type(e).__name__}: {e})"
+        return None if r.rc == 0 else f"`true` in the guest exited {r.rc}"
+
     @verb(lambda self, *a, **k: f"power off {self.name} from inside, wait for libvirt's stopped event")
     def poweroff(self, deadline: Deadline | None = None) -> None:
-        """A clean shutdown from inside the guest; waits for libvirt's stopped event."""
-        deadline = deadline or Deadline(30, f"{self.name} to power off")
+        """A clean shutdown from inside the guest; waits for libvirt's stopped event.  The
+        budget follows the boots measured in this run (a shutdown is no slower than a boot),
+        so a host busy with other work does not fail a good guest."""
+        deadline = deadline or self.run.boot_deadline(f"{self.name} to power off")
         with self.run.session.events.waiter(self.dom, "lifecycle", lambda e: e.detail["event"] == "stopped") as w:
             try:
                 self.guest.run("sync; poweroff", timeout=10)

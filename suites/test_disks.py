@@ -6,7 +6,7 @@ import string
 
 import pytest
 
-from fixtures.plugin import claims
+from fixtures.plugin import claims, shared_vm
 from lab import hostproc
 from lab import xml as X
 from lab.domain import VMSpec
@@ -90,9 +90,7 @@ def test_virtio_scsi_disks_are_sd_letters_then_two_letters(many_disks_vm):
     many_disks_vm.guest.block.write_and_verify(two_letter[0].name, mib=1)
 
 
-@pytest.fixture(scope="module")
-def scsi_vm(module_vms):
-    return module_vms.boot(VMSpec("disks-scsi", devices=[X.scsi_controller(0)]))
+scsi_vm = shared_vm(lambda: VMSpec("disks-scsi", devices=[X.scsi_controller(0)]))
 
 
 @claims("DISK-4", "DISK-6", "DISK-7")

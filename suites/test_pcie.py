@@ -6,7 +6,7 @@ hot-plug capacity claims get VMs of their own.
 """
 import pytest
 
-from fixtures.plugin import claims
+from fixtures.plugin import claims, shared_vm
 from lab import pcie
 from lab import xml as X
 from lab.domain import AttachRefused, VMSpec, random_mac
@@ -15,9 +15,7 @@ from lab.timeouts import Deadline, poll
 ROOT_PORTS = 10
 
 
-@pytest.fixture(scope="module")
-def topo(module_vms):
-    return module_vms.boot(VMSpec("pcie", pcie_root_ports=ROOT_PORTS, pcie_bridge=True))
+topo = shared_vm(lambda: VMSpec("pcie", pcie_root_ports=ROOT_PORTS, pcie_bridge=True))
 
 
 def guest_waits_for(vm, what, check, seconds=30):

@@ -5,7 +5,7 @@ import secrets
 
 import pytest
 
-from fixtures.plugin import claims
+from fixtures.plugin import claims, shared_vm
 from lab.domain import VMSpec
 from lab.guest.login import boot_done_patterns
 from lab.guest.ssh import SSH
@@ -14,9 +14,7 @@ from lab.timeouts import Deadline
 PROMPT_BUDGET = 30
 
 
-@pytest.fixture(scope="module")
-def guest_vm(module_vms):
-    return module_vms.boot(VMSpec("serial"))
+guest_vm = shared_vm(lambda: VMSpec("serial"))
 
 
 @claims("SER-1")

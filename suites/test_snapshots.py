@@ -7,7 +7,7 @@ import allure
 import libvirt
 import pytest
 
-from fixtures.plugin import claims, deviation, proven_with
+from fixtures.plugin import claims, deviation, proven_with, shared_vm
 from lab import images, loopdev, snapshots
 from lab import xml as X
 from lab.domain import VMSpec
@@ -15,9 +15,7 @@ from lab.timeouts import Deadline, poll
 from lab.virsh import table, virsh
 
 
-@pytest.fixture(scope="module")
-def snap_vm(module_vms):
-    return module_vms.boot(VMSpec("snap"))
+snap_vm = shared_vm(lambda: VMSpec("snap"))
 
 
 def record(name: str, text: str):

@@ -1,6 +1,7 @@
 """What a lab engineer sees when a test fails or a run is interrupted."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,3 +96,18 @@ def test_ctrl_c_heals_a_fault_in_place():
     assert "nbdkit" not in subprocess.run(["pgrep", "-a", "-f", str(files[0].parent)], capture_output=True,
                                           text=True).stdout, "the fault backend process was left running"
     assert "healed and removed fault backend" in out, out[-2000:]
+
+
+def test_a_shared_guest_a_test_left_dead_is_replaced_and_reported(tmp_path, pytester_like):
+    r = pytester_like("tests/data/shared_guest_suite.py", "-s", "--alluredir", str(tmp_path), "-W",
+                      "default::pytest.PytestWarning", timeout=300)
+    assert r.returncode == 1, r.stdout[-3000:]
+    assert "1 failed, 1 passed" in r.stdout, r.stdout[-3000:]
+    first = re.search(r"SHARED-FIRST (\S+) (\S+)", r.stdout).groups()
+    second = re.search(r"SHARED-SECOND (\S+) (\S+)", r.stdout).groups()
+    assert first[0] != second[0] and first[1] != second[1], "the second test got the dead guest"
+    assert "no longer served tests" in r.stdout, "the terminal does not say the shared guest was replaced"
+    # the evidence of the dead guest hangs on the set-up of the test that got the new one
+    befores = [b for p in tmp_path.glob("*-container.json") for b in json.loads(p.read_text()).get("befores", [])]
+    names = [a["name"] for b in befores if b["name"] == "guest" for a in b.get("attachments", [])]
+    assert any(n.startswith(f"replaced shared guest {first[0]}: console") for n in names), names

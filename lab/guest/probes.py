@@ -137,6 +137,13 @@ class BlockProbe:
     def pci_path(self, name: str) -> tuple:
         return pci_path_of(self.guest.check_output("readlink -f /sys/block/%s/device", name).strip())
 
+    def scsi_inquiry(self, name: str) -> tuple[str, str]:
+        """(vendor, model) of SCSI disk `name` as its INQUIRY answered ("LIO-ORG" for a
+        Linux LIO target)."""
+        out = self.guest.check_output("cat /sys/block/%s/device/vendor /sys/block/%s/device/model", name, name)
+        lines = [x.strip() for x in out.splitlines()]
+        return (lines + ["", ""])[0], (lines + ["", ""])[1]
+
     def write_and_verify(self, name: str, mib: int = 4, seek_mib: int = 0) -> str:
         """Write a random pattern with direct I/O, flush, drop caches, read it back;
         returns the pattern's sha256 (raises if the read-back differs)."""
@@ -215,6 +222,21 @@ class NetProbe:
 
     def channels(self, ifname: str) -> dict[str, dict[str, int]]:
         return parse_channels(self.guest.check_output("ethtool -l %s", ifname))
+
+    def send_to_link(self, ifname: str, count: int) -> int:
+        """Send `count` ICMPv6 echo requests to the link's all-nodes group (ff02::1) from
+        `ifname`: traffic that stays on the lab's isolated bridge.  Returns the NIC's
+        tx_packets growth as the guest counts it."""
+        stat = f"/sys/class/net/{ifname}/statistics/tx_packets"
+        before = int(self.guest.check_output("cat %s", stat))
+        self.guest.run("ping -6 -q -c %s -i 0.01 -w 30 ff02::1%%%s", str(count), ifname, timeout=60)
+        return int(self.guest.check_output("cat %s", stat)) - before
+
+    def use_channels(self, ifname: str, combined: int) -> dict[str, dict[str, int]]:
+        """Turn on `combined` queue pairs (`ethtool -L`), as a guest with fewer CPUs than
+        queue pairs must; returns the channels read back."""
+        self.guest.check_output("ethtool -L %s combined %s", ifname, str(combined))
+        return self.channels(ifname)
 
     def link_local(self, ifname: str) -> str | None:
         """The interface's IPv6 link-local address once DAD finished (None before)."""
