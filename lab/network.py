@@ -94,6 +94,41 @@ def qemu_holds(pid: int, path: str, proc: Path = Path("/proc"), host=None) -> bo
     return False
 
 
+def parse_vhost_workers(ps_tid_comm: str, qemu_pid: int) -> list[int]:
+    """`ps -eLo tid=,comm=` -> the task ids of QEMU `qemu_pid`'s vhost workers.  They are
+    named vhost-<QEMU's pid>: kernel threads up to Linux 6.3, threads of QEMU's own
+    process from 6.4 on; one per vhost device (per queue pair of a vhost-net NIC)."""
+    want = f"vhost-{qemu_pid}"
+    out = []
+    for line in ps_tid_comm.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[1].strip() == want and parts[0].isdigit():
+            out.append(int(parts[0]))
+    return out
+
+
+def parse_schedstat(text: str) -> dict[int, int]:
+    """Lines "<tid> <ns on CPU> <ns waiting> <slices>" -> {tid: ns on CPU}; a task
+    that ended between listing and reading (no numbers) is left out."""
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 2 and f[0].isdigit() and f[1].isdigit():
+            out[int(f[0])] = int(f[1])
+    return out
+
+
+def vhost_work(qemu_pid: int, host) -> dict[int, int]:
+    """{task id: nanoseconds on CPU} of each vhost worker of QEMU `qemu_pid` on the lab
+    host ({} when QEMU has none: its NICs' data path is QEMU's own)."""
+    tids = parse_vhost_workers(host.run("ps", "-eLo", "tid=,comm=").stdout, qemu_pid)
+    if not tids:
+        return {}
+    r = host.run("sh", "-c", 'for t; do echo "$t $(cat /proc/$t/schedstat 2>/dev/null)"; done', "sh",
+                 *map(str, tids))
+    return parse_schedstat(r.stdout)
+
+
 class OvsBridge:
     """An Open vSwitch bridge for NIC-5 (lab hosts with ovs-vswitchd running)."""
 

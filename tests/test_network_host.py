@@ -99,3 +99,38 @@ def test_harness_bridge_is_isolated_and_swept(tmp_path):
     finally:
         br.remove()
     assert br.name not in network.harness_bridges()
+
+
+PS_TID_COMM = """      1 init
+   4242 qemu-system-x86
+   4250 CPU 0/TCG
+   4251 vhost-4242
+   4260 vhost-42420
+   4261 vhost-4242
+  51234 kworker/0:1
+"""
+
+
+def test_vhost_workers_are_the_tasks_named_after_qemus_pid():
+    assert network.parse_vhost_workers(PS_TID_COMM, 4242) == [4251, 4261]
+    assert network.parse_vhost_workers(PS_TID_COMM, 4250) == []
+
+
+def test_schedstat_gives_cpu_ns_per_task_and_skips_ended_ones():
+    assert network.parse_schedstat("4251 1830000 2000 12\n4261 \n") == {4251: 1830000}
+
+
+class FakeHost:
+    def __init__(self, outputs):
+        self.outputs, self.calls = outputs, []
+
+    def run(self, *argv, check=True):
+        self.calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, self.outputs.pop(0), "")
+
+
+def test_vhost_work_reads_each_workers_schedstat_on_the_host():
+    host = FakeHost([PS_TID_COMM, "4251 100 5 2\n4261 300 5 3\n"])
+    assert network.vhost_work(4242, host) == {4251: 100, 4261: 300}
+    assert host.calls[1][-2:] == ("4251", "4261")
+    assert network.vhost_work(1, FakeHost([PS_TID_COMM])) == {}
