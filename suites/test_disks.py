@@ -150,18 +150,30 @@ def test_live_attach_is_gone_after_restart_config_attach_stays(scsi_vm):
             vm.detach(persistent, live=False, config=True)
 
 
+VIRTIO_SCSI_IDS = {("0x1af4", "0x1048"), ("0x1af4", "0x1004")}     # modern, transitional
+
+
 @claims("DISK-3")
 def test_vhost_scsi_disk_appears_as_sd(scsi_vm, lab):
+    """The LUN must come from the host's LIO target (SCSI vendor LIO-ORG) through the
+    virtio-scsi function the vhost-scsi hostdev added: not from the VM's own virtio-scsi
+    controller, and not picked by its size."""
     vm = scsi_vm
     backing = vm.scratch_image("vhost-lun", "64M", "raw")
+    functions_before = {d.bdf for d in vm.guest.pci.devices()}
     with VhostScsiTarget(backing, 64 << 20, fs=ConfigFS(lab.sys / "kernel/config/target")) as target:
         hostdev = vm.attach(target.hostdev(), live=True)
         try:
-            disk = poll(lambda: next((d for d in vm.guest.block.disks()
-                                      if d.name.startswith("sd") and d.sectors == (64 << 20) // 512
-                                      and d.serial != "acc-root"), None),
-                        Deadline(30, "the guest to see the vhost-scsi LUN"), interval=0.3)
-            assert disk.name.startswith("sd")
+            disk = poll(lambda: next((d for d in vm.guest.block.disks() if d.name.startswith("sd") and d.pci_path
+                                      and d.pci_path[-1] not in functions_before), None),
+                        Deadline(30, "the guest to see a SCSI disk behind a new PCI function (the vhost-scsi LUN)"),
+                        interval=0.3)
+            vendor, model = vm.guest.block.scsi_inquiry(disk.name)
+            assert vendor == "LIO-ORG", f"{disk.name} answers INQUIRY as {vendor!r} {model!r}, not the host's LIO target"
+            fn = {d.bdf: d for d in vm.guest.pci.devices()}[disk.pci_path[-1]]
+            assert (fn.vendor, fn.device) in VIRTIO_SCSI_IDS and fn.driver == "virtio-pci", \
+                f"{disk.name} sits on {fn.bdf} {fn.vendor}:{fn.device} ({fn.driver}), not a virtio-scsi function"
+            assert disk.sectors == (64 << 20) // 512, f"{disk.name} has {disk.sectors} sectors, the LUN 64 MiB"
             vm.guest.block.write_and_verify(disk.name, mib=4)
         finally:
             vm.detach(hostdev, live=True)
