@@ -18,7 +18,7 @@ import allure
 import libvirt
 import pytest
 
-from fixtures.plugin import capabilities, claims, proven_with
+from fixtures.plugin import capabilities, claims, proven_with, reported_fact
 from lab import host as lab_host_facts
 from lab import xml as X
 from lab.domain import VMSpec
@@ -54,9 +54,11 @@ def measured(request, name, value, text):
 
 
 @claims("IOS-8", "IOS-9")
-def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms, lab):
+def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms, lab, request):
     backend = lab_host_facts.fault_backend(lab.cfg, capabilities(lab.cfg))
     assert fault.name == backend, f"the fault fixture runs {fault.name}, the host's probe chose {backend}"
+    reported = reported_fact(request.config, "fault.backend")
+    assert reported == fault.name, f"the run reports fault.backend={reported!r}, the test runs {fault.name}"
     vm = boot_with(vms, "ios-stop",
                    fault.disk("vdb", error_policy="stop", rerror_policy="stop", cache="none", serial=SERIAL))
     g = vm.guest
