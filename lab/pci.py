@@ -29,6 +29,7 @@ class HostPci:
     virtfns: tuple = ()          # VF BDFs, by VF index
     physfn: str | None = None
     netdevs: tuple = ()
+    has_rom: bool = False        # an expansion ROM BAR (sysfs shows a `rom` file)
 
     @property
     def is_bridge(self) -> bool:
@@ -65,7 +66,7 @@ def read_device(bdf: str, sys: Path = SYS) -> HostPci:
     nets = tuple(sorted(p.name for p in (d / "net").iterdir())) if (d / "net").is_dir() else ()
     return HostPci(bdf, _read(d / "vendor"), _read(d / "device"), _read(d / "class"), drv, grp,
                    int(_read(d / "sriov_totalvfs", "0") or 0), int(_read(d / "sriov_numvfs", "0") or 0),
-                   tuple(b for _, b in vfs), physfn, nets)
+                   tuple(b for _, b in vfs), physfn, nets, (d / "rom").exists())
 
 
 def discover(sys: Path = SYS) -> list[HostPci]:

@@ -164,9 +164,14 @@ def test_usb_device_goes_to_one_vm_only(vms, host_usb):
     first = vms.boot(VMSpec("usb-owner", usb=True, devices=usb.guide_controllers() + [passthrough(host_usb)]))
     wait_usb(first, host_usb)
     second = vms.define(VMSpec("usb-second", usb=True, devices=usb.guide_controllers() + [passthrough(host_usb)]))
-    with pytest.raises(DomainError):
+    with pytest.raises(DomainError) as refused:
         second.start(Deadline(30, "a second VM asking for the same USB device"))
+    assert first.name in refused.value.reason, \
+        f"the second VM was refused, but libvirt does not say {first.name} holds the device: {refused.value.reason}"
     assert first.guest.usb.find(host_usb.vendor, host_usb.product) is not None
+    vms.release(first)                  # control: once the device is free, the same VM gets it
+    second.start()
+    wait_usb(second, host_usb)
 
 
 @claims("USB-9")

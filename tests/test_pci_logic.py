@@ -136,3 +136,9 @@ def test_vf_lines_are_parsed_one_by_one_with_whole_numbers():
     assert vfs[2].vlan == 1 and vfs[2].max_tx_rate == 100
     assert vfs[3].mac == "52:54:00:aa:bb:04" and vfs[3].vlan == 100 and vfs[3].tx_rate == 100, "the older form"
     assert parse_vf_links("4: eth0: <UP>\n    link/ether 52:54:00:12:34:56 brd ff:ff:ff:ff:ff:ff\n") == {}
+
+
+def test_a_rom_bar_is_seen_by_its_sysfs_file(sys_tree):
+    (sys_tree / "bus/pci/devices/0000:04:10.0/rom").write_bytes(b"")
+    assert pci.read_device("0000:04:10.0", sys_tree).has_rom
+    assert not pci.read_device("0000:04:10.1", sys_tree).has_rom
