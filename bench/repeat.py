@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
 """Flake hunt: run the acceptance suites N times in a row and print, per run,
 passed/failed counts and wall time, then the total failures and the slowest
-tests over all runs.  Leftovers after each run are counted too.
+tests over all runs.  Leftovers after each run are counted too, and how often a
+shared guest had to be replaced.
+
+With --load P the script keeps P busy-loop processes running for every run (a
+CPU hog as a busy lab host has: another guest, a compression job) and stops them
+at the end, also after Ctrl-C; the load average is printed per run.
 
     .venv/bin/python bench/repeat.py -n 10 [-- extra pytest args, e.g. -n 2]
+    .venv/bin/python bench/repeat.py -n 5 --load 2 -- -n 2
 """
 import argparse
+import contextlib
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -21,12 +30,38 @@ def leftovers() -> int:
     return len([d for d in doms if d.startswith("acc-")])
 
 
+@contextlib.contextmanager
+def cpu_hog(procs: int):
+    """`procs` processes spinning at normal priority, each in its own session; gone on exit."""
+    # each spins until its parent is gone, so even a killed bench leaves no hog behind
+    spin = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", spin], start_new_session=True)
+            for _ in range(procs)]
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        yield hogs
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("-n", type=int, default=10)
+    p.add_argument("--load", type=int, default=0, metavar="PROCS",
+                   help="keep PROCS busy-loop processes running during the runs (a CPU hog)")
     p.add_argument("pytest_args", nargs="*")
     a = p.parse_args()
-    failures, slow, rows = 0, [], []
+    with cpu_hog(a.load):
+        if a.load:
+            print(f"CPU hog: {a.load} busy-loop process(es) on {os.cpu_count()} CPU(s)", flush=True)
+        run_all(a)
+
+
+def run_all(a):
+    failures, replaced, slow, rows = 0, 0, [], []
     for i in range(a.n):
         t = time.monotonic()
         r = subprocess.run([sys.executable, "-m", "pytest", "suites", "-q", "-p", "no:cacheprovider",
@@ -35,9 +70,13 @@ def main():
         tail = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
         nfail = sum(int(x) for x in re.findall(r"(\d+) (?:failed|error)", tail))
         failures += nfail
+        nrep = len(set(re.findall(r"shared guest (\S+) \(\S+\) no longer served tests", r.stdout)))
+        replaced += nrep
         for m in re.finditer(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)", r.stdout, re.M):
             slow.append((float(m.group(1)), f"{m.group(2)} {m.group(3)}"))
-        rows.append(f"run {i + 1}: {tail}  ({wall:.0f}s wall, leftover domains {leftovers()})")
+        load = Path("/proc/loadavg").read_text().split()[1]
+        rows.append(f"run {i + 1}: {tail}  ({wall:.0f}s wall, load average {load} over 5 min, "
+                    f"shared guests replaced {nrep}, leftover domains {leftovers()})")
         print(rows[-1], flush=True)
         if nfail:
             print("\n".join(line for line in r.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))))
@@ -45,7 +84,8 @@ def main():
             log.parent.mkdir(exist_ok=True)
             log.write_text(r.stdout + r.stderr)
             print(f"  full output: {log}")
-    print(f"\n{a.n} runs, {failures} failures")
+    print(f"\n{a.n} runs{f' under a {a.load}-process CPU hog' if a.load else ''}, {failures} failures, "
+          f"{replaced} shared guest(s) replaced")
     print("slowest operations over all runs:")
     for secs, what in sorted(slow, reverse=True)[:8]:
         print(f"  {secs:6.1f}s  {what}")
