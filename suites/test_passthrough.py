@@ -115,7 +115,8 @@ def test_iommu_group_goes_to_one_vm_only(lab, host_state, vms):
     assert first.name in why or mates[0] in why or f"/dev/vfio/{group}" in why, \
         f"the second VM was refused, but not for IOMMU group {group} being held by {first.name}: {why}"
     assert first.state()[0] == "running", "the VM holding the group stopped when a second VM asked for it"
-    vms.release(first)                              # control: with the group free, the same VM starts
+    vms.release(first)            # control: with the group free (managed='yes' gave the first its host
+    detach_to_vfio(lab, mates[0])  # driver back: put it on vfio-pci again), the same second VM starts
     second.start(Deadline(120, "the second VM once the group is free"))
     seen = {d.bdf for d in second.guest.pci.devices()}
     assert GUEST_BDF in seen, f"the group-mate {mates[1]} is not at {GUEST_BDF} in the second VM: {sorted(seen)}"
