@@ -21,7 +21,7 @@ from .leases import try_lock
 from .timeouts import Deadline, poll
 
 # Constant script; every path reaches it as a positional argument.
-_START = r'''
+START_SCRIPT = r'''
 set -e
 d=$1
 mount --bind "$d/etc" /etc/libvirt
@@ -82,7 +82,7 @@ def ensure(cfg: LabConfig, log=print) -> None:
         _prepare(d)
         (d / "sock" / "libvirt-sock").unlink(missing_ok=True)
         log(f"[lab] starting the private libvirtd of lab host {cfg.name} ({d})")
-        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", _START, "sh", str(d)],
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", START_SCRIPT, "sh", str(d)],
                            capture_output=True, text=True, timeout=60, start_new_session=True)
         if r.returncode != 0:
             raise RuntimeError(f"lab host {cfg.name}: the private libvirtd did not start: {r.stderr.strip() or r.stdout.strip()}")

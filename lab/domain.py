@@ -346,6 +346,16 @@ class VM:
         self.consoles.append(con)
         return con
 
+    @verb(lambda self, target, *a, **k: f"live-migrate {self.name} peer to peer to {target.uri}")
+    def migrate(self, target, deadline: Deadline | None = None):
+        """Live-migrate to a second libvirt endpoint (lab/migration.py); returns the outcome
+        (refused with libvirt's message, or done: the guest then runs on the target)."""
+        from .migration import migrate_live
+        outcome = migrate_live(self.dom, target, deadline or Deadline(120, f"{self.name}'s live migration"))
+        if outcome.done:
+            self._reset_boot()
+        return outcome
+
     def unresponsive(self, seconds: float = 20) -> str | None:
         """Why this VM cannot serve another test as it is (None: it runs and its guest
         answers over SSH within `seconds`)."""

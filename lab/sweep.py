@@ -16,7 +16,7 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
-from . import loopdev, network
+from . import loopdev, migration, network
 from .hostproc import processes
 from .leases import is_locked
 from .xml import META_NS
@@ -170,6 +170,7 @@ def _sweep_remote(work_dir: Path, runs: Path, host_runs: Path, host) -> list[str
         entries = []
     for name in entries:
         if dead(name):
+            undone += [f"{line} (left by dead run {name})" for line in migration.stop(host, host_runs / name / migration.DIR_NAME)]
             host.rmtree(host_runs / name)
             undone.append(f"removed leftover run directory {host_runs / name} on {host.name}")
     if runs.is_dir():
@@ -222,6 +223,10 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print, host=None, host_w
                 saved.unlink()
         for entry in sorted(runs.iterdir()):
             if entry.is_dir() and not is_locked(runs / f"{entry.name}.lock"):
+                if (entry / migration.DIR_NAME).is_dir():
+                    from .hostexec import LocalHost
+                    undone += [f"{line} (left by dead run {entry.name})"
+                               for line in migration.stop(LocalHost(), entry / migration.DIR_NAME)]
                 shutil.rmtree(entry, ignore_errors=True)
                 undone.append(f"removed leftover run directory {entry}")
         for lock in runs.glob("*.lock"):

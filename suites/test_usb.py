@@ -10,6 +10,7 @@ from fixtures.plugin import claims, deviation
 from lab import usb
 from lab import xml as X
 from lab.domain import AttachRefused, DomainError, VMSpec
+from lab.migration import MigrationTarget, MigrationTargetError
 from lab.timeouts import Deadline, poll
 
 TABLET = ("0627", "0001")
@@ -174,16 +175,41 @@ def test_usb_device_goes_to_one_vm_only(vms, host_usb):
     wait_usb(second, host_usb)
 
 
+@pytest.fixture
+def migration_target(lab):
+    """A second libvirt endpoint on the lab host (its own daemon and host UUID)."""
+    target = MigrationTarget(lab.host, lab.hdir)
+    missing = target.missing_tools()
+    if missing:
+        pytest.skip(f"lab host {lab.cfg.name} has no {', '.join(missing)}: no second libvirt endpoint to migrate to")
+    lab.push_undo(f"stopped the migration target on {lab.cfg.name}", target.close)
+    yield target.start()
+    lab.undo_now(target.close)
+
+
 @claims("USB-9")
-def test_vm_with_usb_passthrough_cannot_live_migrate(vms, host_usb):
-    """libvirt checks what can migrate on the source, before it talks to a destination:
-    a destination that does not exist is enough to see whether the USB device blocks it."""
-    from lab.virsh import virsh
+def test_vm_with_usb_passthrough_cannot_live_migrate(vms, host_usb, migration_target):
+    """A real live migration to a second libvirt endpoint: with the USB device assigned it
+    must be refused, for the device; the same VM without it is the control and migrates."""
+    control = vms.boot(VMSpec("usb-migrate-control", usb=True, devices=usb.guide_controllers()))
+    moved = control.migrate(migration_target)
+    if not moved.done:
+        raise MigrationTargetError(f"the control VM (no USB device) could not migrate to {migration_target.uri} "
+                                   f"either, so this lab cannot judge USB-9: {moved.refusal}")
+    assert migration_target.state(control.name) == "running", \
+        f"the control VM migrated, but the target says it is {migration_target.state(control.name)}"
+    vms.release(control)
+
     vm = vms.boot(VMSpec("usb-migrate", usb=True, devices=usb.guide_controllers() + [passthrough(host_usb)]))
     wait_usb(vm, host_usb)
-    r = virsh(vm.run.cfg.libvirt_uri, "migrate", "--live", vm.name,
-              "qemu+unix:///system?socket=/nonexistent/acc-no-destination", timeout=60)
-    assert r.rc != 0, "a VM with a USB passthrough device was live-migrated"
-    if not any(w in r.stderr.lower() for w in ("usb", "hostdev", "host device", "not migratable")):
-        pytest.skip(f"libvirt stopped at the (absent) destination before judging the USB device: {r.stderr.strip()}")
-    assert vm.state()[0] == "running" and vm.guest.usb.find(host_usb.vendor, host_usb.product) is not None
+    outcome = vm.migrate(migration_target)
+    if outcome.done:
+        seen = migration_target.monitor(vm.name, "info usb")
+        deviation("USB-9", f"libvirt live-migrated {vm.name} with host USB device {host_usb.vendor}:{host_usb.product} "
+                           f"(bus {host_usb.bus} device {host_usb.device}) to a second libvirt endpoint; there it is "
+                           f"{migration_target.state(vm.name)} and QEMU's 'info usb' shows: {seen.strip()!r}")
+    why = outcome.refusal.replace(vm.name, "<vm>")
+    assert re.search(r"(?i)usb|hostdev|host device", why), \
+        f"the migration was refused, but not for the USB device: {outcome.refusal}"
+    assert vm.state()[0] == "running" and vm.guest.usb.find(host_usb.vendor, host_usb.product) is not None, \
+        "after the refused migration the VM or its USB device is gone"
