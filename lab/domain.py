@@ -19,7 +19,8 @@ from . import xml as X
 from .guest.console import PANIC_RE, Console, GuestPanic
 from .guest.ssh import SSH
 from .guest import Guest
-from .guest.login import PREPARE_ERRORS, READY_RE, boot_done, host_key_from_console, parse_prepared, prepare_script
+from .guest.login import (PREPARE_ERRORS, READY_RE, boot_done, boot_done_patterns, host_key_from_console,
+                          parse_prepared, prepare_script)
 from .images import create_image, image_sha256
 from .steps import verb
 from .sweep import undefine
@@ -432,6 +433,39 @@ class VM:
 
     def inactive_xml(self) -> etree._Element:
         return X.parse(self.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+
+    def boot_deadline(self, what: str) -> Deadline:
+        """A boot's deadline for this VM, fitted to its image and the boots measured so far."""
+        return self.run.boot_deadline(what)
+
+    def boot_done_patterns(self) -> list:
+        """What this VM's console shows at the end of its boot (by its image's access)."""
+        return boot_done_patterns(self.run.image.access)
+
+    def connect_ssh(self, deadline: Deadline) -> SSH:
+        """A new SSH connection to the guest, as the harness makes one (through the lab host,
+        pinned to the guest's host key); the caller closes it."""
+        ssh = SSH("127.0.0.1", self.ssh_port, self.run.key, host_key=self.host_key, via=self.host)
+        ssh.connect(deadline)
+        return ssh
+
+    def waiter(self, kind: str, predicate):
+        """A waiter for this domain's libvirt events of `kind` ("lifecycle", "device-removed",
+        ...): register it (`with vm.waiter(...) as w:`) before the action, then `w.wait(deadline)`."""
+        return self.run.session.events.waiter(self.dom, kind, predicate)
+
+    def virsh(self, *args, timeout: float = 60):
+        """`virsh <args>` against this VM's libvirt, for claims about virsh itself."""
+        from .virsh import virsh
+        return virsh(self.run.cfg.libvirt_uri, *args, timeout=timeout)
+
+    @verb(lambda self, *a, **k: f"resume {self.name}")
+    def resume(self) -> None:
+        try:
+            self.dom.resume()
+        except libvirt.libvirtError as e:
+            raise DomainError(f"libvirt could not resume {self.name}: {e.get_error_message()}",
+                              e.get_error_message()) from None
 
     def qemu_pid(self) -> int:
         """The QEMU process of this domain on the lab host: libvirt's pid file, or,

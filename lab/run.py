@@ -2,6 +2,7 @@
 key and image, and every VM it made (undone on close, or swept next time)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -9,7 +10,10 @@ import subprocess
 import time
 from pathlib import Path, PurePosixPath
 
+import libvirt
+
 from . import cloud_image, images, qemu_build, timeouts
+from . import xml as X
 from .guest import login
 from .arch import profile
 from .config import LabConfig
@@ -17,7 +21,7 @@ from .domain import VM, VMSpec
 from .guest.ssh import RunKey
 from .hostexec import runner_for, sys_root
 from .leases import Lease, lease_port, try_lock
-from .network import Bridge
+from .network import Bridge, OvsBridge, vhostuser_socket_dir
 from .session import Session
 from .timeouts import Deadline
 from .sweep import PREFIX, sweep
@@ -125,6 +129,41 @@ class Run:
             self.push_undo(f"removed bridge {b.name}", b.remove)
             self._bridge = b
         return self._bridge
+
+    def qemu_binary(self) -> str:
+        """The QEMU this lab's domains run: the lab's own build, else libvirt's default for
+        the guest architecture."""
+        from .host import lab_emulator
+        return self.emulator or lab_emulator(self.cfg, self.session.conn)
+
+    @contextlib.contextmanager
+    def ovs_bridge(self, datapath: str = "system"):
+        """An Open vSwitch bridge for this run, removed on leaving (and by the run's teardown)."""
+        ovs = OvsBridge(self.run_id, runner=self.runner, datapath=datapath).create()
+        self.push_undo(f"removed OVS bridge {ovs.name}", ovs.remove)
+        try:
+            yield ovs
+        finally:
+            self.undo_now(ovs.remove)
+
+    def vhostuser_socket_dir(self) -> str:
+        """Where this run's vhost-user sockets go on the lab host (QEMU and OVS both reach it)."""
+        return vhostuser_socket_dir(self.hdir, runner=self.runner)
+
+    def nodedev_detach(self, bdf: str) -> None:
+        """Bind a host PCI device to vfio-pci through libvirt (`virsh nodedev-detach`); the
+        host-state restore gives it back."""
+        name = "pci_" + bdf.replace(":", "_").replace(".", "_")
+        self.session.conn.nodeDeviceLookupByName(name).detachFlags("vfio", 0)
+
+    def refusal_to_define(self, dom) -> str | None:
+        """Define `dom` (an lxml domain) with libvirt's validation and undefine it at once:
+        None when libvirt accepts it, else libvirt's message."""
+        try:
+            self.session.conn.defineXMLFlags(X.to_string(dom), libvirt.VIR_DOMAIN_DEFINE_VALIDATE).undefine()
+            return None
+        except libvirt.libvirtError as e:
+            return e.get_error_message()
 
     def lease_device(self, kind: str, ident: str, wait_s: float = 0) -> Lease:
         """Hold a scarce host device for this run (released at close); a device this

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import xml as X
 from .config import UsbDevice
+from .guest.probes import Finds
 
 # PCI IDs of the host controllers QEMU emulates for libvirt's models
 CONTROLLER_PCI_IDS = {
@@ -160,7 +161,9 @@ def parse_guest_usb(text: str) -> list[GuestUsb]:
     return out
 
 
-class UsbProbe:
+class UsbProbe(Finds):
+    what = "USB device"
+
     def __init__(self, guest):
         self.guest = guest
 

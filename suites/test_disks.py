@@ -25,16 +25,6 @@ def kernel_names(prefix: str, n: int) -> list[str]:
     return out
 
 
-def wait_for_disk(vm, serial, seconds=30):
-    return poll(lambda: vm.guest.block.find(serial), Deadline(seconds, f"the guest to see disk {serial}"),
-                interval=0.3)
-
-
-def wait_disk_gone(vm, serial, seconds=30):
-    poll(lambda: vm.guest.block.find(serial) is None, Deadline(seconds, f"disk {serial} to leave the guest"),
-         interval=0.3)
-
-
 def guide_scsi_disk(vm, name, target=1, dev="sdb"):
     """The guide's attach-device.xml: qcow2, cache='none' io='native', target sdb on
     bus scsi, drive address controller 0 bus 0 target 1 unit 0 (plus a serial)."""
@@ -103,7 +93,7 @@ def test_attach_use_and_detach_the_guides_virtio_scsi_disk(scsi_vm):
 
     live = vm.attach(disk, live=True)                                   # virsh attach-device VM disk.xml
     assert live is not None and live.find("target").get("bus") == "scsi"
-    seen = wait_for_disk(vm, "acc-guide-disk")
+    seen = vm.guest.block.wait_for("acc-guide-disk")
     assert seen.name.startswith("sd")
     # DISK-7: the drive address reached the guest (channel 0, target 1, LUN 0) ...
     assert seen.target_lun == (0, 1, 0), f"guest SCSI address {seen.hctl}"
@@ -119,7 +109,7 @@ def test_attach_use_and_detach_the_guides_virtio_scsi_disk(scsi_vm):
     assert vm.image_sha256(image, mib=4) == digest, "the guest's writes are not in the attached image"
 
     vm.detach(disk, live=True)                                          # virsh detach-device, same XML
-    wait_disk_gone(vm, "acc-guide-disk")
+    vm.guest.block.wait_gone("acc-guide-disk")
     assert not [d for d in vm.live_xml().findall("devices/disk") if d.find("source") is not None
                 and d.find("source").get("file") == image]
     assert image not in json.dumps(vm.qmp("query-block"))
@@ -132,8 +122,8 @@ def test_live_attach_is_gone_after_restart_config_attach_stays(scsi_vm):
     persistent = guide_scsi_disk(vm, "persistent", target=3, dev="sdd")
     vm.attach(live_only, live=True)
     vm.attach(persistent, live=True, config=True)
-    wait_for_disk(vm, "acc-live-only")
-    wait_for_disk(vm, "acc-persistent")
+    vm.guest.block.wait_for("acc-live-only")
+    vm.guest.block.wait_for("acc-persistent")
     serials = {s.text for s in vm.inactive_xml().findall("devices/disk/serial")}
     assert "acc-persistent" in serials and "acc-live-only" not in serials
     try:

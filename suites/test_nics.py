@@ -8,14 +8,6 @@ from lab.domain import VMSpec, random_mac
 from lab.timeouts import Deadline, poll
 
 
-def wait_nic(vm, mac, seconds=30):
-    return poll(lambda: vm.guest.net.find(mac), Deadline(seconds, f"the guest to see NIC {mac}"), interval=0.2)
-
-
-def wait_nic_gone(vm, mac, seconds=30):
-    poll(lambda: vm.guest.net.find(mac) is None, Deadline(seconds, f"NIC {mac} to leave the guest"), interval=0.2)
-
-
 def tap_of(live_iface):
     return live_iface.find("target").get("dev")
 
@@ -41,20 +33,20 @@ def test_attach_virtio_nic_with_two_queues_on_the_bridge_then_detach(nic_vm, lab
     live = vm.attach(iface, live=True)
     tap = tap_of(live)
     try:
-        nic = wait_nic(vm, mac)                                               # NIC-1
+        nic = vm.guest.net.wait_for(mac)                                               # NIC-1
         assert nic.driver == "virtio_net", f"guest NIC {nic.name} is driven by {nic.driver}"
         ch = vm.guest.net.channels(nic.name)                                  # NIC-3
         assert ch["max"].get("combined") == 2, f"the device offers the guest {ch['max']} channels for queues='2'"
         ch = vm.guest.net.use_channels(nic.name, 2)      # virtio_net starts min(pairs, CPUs) of them
         assert ch["current"].get("combined") == 2, f"guest channels after ethtool -L combined 2: {ch}"
-        rxq = wait_nic(vm, mac).rx_queues
+        rxq = vm.guest.net.wait_for(mac).rx_queues
         assert rxq == 2, f"the guest has {rxq} rx queues with both pairs on"
         assert network.tap_master(tap, lab.sys / "class/net") == br.name, f"tap {tap} is not on bridge {br.name}"   # NIC-4
         assert tap in br.ports()
         assert br.host_addresses() == [], "the harness's bridge must carry no host address"
     finally:
         vm.detach(iface, live=True)                                           # NIC-7, same XML
-    wait_nic_gone(vm, mac)
+    vm.guest.net.wait_gone(mac)
     assert tap not in br.ports() and network.tap_master(tap, lab.sys / "class/net") is None
 
 
@@ -66,8 +58,8 @@ def test_live_nic_is_gone_after_restart_config_nic_stays(nic_vm, lab):
     persistent = network.bridge_interface(random_mac(), br.name)
     vm.attach(live_only, live=True)
     vm.attach(persistent, live=True, config=True)
-    wait_nic(vm, live_only.find("mac").get("address"))
-    wait_nic(vm, persistent.find("mac").get("address"))
+    vm.guest.net.wait_for(live_only.find("mac").get("address"))
+    vm.guest.net.wait_for(persistent.find("mac").get("address"))
     try:
         vm.poweroff()
         vm.start()
@@ -86,7 +78,7 @@ def test_hot_plugged_nics_carry_traffic_between_two_guests(nic_vm, vms, lab):
     for vm in (nic_vm, peer):
         iface = network.bridge_interface(random_mac(), br.name)
         vm.attach(iface, live=True)
-        nic = wait_nic(vm, iface.find("mac").get("address"))
+        nic = vm.guest.net.wait_for(iface.find("mac").get("address"))
         vm.guest.run("ip link set %s up", nic.name, check=True)
         ends.append((vm, iface, nic))
     try:
@@ -117,7 +109,7 @@ def test_vhost_driver_moves_the_nic_data_path_into_the_hosts_vhost_worker(nic_vm
         live = vm.attach(iface, live=True)
         try:
             assert live.find("driver").get("name") == driver, f"live XML driver: {live.find('driver').attrib}"
-            nic = wait_nic(vm, mac)
+            nic = vm.guest.net.wait_for(mac)
             vm.guest.run("ip link set %s up", nic.name, check=True)
             poll(lambda: vm.guest.net.link_local(nic.name), Deadline(20, f"{nic.name}'s IPv6 link-local address"),
                  interval=0.3)
@@ -137,50 +129,44 @@ def test_vhost_driver_moves_the_nic_data_path_into_the_hosts_vhost_worker(nic_vm
                               f"(CPU ns before {before}, after {after})")
         finally:
             vm.detach(iface, live=True)
-        wait_nic_gone(vm, mac)
+        vm.guest.net.wait_gone(mac)
 
 
 @claims("NIC-5")
 def test_openvswitch_virtualport_makes_an_ovs_port(nic_vm, lab):
     vm = nic_vm
-    ovs = network.OvsBridge(lab.run_id, runner=lab.runner).create()
-    lab.push_undo(f"removed OVS bridge {ovs.name}", ovs.remove)
-    try:
+    with lab.ovs_bridge() as ovs:
         iface = network.bridge_interface(random_mac(), ovs.name, virtualport="openvswitch")
         tap = tap_of(vm.attach(iface, live=True))
         try:
             assert tap in ovs.ports(), f"ovs-vsctl list-ports {ovs.name}: {ovs.ports()}"
-            wait_nic(vm, iface.find("mac").get("address"))
+            vm.guest.net.wait_for(iface.find("mac").get("address"))
         finally:
             vm.detach(iface, live=True)
         assert tap not in ovs.ports()
-    finally:
-        lab.undo_now(ovs.remove)
 
 
 @claims("NIC-8")
 def test_vhost_user_nics_carry_traffic(vms, lab):
     """Two guests with vhost-user NICs on one OVS-DPDK bridge ping each other."""
-    ovs = network.OvsBridge(lab.run_id, runner=lab.runner, datapath="netdev").create()
-    lab.push_undo(f"removed OVS bridge {ovs.name}", ovs.remove)
-    sockets = network.vhostuser_socket_dir(lab.hdir, runner=lab.runner)
-    try:
-        ends = []
-        for n in range(2):
-            sock = f"{sockets}/vhu{n}.sock"
-            iface = network.vhostuser_interface(random_mac(), sock)
-            # OVS is the client and retries until QEMU listens; QEMU, the server, holds the
-            # guest until its client is there: the port first, then the guest.
-            ovs.add_vhostuser_port(f"accvhu{n}{lab.run_id[-4:]}", sock)
-            vm = vms.boot(VMSpec(f"nics-vhu{n}", shared_memory=True, devices=[iface]))
-            nic = wait_nic(vm, iface.find("mac").get("address"))
-            vm.guest.run("ip link set %s up", nic.name, check=True)
-            ends.append((vm, nic))
-        (a, nic_a), (b, nic_b) = ends
-        addr_b = poll(lambda: b.guest.net.link_local(nic_b.name), Deadline(20, "the peer's link-local address"))
-        r = a.guest.run("ping -6 -c 5 -w 15 %s", f"{addr_b}%{nic_a.name}", timeout=30)
-        assert r.rc == 0 and " 0% packet loss" in r.stdout, f"ping over vhost-user failed: {r.stdout}{r.stderr}"
-    finally:
-        for vm in list(vms.vms):
-            vms.release(vm)
-        lab.undo_now(ovs.remove)
+    sockets = lab.vhostuser_socket_dir()
+    with lab.ovs_bridge(datapath="netdev") as ovs:
+        try:
+            ends = []
+            for n in range(2):
+                sock = f"{sockets}/vhu{n}.sock"
+                iface = network.vhostuser_interface(random_mac(), sock)
+                # OVS is the client and retries until QEMU listens; QEMU, the server, holds the
+                # guest until its client is there: the port first, then the guest.
+                ovs.add_vhostuser_port(f"accvhu{n}{lab.run_id[-4:]}", sock)
+                vm = vms.boot(VMSpec(f"nics-vhu{n}", shared_memory=True, devices=[iface]))
+                nic = vm.guest.net.wait_for(iface.find("mac").get("address"))
+                vm.guest.run("ip link set %s up", nic.name, check=True)
+                ends.append((vm, nic))
+            (a, nic_a), (b, nic_b) = ends
+            addr_b = poll(lambda: b.guest.net.link_local(nic_b.name), Deadline(20, "the peer's link-local address"))
+            r = a.guest.run("ping -6 -c 5 -w 15 %s", f"{addr_b}%{nic_a.name}", timeout=30)
+            assert r.rc == 0 and " 0% packet loss" in r.stdout, f"ping over vhost-user failed: {r.stdout}{r.stderr}"
+        finally:
+            for vm in list(vms.vms):      # the guests go before their OVS ports
+                vms.release(vm)

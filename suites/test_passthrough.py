@@ -33,13 +33,6 @@ def pf_link_up(lab, net):
          Deadline(30, f"carrier on the PF's netdev {net}"), interval=0.5)
 
 
-def detach_to_vfio(lab, bdf):
-    """`virsh nodedev-detach` of a device (through libvirt's API): bound to vfio-pci,
-    given back by the host-state restore."""
-    name = "pci_" + bdf.replace(":", "_").replace(".", "_")
-    lab.session.conn.nodeDeviceLookupByName(name).detachFlags("vfio", 0)
-
-
 def host_lspci_vfs(lab, pf_bdf):
     out = lab.host.run("lspci", "-D").stdout
     bus = pf_bdf.rsplit(":", 1)[0] + ":"
@@ -104,7 +97,7 @@ def test_iommu_group_goes_to_one_vm_only(lab, host_state, vms):
     for b in mates:
         host_state.remember_device(b)
     for b in mates[1:]:
-        detach_to_vfio(lab, b)    # a group is usable only with every member on vfio-pci
+        lab.nodedev_detach(b)    # a group is usable only with every member on vfio-pci
     group = pci.read_device(mates[0], lab.sys).iommu_group
     first = vms.boot(VMSpec("pci-group-a", devices=[pci.hostdev_pci(mates[0])]))
     second = vms.define(VMSpec("pci-group-b", devices=[pci.hostdev_pci(mates[1])]))
@@ -116,7 +109,7 @@ def test_iommu_group_goes_to_one_vm_only(lab, host_state, vms):
         f"the second VM was refused, but not for IOMMU group {group} being held by {first.name}: {why}"
     assert first.state()[0] == "running", "the VM holding the group stopped when a second VM asked for it"
     vms.release(first)            # control: with the group free (managed='yes' gave the first its host
-    detach_to_vfio(lab, mates[0])  # driver back: put it on vfio-pci again), the same second VM starts
+    lab.nodedev_detach(mates[0])  # driver back: put it on vfio-pci again), the same second VM starts
     second.start(Deadline(120, "the second VM once the group is free"))
     seen = {d.bdf for d in second.guest.pci.devices()}
     assert GUEST_BDF in seen, f"the group-mate {mates[1]} is not at {GUEST_BDF} in the second VM: {sorted(seen)}"

@@ -7,8 +7,6 @@ import pytest
 
 from fixtures.plugin import claims, shared_vm
 from lab.domain import VMSpec
-from lab.guest.login import boot_done_patterns
-from lab.guest.ssh import SSH
 from lab.timeouts import Deadline
 
 PROMPT_BUDGET = 30
@@ -39,12 +37,12 @@ def test_pty_console_gives_an_interactive_shell(guest_vm):
 @claims("SER-2")
 def test_start_with_console_misses_no_boot_message(vms):
     vm = vms.define(VMSpec("serial-start"))
-    boot = vm.run.boot_deadline(f"{vm.name} to boot with its console attached")
+    boot = vm.boot_deadline(f"{vm.name} to boot with its console attached")
     con = vm.start_with_console(vm.dir / "start-console.log")
     con.expect(r"Linux version [^\r\n]+", boot, "the kernel's first line")
     # keep reading the console until it shows the end of the boot (the harness's marker,
     # cloud-init's host keys or a login prompt): everything in between is the boot
-    con.expect([p.pattern for p in boot_done_patterns(vm.run.image.access)], boot, "the end of the boot")
+    con.expect([p.pattern for p in vm.boot_done_patterns()], boot, "the end of the boot")
     vm.wait_ready(boot)
     con.close()
     transcript = con.transcript.read_bytes().decode(errors="replace").replace("\r", "")
@@ -82,7 +80,7 @@ def test_console_works_without_a_network_path(vms):
         assert rc == 0 and "inet " not in out and "default" not in out, f"the guest still has layer 3: {out!r}"
         # from the host, the guest is now unreachable over the network
         with pytest.raises(TimeoutError):
-            SSH("127.0.0.1", vm.ssh_port, vm.run.key).connect(Deadline(4, "SSH to a guest without network"))
+            vm.connect_ssh(Deadline(4, "SSH to a guest without network")).close()
         token = secrets.token_hex(6)
         rc, out = con.run(f"echo {token} | tee /root/offline-proof; cat /proc/sys/kernel/random/boot_id",
                           Deadline(10, "a command over the console"))

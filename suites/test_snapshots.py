@@ -12,7 +12,7 @@ from lab import images, loopdev, snapshots
 from lab import xml as X
 from lab.domain import VMSpec
 from lab.timeouts import Deadline, poll
-from lab.virsh import table, virsh
+from lab.virsh import table
 
 
 snap_vm = shared_vm(lambda: VMSpec("snap"))
@@ -24,7 +24,7 @@ def record(name: str, text: str):
 
 @claims("SNAP-1")
 def test_domblklist_lists_every_disk_with_its_source(snap_vm):
-    out = virsh(snap_vm.run.cfg.libvirt_uri, "domblklist", snap_vm.name).check().stdout
+    out = snap_vm.virsh("domblklist", snap_vm.name).check().stdout
     record("virsh domblklist", out)
     listed = {row[0]: row[1] for row in table(out)}
     in_xml = {d.find("target").get("dev"): d.find("source").get("file")
@@ -56,7 +56,7 @@ def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm, request):
     # the guest now writes into the overlay: the base keeps the snapshot's state
     g.run("echo after > /root/after-snapshot && sync", check=True)
 
-    out = virsh(vm.run.cfg.libvirt_uri, "snapshot-list", vm.name).check().stdout   # SNAP-3
+    out = vm.virsh("snapshot-list", vm.name).check().stdout   # SNAP-3
     record("virsh snapshot-list", out)
     rows = {row[0]: row for row in table(out)}
     assert name in rows and rows[name][-1] == "disk-snapshot", out
@@ -113,7 +113,7 @@ def test_block_device_disk_snapshot_is_refused_or_recorded(vms):
             seen = poll(lambda: vm.guest.block.find("acc-blk"), Deadline(30, "the guest to see the block-device disk"),
                         interval=0.3)
             vm.guest.block.write_and_verify(seen.name, mib=1)
-            r = virsh(vm.run.cfg.libvirt_uri, "snapshot-create-as", "--domain", vm.name, "--disk-only", "--atomic",
+            r = vm.virsh("snapshot-create-as", "--domain", vm.name, "--disk-only", "--atomic",
                       "--diskspec", f"vdb,snapshot=external,file={vm.dir / 'blk.snap.qcow2'}",
                       "--diskspec", "vda,snapshot=no")
             record("snapshot of a block-device disk", f"rc={r.rc}\n{r.stdout}{r.stderr}")

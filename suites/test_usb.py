@@ -11,7 +11,7 @@ from lab import usb
 from lab import xml as X
 from lab.domain import AttachRefused, DomainError, VMSpec
 from lab.migration import MigrationTarget, MigrationTargetError
-from lab.timeouts import Deadline, poll
+from lab.timeouts import Deadline
 
 TABLET = ("0627", "0001")
 
@@ -130,15 +130,10 @@ def passthrough(dev, port=1):
     return usb.hostdev(bus=dev.bus, device=dev.device, guest_address=usb.usb_address(2, port))
 
 
-def wait_usb(vm, dev, seconds=30):
-    return poll(lambda: vm.guest.usb.find(dev.vendor, dev.product), Deadline(seconds, f"USB {dev.vendor}:{dev.product}"),
-                interval=0.3)
-
-
 @claims("USB-6")
 def test_host_usb_device_shows_up_on_the_configured_controller_and_port(vms, host_usb):
     vm = vms.boot(VMSpec("usb-pass", usb=True, devices=usb.guide_controllers() + [passthrough(host_usb, port=2)]))
-    seen = wait_usb(vm, host_usb)
+    seen = vm.guest.usb.wait_for(host_usb.vendor, host_usb.product)
     hub = vm.guest.usb.controller_of(seen)
     assert hub.kind == "xHCI" and seen.devpath == "2", f"the device sits on {hub.kind} port {seen.devpath}"
 
@@ -148,14 +143,14 @@ def test_live_usb_attach_lasts_until_restart_config_persists(vms, host_usb):
     vm = vms.boot(VMSpec("usb-hotswap", usb=True, devices=usb.guide_controllers()))
     dev = passthrough(host_usb)
     vm.attach(dev, live=True)
-    wait_usb(vm, host_usb)
+    vm.guest.usb.wait_for(host_usb.vendor, host_usb.product)
     vm.poweroff()
     vm.start()
     assert vm.guest.usb.find(host_usb.vendor, host_usb.product) is None, "a --live USB device survived a restart"
     vm.attach(dev, live=True, config=True)
     vm.poweroff()
     vm.start()
-    wait_usb(vm, host_usb)
+    vm.guest.usb.wait_for(host_usb.vendor, host_usb.product)
     vm.detach(dev, live=True, config=True)
     assert vm.guest.usb.find(host_usb.vendor, host_usb.product) is None
 
@@ -163,7 +158,7 @@ def test_live_usb_attach_lasts_until_restart_config_persists(vms, host_usb):
 @claims("USB-8")
 def test_usb_device_goes_to_one_vm_only(vms, host_usb):
     first = vms.boot(VMSpec("usb-owner", usb=True, devices=usb.guide_controllers() + [passthrough(host_usb)]))
-    wait_usb(first, host_usb)
+    first.guest.usb.wait_for(host_usb.vendor, host_usb.product)
     second = vms.define(VMSpec("usb-second", usb=True, devices=usb.guide_controllers() + [passthrough(host_usb)]))
     with pytest.raises(DomainError) as refused:
         second.start(Deadline(30, "a second VM asking for the same USB device"))
@@ -172,7 +167,7 @@ def test_usb_device_goes_to_one_vm_only(vms, host_usb):
     assert first.guest.usb.find(host_usb.vendor, host_usb.product) is not None
     vms.release(first)                  # control: once the device is free, the same VM gets it
     second.start()
-    wait_usb(second, host_usb)
+    second.guest.usb.wait_for(host_usb.vendor, host_usb.product)
 
 
 @pytest.fixture
@@ -201,7 +196,7 @@ def test_vm_with_usb_passthrough_cannot_live_migrate(vms, host_usb, migration_ta
     vms.release(control)
 
     vm = vms.boot(VMSpec("usb-migrate", usb=True, devices=usb.guide_controllers() + [passthrough(host_usb)]))
-    wait_usb(vm, host_usb)
+    vm.guest.usb.wait_for(host_usb.vendor, host_usb.product)
     outcome = vm.migrate(migration_target)
     if outcome.done:
         seen = migration_target.monitor(vm.name, "info usb")

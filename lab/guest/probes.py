@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..timeouts import Deadline, poll
+
 ROOT_SERIAL = "acc-root"      # the serial of every harness guest's system disk
 BDF_RE = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 EXPRESS_RE = re.compile(r"Capabilities: \[[0-9a-f]+\] Express \(v\d\) (.+?)(?: \(Slot[+-]\))?, ")
@@ -61,6 +63,20 @@ def parse_pci(sysfs_lines: str, lspci_vv: str) -> list[PciDev]:
 
 def pci_path_of(sysfs_path: str) -> tuple:
     return tuple(p for p in sysfs_path.split("/") if BDF_RE.match(p))
+
+
+class Finds:
+    """wait_for / wait_gone for a probe that can `find(*key)` one device in the guest."""
+    what = "device"
+
+    def wait_for(self, *key: str, seconds: float = 30):
+        """The device once the guest shows it."""
+        return poll(lambda: self.find(*key), Deadline(seconds, f"the guest to show {self.what} {':'.join(key)}"),
+                    interval=0.3)
+
+    def wait_gone(self, *key: str, seconds: float = 30) -> None:
+        poll(lambda: self.find(*key) is None, Deadline(seconds, f"{self.what} {':'.join(key)} to leave the guest"),
+             interval=0.3)
 
 
 class PciProbe:
@@ -120,7 +136,9 @@ def parse_block(text: str) -> list[GuestDisk]:
     return out
 
 
-class BlockProbe:
+class BlockProbe(Finds):
+    what = "disk"
+
     def __init__(self, guest):
         self.guest = guest
 
@@ -204,7 +222,9 @@ def parse_channels(ethtool_l: str) -> dict[str, dict[str, int]]:
     return res
 
 
-class NetProbe:
+class NetProbe(Finds):
+    what = "NIC"
+
     def __init__(self, guest):
         self.guest = guest
 
