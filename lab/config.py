@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .arch import ARCHES
+from .errors import LabError
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_LAB = REPO / "labs" / "local.toml"
 
 
-class LabConfigError(ValueError):
+class LabConfigError(LabError, ValueError):
     pass
 
 

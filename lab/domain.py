@@ -26,6 +26,7 @@ from .steps import verb
 from .sweep import undefine
 from . import timeouts
 from .timeouts import Deadline, poll
+from .errors import LabError
 
 
 
@@ -37,7 +38,7 @@ class DomainError(AssertionError):
         self.reason = reason or message
 
 
-class HypervisorFault(AssertionError):
+class HypervisorFault(LabError):
     """The hypervisor stopped the guest while it booted (for example a KVM internal
     error: emulation failure): a lab problem, not a finding about the device."""
 

@@ -27,11 +27,12 @@ from . import loopdev
 from . import xml as X
 from .steps import verb
 from .timeouts import Deadline, poll
+from .errors import LabError
 
 KINDS = ("all", "read", "write")
 
 
-class FaultError(RuntimeError):
+class FaultError(LabError, RuntimeError):
     pass
 
 

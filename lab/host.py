@@ -14,6 +14,7 @@ from pathlib import Path
 import libvirt
 
 from .config import LabConfig
+from .hostproc import kernel_has_device_mapper  # noqa: F401  (also public here: a host fact)
 
 
 @dataclass(frozen=True)
@@ -125,16 +126,6 @@ def _probe_host(cfg, h, sysroot: Path, add) -> None:
     from .network import ovs_dpdk_ready
     ok, why = ovs_dpdk_ready(host=h) if has_ovs else (False, "Open vSwitch is not installed")
     add("vhost-user", ok, f"vhost-user backend (OVS-DPDK): {why}")
-
-
-def kernel_has_device_mapper(proc_misc: Path = Path("/proc/misc"), text: str | None = None) -> bool:
-    """Asked of the kernel: libdevmapper (run by libvirt, for one) creates
-    /dev/mapper/control even where the kernel has no device-mapper."""
-    try:
-        text = proc_misc.read_text() if text is None else text
-    except OSError:
-        return False
-    return any(line.split()[-1] == "device-mapper" for line in text.splitlines() if line.split())
 
 
 def fault_backend(cfg: LabConfig, caps: dict[str, Capability]) -> str:

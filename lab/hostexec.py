@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import paramiko
+from .errors import LabError
 
 
-class HostCommandFailed(RuntimeError):
+class HostCommandFailed(LabError, RuntimeError):
     pass
 
 

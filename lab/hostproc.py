@@ -1,6 +1,6 @@
 """What a QEMU process really does on the host, read from /proc (local lab
 hosts): which files it holds open and with which flags, whether it set up
-Linux native AIO."""
+Linux native AIO; and what the kernel has (device-mapper)."""
 from __future__ import annotations
 
 import os
@@ -40,3 +40,13 @@ def open_flags(pid: int, path: Path) -> list[int]:
 def aio_rings(pid: int) -> int:
     """Linux AIO contexts (io_setup) show up as '/[aio]' mappings."""
     return sum(1 for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "[aio]" in line)
+
+
+def kernel_has_device_mapper(proc_misc: Path = Path("/proc/misc"), text: str | None = None) -> bool:
+    """Asked of the kernel: libdevmapper (run by libvirt, for one) creates
+    /dev/mapper/control even where the kernel has no device-mapper."""
+    try:
+        text = proc_misc.read_text() if text is None else text
+    except OSError:
+        return False
+    return any(line.split()[-1] == "device-mapper" for line in text.splitlines() if line.split())

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .arch import ArchProfile
+from .errors import LabError
 
 BUILDER_VERSION = "6"
 HERE = Path(__file__).parent / "guest_image"
@@ -54,7 +55,7 @@ HOST_PACKAGES = ["busybox-static", "cpio", "e2fsprogs", "qemu-utils", "kmod",
 ROOT_SIZE = "1G"
 
 
-class ImageError(RuntimeError):
+class ImageError(LabError, RuntimeError):
     pass
 
 

@@ -8,6 +8,7 @@ import fcntl
 import os
 import socket
 from pathlib import Path
+from .errors import LabError
 
 
 class Lease:
@@ -74,7 +75,7 @@ def _claim(path: Path, owner: str, value) -> Lease | None:
     return lease
 
 
-class DeviceBusy(RuntimeError):
+class DeviceBusy(LabError, RuntimeError):
     pass
 
 
@@ -97,7 +98,7 @@ def lease_device(lease_dir: Path, kind: str, ident: str, owner: str, deadline=No
         time.sleep(0.2)
 
 
-class HostBusy(RuntimeError):
+class HostBusy(LabError, RuntimeError):
     pass
 
 

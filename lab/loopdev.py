@@ -7,9 +7,10 @@ import json
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
+from .errors import LabError
 
 
-class LoopError(RuntimeError):
+class LoopError(LabError, RuntimeError):
     pass
 
 

@@ -21,6 +21,7 @@ import libvirt
 
 from .daemon import START_SCRIPT
 from .timeouts import Deadline, poll
+from .errors import LabError
 
 DIR_NAME = "migration-target"
 
@@ -64,7 +65,7 @@ exit 0
 '''
 
 
-class MigrationTargetError(RuntimeError):
+class MigrationTargetError(LabError, RuntimeError):
     """The second libvirt endpoint could not be set up: a lab problem, not a finding."""
 
 

@@ -11,12 +11,13 @@ import os
 import secrets
 import subprocess
 from pathlib import Path
+from .errors import LabError
 
 ALIAS_PREFIX = "acc-harness run="
 SYS_NET = Path("/sys/class/net")
 
 
-class HostCommandError(RuntimeError):
+class HostCommandError(LabError, RuntimeError):
     pass
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import xml as X
+from .errors import LabError
 
 SYS = Path("/sys")
 HPRE_VENDOR, HPRE_PF, HPRE_VF, HPRE_MAX_VFS = "0x19e5", "0xa258", "0xa259", 63
@@ -91,7 +92,7 @@ def hpre_devices(sys: Path = SYS) -> list[dict]:
     return out
 
 
-class UnsafeDevice(RuntimeError):
+class UnsafeDevice(LabError, RuntimeError):
     pass
 
 
@@ -240,7 +241,7 @@ class HostState:
         return done
 
 
-class HostStateError(RuntimeError):
+class HostStateError(LabError, RuntimeError):
     pass
 
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .images import prune_lru, sha256_file as _sha256_file
+from .errors import LabError
 
 RECIPE_VERSION = "1"
 TARGET = "x86_64-softmmu"
@@ -65,7 +66,7 @@ _KEYMAP_STUB = {
 _FP_TESTS_SKIPPED = "# left out by the harness: needs the berkeley-softfloat-3/testfloat-3 subprojects\nsubdir_done()\n"
 
 
-class QemuBuildError(RuntimeError):
+class QemuBuildError(LabError, RuntimeError):
     """The QEMU source or its build is unusable: a lab problem, said in one line with the fix."""
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import libvirt
 
 from .timeouts import Deadline
+from .errors import LabError
 
 _loop_lock = threading.Lock()
 _loop_started = False
@@ -30,7 +31,7 @@ def _ensure_event_loop() -> None:
         _loop_started = True
 
 
-class LabUnreachable(RuntimeError):
+class LabUnreachable(LabError, RuntimeError):
     pass
 
 

@@ -17,7 +17,7 @@ import libvirt
 from lxml import etree
 
 from . import loopdev, migration, network
-from .hostproc import processes
+from .hostproc import kernel_has_device_mapper, processes
 from .leases import is_locked
 from .xml import META_NS
 
@@ -51,7 +51,6 @@ def dm_leftovers(runs: Path, sys_dev=Path("/sys/dev/block"), runner=subprocess.r
     """Device-mapper devices a dead run of this work dir made: named acc-<run>-*,
     and mapped onto a loop device whose backing file lies in that run's directory
     (`runs` on the lab host; `locks`: where the runs' locks are, default `runs`)."""
-    from .host import kernel_has_device_mapper
     locks = locks or runs
     if runner is subprocess.run and not kernel_has_device_mapper():
         return []

@@ -9,6 +9,7 @@ from pathlib import Path
 from . import xml as X
 from .config import UsbDevice
 from .guest.probes import Finds
+from .errors import LabError
 
 # PCI IDs of the host controllers QEMU emulates for libvirt's models
 CONTROLLER_PCI_IDS = {
@@ -91,7 +92,7 @@ def host_devices_sysfs(root: Path = Path("/sys/bus/usb/devices")) -> list[HostUs
     return out
 
 
-class InventoryError(RuntimeError):
+class InventoryError(LabError, RuntimeError):
     pass
 
 

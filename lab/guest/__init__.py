@@ -6,9 +6,10 @@ import re
 
 from .ssh import SSH, Result
 from .probes import PciProbe, BlockProbe, NetProbe
+from ..errors import LabError
 
 
-class GuestToolMissing(Exception):
+class GuestToolMissing(LabError):
     """The guest image lacks a program a claim's probe runs: a fact about the image
     (reported as a skip that names the program), not a finding about the device."""
 
