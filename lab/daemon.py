@@ -10,9 +10,7 @@ other lab host's libvirt, through its URI.  QEMU logs stay in the shared
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -20,7 +18,44 @@ from .config import LabConfig
 from .leases import try_lock
 from .timeouts import Deadline, poll
 
-# Constant script; every path reaches it as a positional argument.
+# Constant scripts; every path reaches them as a positional argument.  They run on this
+# machine for a lab host's private daemon and through a lab host's shell for the
+# migration target (lab/migration.py).
+
+# The daemon's own /etc/libvirt, once: nothing of the system daemon's (no persistent
+# domains, no autostarted networks), its socket in <d>/sock, and a host UUID if given.
+PREPARE_SCRIPT = r'''
+set -e
+d=$1; host_uuid=${2:-}
+mkdir -p "$d/run" "$d/lib" "$d/cache" "$d/sock"
+if [ ! -d "$d/etc" ]; then
+  rm -rf "$d/etc.new"
+  cp -a /etc/libvirt "$d/etc.new"
+  rm -f "$d"/etc.new/qemu/*.xml "$d"/etc.new/qemu/autostart/* "$d"/etc.new/qemu/networks/autostart/*
+  printf '\n# acc-harness private daemon\nunix_sock_dir = "%s"\n' "$d/sock" >> "$d/etc.new/libvirtd.conf"
+  if [ -n "$host_uuid" ]; then printf 'host_uuid = "%s"\n' "$host_uuid" >> "$d/etc.new/libvirtd.conf"; fi
+  mv "$d/etc.new" "$d/etc"
+fi
+'''
+
+# Stops the daemons by their pid files, only a process started with that pid file
+# (never a recycled pid); says what it stopped.
+STOP_SCRIPT = r'''
+d=$1
+for name in libvirtd virtlogd; do
+  f="$d/$name.pid"
+  [ -f "$f" ] || continue
+  pid=$(cat "$f")
+  if grep -qF "$f" "/proc/$pid/cmdline" 2>/dev/null; then
+    kill "$pid"
+    i=0; while [ -d "/proc/$pid" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+    [ -d "/proc/$pid" ] && kill -9 "$pid"
+    echo "stopped $name $pid"
+  fi
+done
+exit 0
+'''
+
 START_SCRIPT = r'''
 set -e
 d=$1
@@ -47,23 +82,6 @@ def running(cfg: LabConfig) -> bool:
     return _pid(d / "libvirtd.pid") is not None and (d / "sock" / "libvirt-sock").exists()
 
 
-def _prepare(d: Path) -> None:
-    for sub in ("run", "lib", "cache", "sock"):
-        (d / sub).mkdir(parents=True, exist_ok=True)
-    etc = d / "etc"
-    if not etc.exists():
-        tmp = d / "etc.new"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree("/etc/libvirt", tmp, symlinks=True)
-        # Nothing of the system daemon's: no persistent domains, no autostarted networks.
-        for pattern in ("qemu/*.xml", "qemu/autostart/*", "qemu/networks/autostart/*"):
-            for f in tmp.glob(pattern):
-                f.unlink()
-        with open(tmp / "libvirtd.conf", "a") as f:
-            f.write(f'\n# acc-harness private daemon\nunix_sock_dir = "{d / "sock"}"\n')
-        tmp.rename(etc)
-
-
 def ensure(cfg: LabConfig, log=print) -> None:
     """Start the lab host's private libvirtd unless it runs (idempotent, safe
     against two runs starting it at once)."""
@@ -79,7 +97,9 @@ def ensure(cfg: LabConfig, log=print) -> None:
         for tool in ("unshare", "libvirtd", "virtlogd", "mount"):
             if not shutil.which(tool):
                 raise RuntimeError(f"lab host {cfg.name}: daemon = 'private' needs {tool}, which is not installed")
-        _prepare(d)
+        r = subprocess.run(["sh", "-c", PREPARE_SCRIPT, "sh", str(d)], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"lab host {cfg.name}: preparing the private libvirtd's {d} failed: {r.stderr.strip()}")
         (d / "sock" / "libvirt-sock").unlink(missing_ok=True)
         log(f"[lab] starting the private libvirtd of lab host {cfg.name} ({d})")
         r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", START_SCRIPT, "sh", str(d)],
@@ -96,16 +116,9 @@ def ensure(cfg: LabConfig, log=print) -> None:
 
 def stop(cfg: LabConfig) -> list[str]:
     """Stop the private daemon (its domains must be gone: the sweeper sees to the harness's)."""
-    d = cfg.private_daemon_dir
-    done = []
-    for name in ("libvirtd", "virtlogd"):
-        pid = _pid(d / f"{name}.pid")
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            poll(lambda: _pid(d / f"{name}.pid") is None or not Path(f"/proc/{pid}").exists(),
-                 Deadline(30, f"{name} {pid} of lab host {cfg.name} to exit"), interval=0.1)
-            done.append(f"stopped private {name} {pid} of lab host {cfg.name}")
-    return done
+    r = subprocess.run(["sh", "-c", STOP_SCRIPT, "sh", str(cfg.private_daemon_dir)], capture_output=True, text=True,
+                       timeout=90)
+    return [f"{line}: the private daemon of lab host {cfg.name}" for line in r.stdout.splitlines() if line.strip()]
 
 
 def stop_if_idle(cfg: LabConfig) -> list[str]:

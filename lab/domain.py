@@ -384,7 +384,7 @@ class VM:
         budget follows the boots measured in this run (a shutdown is no slower than a boot),
         so a host busy with other work does not fail a good guest."""
         deadline = deadline or self.run.boot_deadline(f"{self.name} to power off")
-        with self.run.session.events.waiter(self.dom, "lifecycle", lambda e: e.detail["event"] == "stopped") as w:
+        with self.waiter("lifecycle", lambda e: e.detail["event"] == "stopped") as w:
             try:
                 self.guest.run("sync; poweroff", timeout=10)
             except (EOFError, OSError, ConnectionError, TimeoutError):

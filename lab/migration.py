@@ -19,26 +19,14 @@ from pathlib import PurePosixPath
 
 import libvirt
 
-from .daemon import START_SCRIPT
+from .daemon import PREPARE_SCRIPT, START_SCRIPT, STOP_SCRIPT
 from .timeouts import Deadline, poll
 from .errors import LabError
 
 DIR_NAME = "migration-target"
 
-# Constant scripts; every path reaches them as a positional argument.
-_PREPARE = r'''
-set -e
-d=$1; host_uuid=$2
-mkdir -p "$d/run" "$d/lib" "$d/cache" "$d/sock"
-rm -rf "$d/etc"
-cp -a /etc/libvirt "$d/etc"
-rm -f "$d"/etc/qemu/*.xml "$d"/etc/qemu/autostart/* "$d"/etc/qemu/networks/autostart/*
-printf '\n# acc-harness migration target\nunix_sock_dir = "%s"\nhost_uuid = "%s"\n' "$d/sock" "$host_uuid" \
-  >> "$d/etc/libvirtd.conf"
-'''
-
-# The same daemons as a private lab daemon, but blind to systemd-machined: both daemons
-# number their domains from 1, so the migrating domain would be registered twice under
+# The daemons of lab/daemon.py, but blind to systemd-machined: both daemons number
+# their domains from 1, so the migrating domain would be registered twice under
 # machined's one name for it (qemu-<id>-<name>: "Machine ... already exists").  Without
 # the system bus the target puts its QEMU in plain cgroups of its own.
 _START = r'''
@@ -46,23 +34,6 @@ set -e
 d=$1
 if [ -d /run/dbus ]; then mkdir -p "$d/no-dbus"; mount --bind "$d/no-dbus" /run/dbus; fi
 ''' + START_SCRIPT
-
-_STOP = r'''
-d=$1
-for name in libvirtd virtlogd; do
-  f="$d/$name.pid"
-  [ -f "$f" ] || continue
-  pid=$(cat "$f")
-  # only a process started with this pid file: never a recycled pid
-  if grep -qF "$f" "/proc/$pid/cmdline" 2>/dev/null; then
-    kill "$pid"
-    i=0; while [ -d "/proc/$pid" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-    [ -d "/proc/$pid" ] && kill -9 "$pid"
-    echo "stopped the migration target's $name $pid"
-  fi
-done
-exit 0
-'''
 
 
 class MigrationTargetError(LabError, RuntimeError):
@@ -98,7 +69,7 @@ class MigrationTarget:
         if missing:
             raise MigrationTargetError(f"lab host {self.host.name} has no {', '.join(missing)}: a second libvirt "
                                        f"endpoint for migration claims cannot be started there")
-        self.host.run("sh", "-c", _PREPARE, "sh", str(self.dir), self.host_uuid)
+        self.host.run("sh", "-c", PREPARE_SCRIPT, "sh", str(self.dir), self.host_uuid)
         r = self.host.run("unshare", "--mount", "--propagation", "private", "sh", "-c", _START, "sh",
                           str(self.dir), check=False, timeout=60)
         if not r.ok:
@@ -136,8 +107,8 @@ class MigrationTarget:
 
 def stop(host, target_dir) -> list[str]:
     """Stop the target's daemons (by their pid files) wherever they run; [] if none ran."""
-    r = host.run("sh", "-c", _STOP, "sh", str(target_dir), check=False, timeout=90)
-    return [f"{line} on {host.name}" for line in r.stdout.splitlines() if line.strip()]
+    r = host.run("sh", "-c", STOP_SCRIPT, "sh", str(target_dir), check=False, timeout=90)
+    return [f"{line}: the migration target on {host.name}" for line in r.stdout.splitlines() if line.strip()]
 
 
 def migrate_live(dom: libvirt.virDomain, target: MigrationTarget, deadline: Deadline) -> Migrated:

@@ -185,17 +185,10 @@ def migration_target(lab):
 @claims("USB-9")
 def test_vm_with_usb_passthrough_cannot_live_migrate(vms, host_usb, migration_target):
     """A real live migration to a second libvirt endpoint: with the USB device assigned it
-    must be refused, for the device; the same VM without it is the control and migrates."""
-    control = vms.boot(VMSpec("usb-migrate-control", usb=True, devices=usb.guide_controllers()))
-    moved = control.migrate(migration_target)
-    if not moved.done:
-        raise MigrationTargetError(f"the control VM (no USB device) could not migrate to {migration_target.uri} "
-                                   f"either, so this lab cannot judge USB-9: {moved.refusal}")
-    assert migration_target.state(control.name) == "running", \
-        f"the control VM migrated, but the target says it is {migration_target.state(control.name)}"
-    vms.release(control)
-
-    vm = vms.boot(VMSpec("usb-migrate", usb=True, devices=usb.guide_controllers() + [passthrough(host_usb)]))
+    must be refused, for the device; the same VM, the device detached, is the control and
+    migrates."""
+    dev = passthrough(host_usb)
+    vm = vms.boot(VMSpec("usb-migrate", usb=True, devices=usb.guide_controllers() + [dev]))
     vm.guest.usb.wait_for(host_usb.vendor, host_usb.product)
     outcome = vm.migrate(migration_target)
     if outcome.done:
@@ -208,3 +201,11 @@ def test_vm_with_usb_passthrough_cannot_live_migrate(vms, host_usb, migration_ta
         f"the migration was refused, but not for the USB device: {outcome.refusal}"
     assert vm.state()[0] == "running" and vm.guest.usb.find(host_usb.vendor, host_usb.product) is not None, \
         "after the refused migration the VM or its USB device is gone"
+    vm.detach(dev, live=True)                      # control: the same VM without the device migrates
+    vm.guest.usb.wait_gone(host_usb.vendor, host_usb.product)
+    moved = vm.migrate(migration_target)
+    if not moved.done:
+        raise MigrationTargetError(f"{vm.name} could not migrate to {migration_target.uri} without the USB device "
+                                   f"either, so this lab cannot judge USB-9: {moved.refusal}")
+    assert migration_target.state(vm.name) == "running", \
+        f"the control migration finished, but the target says {vm.name} is {migration_target.state(vm.name)}"
