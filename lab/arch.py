@@ -24,6 +24,7 @@ class ArchProfile:
     acpi: bool = True         # aarch64 has ACPI only with UEFI firmware; direct kernel boot uses DT
     tcg_cpu: str | None = None   # libvirt CPU mode for TCG guests (None: the machine default)
     pci_root_bus: str = "pcie.0"  # QEMU's id of the machine's root PCI bus (the guide's pc machine: pci.0)
+    o_direct: int = 0o40000       # the O_DIRECT open flag of the host kernel (asm-generic: 0o40000)
 
 
 ARCHES = {
@@ -38,6 +39,7 @@ ARCHES = {
         console_tty="ttyAMA0", kernel_package="linux-image-arm64", firmware="efi",
         ld_so="/lib/ld-linux-aarch64.so.1", lib_dir="/lib/aarch64-linux-gnu",
         usb_controllers=("qemu-xhci", "nec-xhci", "ehci"), acpi=False, tcg_cpu="maximum",
+        o_direct=0o200000,
     ),
 }
 

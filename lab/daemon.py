@@ -23,16 +23,18 @@ from .timeouts import Deadline, poll
 # migration target (lab/migration.py).
 
 # The daemon's own /etc/libvirt, once: nothing of the system daemon's (no persistent
-# domains, no autostarted networks), its socket in <d>/sock, and a host UUID if given.
+# domains, no autostarted networks), its socket in <d>/sock (or $3; "" keeps libvirt's
+# default, for a daemon with a /run of its own), and a host UUID if given.
 PREPARE_SCRIPT = r'''
 set -e
-d=$1; host_uuid=${2:-}
-mkdir -p "$d/run" "$d/lib" "$d/cache" "$d/sock"
+d=$1; host_uuid=${2:-}; sock=${3-$d/sock}
+mkdir -p "$d/run" "$d/lib" "$d/cache" "$d/sock" "$d/log"
 if [ ! -d "$d/etc" ]; then
   rm -rf "$d/etc.new"
   cp -a /etc/libvirt "$d/etc.new"
   rm -f "$d"/etc.new/qemu/*.xml "$d"/etc.new/qemu/autostart/* "$d"/etc.new/qemu/networks/autostart/*
-  printf '\n# acc-harness private daemon\nunix_sock_dir = "%s"\n' "$d/sock" >> "$d/etc.new/libvirtd.conf"
+  printf '\n# acc-harness private daemon\n' >> "$d/etc.new/libvirtd.conf"
+  if [ -n "$sock" ]; then printf 'unix_sock_dir = "%s"\n' "$sock" >> "$d/etc.new/libvirtd.conf"; fi
   if [ -n "$host_uuid" ]; then printf 'host_uuid = "%s"\n' "$host_uuid" >> "$d/etc.new/libvirtd.conf"; fi
   mv "$d/etc.new" "$d/etc"
 fi

@@ -483,6 +483,21 @@ class VM:
                 return pid
         raise RuntimeError(f"no QEMU process of {self.name} on this host")
 
+    def qemu_open_flags(self, path) -> list[int]:
+        """The open flags of each descriptor this domain's QEMU holds on `path` (on the lab host)."""
+        from .hostproc import open_flags
+        return open_flags(self.host, self.qemu_pid(), path)
+
+    def qemu_opened_direct(self, path) -> bool:
+        """QEMU holds `path` open, and every descriptor with O_DIRECT (the lab host's arch)."""
+        flags = self.qemu_open_flags(path)
+        return bool(flags) and all(f & self.run.arch.o_direct for f in flags)
+
+    def qemu_aio_rings(self) -> int:
+        """Linux native AIO contexts this domain's QEMU set up (on the lab host)."""
+        from .hostproc import aio_rings
+        return aio_rings(self.host, self.qemu_pid())
+
     def qmp(self, command: str, **arguments):
         cmd = {"execute": command}
         if arguments:

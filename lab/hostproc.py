@@ -1,13 +1,10 @@
-"""What a QEMU process really does on the host, read from /proc (local lab
-hosts): which files it holds open and with which flags, whether it set up
-Linux native AIO; and what the kernel has (device-mapper)."""
+"""What a QEMU process really does on the lab host, read from its /proc through
+the lab host's `Host`: which files it holds open and with which flags, whether it
+set up Linux native AIO; what the kernel has (device-mapper); and this machine's
+own processes (the sweeper's helpers)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
-
-O_DIRECT = 0o40000 if os.uname().machine in ("x86_64", "i686") else 0o200000
-
 
 def processes(proc: Path = Path("/proc")):
     """(pid, argv) of every process still there to be read."""
@@ -21,25 +18,30 @@ def processes(proc: Path = Path("/proc")):
                 yield int(p.name), argv
 
 
-def open_flags(pid: int, path: Path) -> list[int]:
-    """The open flags of every descriptor of `pid` that refers to `path`."""
-    target = os.path.realpath(path)
-    out = []
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            if os.readlink(fd) != target:
-                continue
-            for line in Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text().splitlines():
-                if line.startswith("flags:"):
-                    out.append(int(line.split()[1], 8))
-        except OSError:
-            continue
-    return out
+# Prints "<fd> <flags>" for each descriptor of pid $1 that refers to $2 (resolved on the host).
+_OPEN_FLAGS = r'''
+target=$(readlink -f "$2")
+for fd in /proc/$1/fd/*; do
+  [ "$(readlink "$fd" 2>/dev/null)" = "$target" ] || continue
+  sed -n "s/^flags:[[:space:]]*/${fd##*/} /p" "/proc/$1/fdinfo/${fd##*/}" 2>/dev/null
+done
+exit 0
+'''
 
 
-def aio_rings(pid: int) -> int:
-    """Linux AIO contexts (io_setup) show up as '/[aio]' mappings."""
-    return sum(1 for line in Path(f"/proc/{pid}/maps").read_text().splitlines() if "[aio]" in line)
+def parse_open_flags(text: str) -> list[int]:
+    """`<fd> <octal flags>` lines -> the flags."""
+    return [int(line.split()[1], 8) for line in text.splitlines() if len(line.split()) == 2]
+
+
+def open_flags(host, pid: int, path) -> list[int]:
+    """The open flags of every descriptor of process `pid` on the lab host that refers to `path`."""
+    return parse_open_flags(host.run("sh", "-c", _OPEN_FLAGS, "sh", str(pid), str(path)).stdout)
+
+
+def aio_rings(host, pid: int) -> int:
+    """Linux AIO contexts (io_setup) of process `pid` on the lab host: '/[aio]' mappings."""
+    return sum(1 for line in host.read_text(f"/proc/{pid}/maps").splitlines() if "[aio]" in line)
 
 
 def kernel_has_device_mapper(proc_misc: Path = Path("/proc/misc"), text: str | None = None) -> bool:

@@ -7,7 +7,6 @@ import string
 import pytest
 
 from fixtures.plugin import claims, shared_vm
-from lab import hostproc
 from lab import xml as X
 from lab.domain import VMSpec
 from lab.timeouts import Deadline, poll
@@ -88,8 +87,7 @@ def test_attach_use_and_detach_the_guides_virtio_scsi_disk(scsi_vm):
     vm = scsi_vm
     disk = guide_scsi_disk(vm, "guide-disk")
     image = disk.find("source").get("file")
-    pid = vm.qemu_pid()
-    aio_before = hostproc.aio_rings(pid)
+    aio_before = vm.qemu_aio_rings()
 
     live = vm.attach(disk, live=True)                                   # virsh attach-device VM disk.xml
     assert live is not None and live.find("target").get("bus") == "scsi"
@@ -100,9 +98,8 @@ def test_attach_use_and_detach_the_guides_virtio_scsi_disk(scsi_vm):
     # ... and the driver attributes reached QEMU and the host
     block = next(b for b in vm.qmp("query-block") if b.get("inserted", {}).get("file") == image)
     assert block["inserted"]["cache"]["direct"] is True, f"cache='none' not applied: {block['inserted']['cache']}"
-    flags = hostproc.open_flags(pid, image)
-    assert flags and all(f & hostproc.O_DIRECT for f in flags), f"QEMU opened {image} without O_DIRECT: {flags}"
-    assert hostproc.aio_rings(pid) > aio_before, "io='native' did not set up Linux AIO in QEMU"
+    assert vm.qemu_opened_direct(image), f"QEMU opened {image} without O_DIRECT: {vm.qemu_open_flags(image)}"
+    assert vm.qemu_aio_rings() > aio_before, "io='native' did not set up Linux AIO in QEMU"
 
     # DISK-4: usable: a pattern written in the guest reads back, and it is in the image file
     digest = vm.guest.block.write_and_verify(seen.name, mib=4)

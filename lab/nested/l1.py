@@ -109,19 +109,37 @@ def _sh(cmd, what, **kw):
 
 
 def ensure_keys(lay: Layout) -> None:
-    """The lab's login key, L1's host key, and the ssh command for libvirt's
-    qemu+ssh transport (`command=` in the URI): OpenSSH with L1's key pinned in the
-    lab's own known_hosts, so nothing is written to ~/.ssh."""
+    """The lab's login key, the lab host's (L1's) SSH host key, and the ssh command for
+    libvirt's qemu+ssh transport (`command=` in the URI): OpenSSH with that host key
+    pinned in the lab's own known_hosts, so nothing is written to ~/.ssh.  Shared with
+    the namespace lab host (lab/nslab), whose Layout names its own key files."""
     lay.dir.mkdir(parents=True, exist_ok=True)
-    for key, comment in ((lay.key, "acc-nested-lab"), (lay.host_key, "acc-l1-host")):
+    for key, comment in ((lay.key, f"acc-{lay.dir.name}-lab"), (lay.host_key, f"acc-{lay.dir.name}-host")):
         if not key.exists():
             _sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(key)], f"ssh-keygen {key}")
-    script = ("#!/bin/sh\n# qemu+ssh to the nested lab host: its host key is pinned, ~/.ssh is not touched\n"
+    script = ("#!/bin/sh\n# qemu+ssh to the lab host: its host key is pinned, ~/.ssh is not touched\n"
               f"exec ssh -o UserKnownHostsFile={lay.known_hosts} -o StrictHostKeyChecking=yes "
               "-o GlobalKnownHostsFile=/dev/null -o BatchMode=yes \"$@\"\n")
     if not lay.ssh.exists() or lay.ssh.read_text() != script:
         lay.ssh.write_text(script)
         lay.ssh.chmod(0o755)
+
+
+def pin_host_key(lay: Layout, port: int) -> None:
+    """known_hosts holds exactly the lab host's own key, for 127.0.0.1:<port>."""
+    kind, blob = lay.host_key.with_suffix(".pub").read_text().split()[:2]
+    lay.known_hosts.write_text(f"[127.0.0.1]:{port} {kind} {blob}\n")
+
+
+def ssh_banner(port: int) -> bool:
+    """An sshd answers on 127.0.0.1:<port> with its banner (before that, paramiko only
+    logs tracebacks)."""
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
 
 
 def ensure_qemu(lay: Layout, log=print) -> Path:
@@ -269,8 +287,7 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
     _sh(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(img.root), str(overlay)], "L1 overlay")
     with open(usb, "wb") as f:
         f.truncate(64 << 20)
-    lay.known_hosts.write_text(f"[127.0.0.1]:{ssh_port} {lay.host_key.with_suffix('.pub').read_text().split(' ')[0]} "
-                               f"{lay.host_key.with_suffix('.pub').read_text().split(' ')[1]}\n")
+    pin_host_key(lay, ssh_port)
     argv = qemu_argv(lay, img, overlay, usb, ssh_port)
     log(f"[nested] starting L1 (QEMU 10, TCG, igb SR-IOV, intel-iommu, xhci) with SSH on 127.0.0.1:{ssh_port}")
     t0 = time.monotonic()
@@ -282,15 +299,6 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
     host = SshHost("l1", "127.0.0.1", ssh_port, "root", str(lay.key), known_hosts=str(lay.known_hosts),
                    connect_timeout=5)
 
-    def banner() -> bool:
-        """sshd answers with its banner (before that, paramiko only logs tracebacks)."""
-        import socket
-        try:
-            with socket.create_connection(("127.0.0.1", ssh_port), timeout=3) as s:
-                return s.recv(4).startswith(b"SSH-")
-        except OSError:
-            return False
-
     def up():
         if proc.poll() is not None:
             raise ImageError(f"L1 QEMU exited with {proc.returncode}: "
@@ -299,7 +307,7 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
         m = PANIC_RE.search(text)
         if m:
             raise ImageError(f"L1 kernel panicked: {m.group(0).decode(errors='replace')}")
-        if not banner():
+        if not ssh_banner(ssh_port):
             return False
         try:
             return host.run("systemctl", "is-active", "libvirtd", check=False, timeout=10).stdout.strip() == "active"
