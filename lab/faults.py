@@ -15,13 +15,10 @@ backend removed.  `describe()` says which backend ran, for the report.
 from __future__ import annotations
 
 import datetime
-import os
 import re
 import secrets
-import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import loopdev
 from . import xml as X
@@ -132,15 +129,17 @@ def parse_nbd_log(text: str) -> list[NbdRequest]:
 class NbdkitBackend(FaultBackend):
     name = "nbdkit"
 
-    def __init__(self, workdir: Path, size_mib: int = 64, write_delay_ms: int = 0):
-        """`write_delay_ms`: every write takes that long before it succeeds or fails (a slow
+    def __init__(self, host, workdir, size_mib: int = 64, write_delay_ms: int = 0):
+        """nbdkit on the lab host `host`, its socket and files in `workdir` there.
+        `write_delay_ms`: every write takes that long before it succeeds or fails (a slow
         storage path: nbdkit's delay filter, between the log and the error filter)."""
+        self.host = host
         self.dir = workdir
         self.size_mib = size_mib
         self.write_delay_ms = write_delay_ms
         self.socket = workdir / f"nbd-{secrets.token_hex(3)}.sock"
         self.files = {k: workdir / f"fault-{k}-{secrets.token_hex(3)}" for k in ("read", "write")}
-        self.proc: subprocess.Popen | None = None
+        self.pid: int | None = None
         self.log = workdir / f"{self.socket.stem}.log"
         self.requests_log = workdir / f"{self.socket.stem}.requests.log"
 
@@ -148,7 +147,7 @@ class NbdkitBackend(FaultBackend):
         # The log filter sits outside the error filter: it sees each request as QEMU sent
         # it and the error it got back, with the time it arrived.
         delay = (["--filter=delay"], [f"delay-write={self.write_delay_ms}ms"]) if self.write_delay_ms else ([], [])
-        return ["nbdkit", "--foreground", "--exit-with-parent", "--unix", str(self.socket),
+        return ["nbdkit", "--foreground", "--unix", str(self.socket),
                 "--filter=log", *delay[0], "--filter=error", "memory", f"{self.size_mib}M",
                 f"logfile={self.requests_log}", *delay[1],
                 "error-pread=EIO", "error-pread-rate=100%", f"error-pread-file={self.files['read']}",
@@ -156,21 +155,36 @@ class NbdkitBackend(FaultBackend):
                 "error-trim=EIO", "error-trim-rate=100%", f"error-trim-file={self.files['write']}",
                 "error-zero=EIO", "error-zero-rate=100%", f"error-zero-file={self.files['write']}"]
 
+    # Starts nbdkit detached on the lab host (its output in $1), prints its pid.
+    _START = 'log=$1; shift; mkdir -p "${log%/*}"; cd / && setsid "$@" </dev/null >"$log" 2>&1 & echo $!'
+    # Stops pid $1 if it still is the nbdkit serving socket $2 (never a recycled pid).
+    _STOP = r'''
+grep -qF "$2" "/proc/$1/cmdline" 2>/dev/null || exit 0
+kill "$1"; i=0
+while [ -d "/proc/$1" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+[ -d "/proc/$1" ] && kill -9 "$1"
+exit 0
+'''
+
+    def _alive(self) -> bool:
+        """The started process is there (just started, it may not have exec'd nbdkit yet)."""
+        return self.pid is not None and self.host.exists(f"/proc/{self.pid}")
+
     def setup(self) -> "NbdkitBackend":
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "wb") as log:
-            try:
-                self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-            except FileNotFoundError:
-                raise FaultError("nbdkit is not installed (Debian package nbdkit)") from None
+        if not self.host.which("nbdkit"):
+            raise FaultError(f"nbdkit is not installed on lab host {self.host.name} (Debian package nbdkit)")
+        r = self.host.run("sh", "-c", self._START, "sh", str(self.log), *self.command(), check=False)
+        if not r.ok or not r.stdout.strip().isdigit():
+            raise FaultError(f"nbdkit did not start on {self.host.name}: {r.stderr.strip()}")
+        self.pid = int(r.stdout.strip())
 
         def up():
-            if self.proc.poll() is not None:
-                raise FaultError(f"nbdkit exited {self.proc.returncode}: {self.log.read_text()[-500:]}")
-            return self.socket.exists()
+            if not self._alive():
+                raise FaultError(f"nbdkit exited on {self.host.name}: {self.host.read_text(self.log)[-500:]}")
+            return self.host.exists(self.socket)
 
         poll(up, Deadline(10, "nbdkit's socket"), interval=0.05)
-        os.chmod(self.socket, 0o666)       # QEMU runs as another user
+        self.host.run("chmod", "0666", str(self.socket))       # QEMU runs as another user
         self.state = "healthy"
         return self
 
@@ -181,32 +195,25 @@ class NbdkitBackend(FaultBackend):
     def fail(self, kind: str = "all") -> None:
         self._check_kind(kind)
         for k in (("read", "write") if kind == "all" else (kind,)):
-            self.files[k].touch()
+            self.host.run("touch", str(self.files[k]))
         self.state = "failing"
 
     @verb(lambda self: f"heal the storage fault ({self.name})")
     def heal(self) -> None:
-        for f in self.files.values():
-            f.unlink(missing_ok=True)
+        self.host.run("rm", "-f", *(str(f) for f in self.files.values()))
         self.state = "healthy"
 
     def remove(self) -> None:
         self.heal()
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.socket.unlink(missing_ok=True)
-        self.requests_log.unlink(missing_ok=True)
+        if self.pid is not None:
+            self.host.run("sh", "-c", self._STOP, "sh", str(self.pid), str(self.socket), check=False)
+        self.host.run("rm", "-f", str(self.socket), str(self.requests_log), check=False)
         self.state = "removed"
 
     def requests(self) -> list[NbdRequest]:
         """Every request the export has seen so far (the backend's own record)."""
         try:
-            return parse_nbd_log(self.requests_log.read_text())
+            return parse_nbd_log(self.host.read_text(self.requests_log))
         except FileNotFoundError:
             return []
 
@@ -214,7 +221,7 @@ class NbdkitBackend(FaultBackend):
         return f"nbd:unix:{self.socket}"
 
     def failing_now(self) -> str:
-        armed = [k for k, f in self.files.items() if f.exists()]
+        armed = [k for k, f in self.files.items() if self.host.exists(f)]
         failed = [r for r in self.requests() if r.failed]
         if not armed or not failed:
             raise FaultError(f"nbdkit is not failing: error files armed {armed or 'none'}, "
@@ -240,31 +247,30 @@ def dm_tables(sectors: int, device: str) -> dict[str, str]:
 class DmErrorBackend(FaultBackend):
     name = "dm-error"
 
-    def __init__(self, workdir: Path, run_id: str, size_mib: int = 64, runner=subprocess.run):
-        """`workdir` and `runner` are the lab host's (a host path, and host commands)."""
+    def __init__(self, host, workdir, run_id: str, size_mib: int = 64):
+        """On the lab host `host`, the backing file in `workdir` there."""
+        self.host = host
         self.dir = workdir
         self.size_mib = size_mib
         self.dm_name = f"acc-{run_id}-{secrets.token_hex(3)}"
         self.backing = workdir / f"{self.dm_name}.img"
         self.loop: str | None = None
         self.tables: dict[str, str] = {}
-        self.runner = runner
 
     def _dmsetup(self, *args, stdin=None):
-        r = self.runner(["dmsetup", *args], input=stdin, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise FaultError(f"dmsetup {' '.join(args)} failed: {r.stderr.strip()}")
+        r = self.host.run("dmsetup", *args, input=stdin, check=False)
+        if not r.ok:
+            raise FaultError(f"dmsetup {' '.join(args)} failed on {self.host.name}: {r.stderr.strip()}")
         return r
 
     def setup(self) -> "DmErrorBackend":
-        r = self.runner(["sh", "-c", 'mkdir -p "$1" && truncate -s "$2" "$3"', "sh", str(self.dir),
-                         f"{self.size_mib}M", str(self.backing)], capture_output=True, text=True)
-        if r.returncode != 0:
+        r = self.host.run("sh", "-c", 'mkdir -p "$1" && truncate -s "$2" "$3"', "sh", str(self.dir),
+                          f"{self.size_mib}M", str(self.backing), check=False)
+        if not r.ok:
             raise FaultError(f"cannot make the backing file {self.backing}: {r.stderr.strip()}")
         try:
-            self.loop = loopdev.attach(self.backing, runner=self.runner)
-            sectors = int(self.runner(["blockdev", "--getsz", self.loop], capture_output=True,
-                                      text=True).stdout.strip() or 0)
+            self.loop = loopdev.attach(self.host, self.backing)
+            sectors = int(self.host.run("blockdev", "--getsz", self.loop, check=False).stdout.strip() or 0)
             self.tables = dm_tables(sectors, self.loop)
             self._dmsetup("create", self.dm_name, stdin=self.tables["linear"] + "\n")
         except BaseException:
@@ -303,13 +309,13 @@ class DmErrorBackend(FaultBackend):
     def remove(self) -> None:
         if self.tables:
             for _ in range(20):          # the VM may still hold it for a moment
-                r = self.runner(["dmsetup", "remove", self.dm_name], capture_output=True, text=True)
-                if r.returncode == 0 or "No such device" in r.stderr:
+                r = self.host.run("dmsetup", "remove", self.dm_name, check=False)
+                if r.ok or "No such device" in r.stderr:
                     break
                 time.sleep(0.1)
         if self.loop:
-            loopdev.detach(self.loop, runner=self.runner)
-        self.runner(["rm", "-f", str(self.backing)], capture_output=True, text=True)
+            loopdev.detach(self.host, self.loop)
+        self.host.run("rm", "-f", str(self.backing), check=False)
         self.state = "removed"
 
     def describe(self) -> str:
@@ -318,7 +324,7 @@ class DmErrorBackend(FaultBackend):
     def qemu_file(self) -> str:
         # QEMU started from its own command line gets no relabelling from libvirt: the node
         # is the harness's own (removed with the backend), so QEMU's user may open it.
-        self.runner(["chmod", "0666", self.path], capture_output=True, text=True)
+        self.host.run("chmod", "0666", self.path, check=False)
         return self.path
 
     def failing_now(self) -> str:
@@ -328,18 +334,13 @@ class DmErrorBackend(FaultBackend):
         return f"device-mapper {self.dm_name} live table: {table}"
 
 
-def make_backend(name: str, workdir: Path, run_id: str, host=None, write_delay_ms: int = 0) -> FaultBackend:
-    """The backend on the lab host: `workdir` is a host path; `host` None is this machine."""
-    remote = host is not None and not host.local
+def make_backend(name: str, host, workdir, run_id: str, write_delay_ms: int = 0) -> FaultBackend:
+    """The backend on the lab host `host`; `workdir` is a path there."""
     if name == "nbdkit":
-        if remote:
-            raise FaultError(f"the nbdkit backend runs on this machine only; lab host {host.name} "
-                             "needs faults.backend = 'dm-error'")
-        return NbdkitBackend(workdir, write_delay_ms=write_delay_ms)
+        return NbdkitBackend(host, workdir, write_delay_ms=write_delay_ms)
     if write_delay_ms:
         raise FaultError(f"fault backend {name} cannot delay writes (nbdkit's delay filter can)")
     if name == "dm-error":
-        from .hostexec import runner_for
-        return DmErrorBackend(workdir, run_id, runner=runner_for(host) if remote else subprocess.run)
+        return DmErrorBackend(host, workdir, run_id)
     raise FaultError(f"no fault backend on this lab host (faults.backend = {name!r}); "
                      "install nbdkit or use a host with device-mapper")

@@ -124,7 +124,7 @@ def _probe_host(cfg, h, sysroot: Path, add) -> None:
     nbd = h.which("nbdkit")
     add("nbdkit", nbd, "nbdkit " + ("installed" if nbd else "is not installed") + on)
     from .network import ovs_dpdk_ready
-    ok, why = ovs_dpdk_ready(host=h) if has_ovs else (False, "Open vSwitch is not installed")
+    ok, why = ovs_dpdk_ready(h) if has_ovs else (False, "Open vSwitch is not installed")
     add("vhost-user", ok, f"vhost-user backend (OVS-DPDK): {why}")
 
 

@@ -141,14 +141,17 @@ class LocalHost(Host):
     def symlink(self, target, link):
         os.symlink(target, link)
 
-    def unlink(self, path):
-        os.unlink(path)
+    def unlink(self, path):               # as SshHost's `rm -f`: a missing file is no error
+        Path(path).unlink(missing_ok=True)
 
     def rmdir(self, path):
         os.rmdir(path)
 
-    def rmtree(self, path):
-        shutil.rmtree(path, ignore_errors=True)
+    def rmtree(self, path):               # as `rm -rf`: a file goes too
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            Path(path).unlink(missing_ok=True)
 
     def put(self, local, remote):
         if Path(local) != Path(remote):

@@ -18,6 +18,25 @@ def processes(proc: Path = Path("/proc")):
                 yield int(p.name), argv
 
 
+# Prints each process as "<pid>\t<argv, NUL-separated>", one per line.
+_PROCESSES = r'''
+for d in /proc/[0-9]*; do
+  a=$(tr '\0' '\001' < "$d/cmdline" 2>/dev/null) || continue
+  [ -n "$a" ] && printf '%s\t%s\n' "${d#/proc/}" "$a"
+done
+exit 0
+'''
+
+
+def host_processes(host):
+    """(pid, argv) of every process on the lab host."""
+    for line in host.run("sh", "-c", _PROCESSES, check=False).stdout.splitlines():
+        pid, _, args = line.partition("\t")
+        argv = [a for a in args.split("\x01") if a]
+        if pid.isdigit() and argv:
+            yield int(pid), argv
+
+
 # Prints "<fd> <flags>" for each descriptor of pid $1 that refers to $2 (resolved on the host).
 _OPEN_FLAGS = r'''
 target=$(readlink -f "$2")

@@ -7,64 +7,61 @@ run so a crashed run's bridge is swept.  Guests talk over IPv6 link-local only.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
 from pathlib import Path
 from .errors import LabError
 
 ALIAS_PREFIX = "acc-harness run="
-SYS_NET = Path("/sys/class/net")
 
 
 class HostCommandError(LabError, RuntimeError):
     pass
 
 
-def host_run(*argv, check: bool = True, runner=subprocess.run) -> subprocess.CompletedProcess:
-    r = runner(list(argv), capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise HostCommandError(f"host command {' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+def host_run(host, *argv, check: bool = True):
+    """`argv` on the lab host; with `check`, a failure is a HostCommandError."""
+    r = host.run(*argv, check=False)
+    if check and not r.ok:
+        raise HostCommandError(f"host command {' '.join(argv)} failed on {host.name} ({r.rc}): {r.stderr.strip()}")
     return r
 
 
 class Bridge:
-    """An isolated Linux bridge (the documented `br0`, when the lab names none)."""
+    """An isolated Linux bridge on the lab host (the documented `br0`, when the lab names none)."""
 
-    def __init__(self, run_id: str, name: str | None = None, work_dir: Path | str = "", runner=subprocess.run):
+    def __init__(self, run_id: str, host, name: str | None = None, work_dir: Path | str = ""):
         self.name = name or f"accbr{secrets.token_hex(3)}"
         self.run_id = run_id
         self.work_dir = str(work_dir)
-        self.runner = runner            # the lab host's commands
+        self.host = host
 
     def create(self) -> "Bridge":
-        host_run("ip", "link", "add", self.name, "type", "bridge", runner=self.runner)
+        host_run(self.host, "ip", "link", "add", self.name, "type", "bridge")
         try:
-            host_run("ip", "link", "set", self.name, "alias", f"{ALIAS_PREFIX}{self.run_id} dir={self.work_dir}",
-                     runner=self.runner)
-            host_run("sysctl", "-q", "-w", f"net.ipv6.conf.{self.name}.disable_ipv6=1", runner=self.runner)
-            host_run("ip", "link", "set", self.name, "up", runner=self.runner)
+            host_run(self.host, "ip", "link", "set", self.name, "alias", f"{ALIAS_PREFIX}{self.run_id} dir={self.work_dir}")
+            host_run(self.host, "sysctl", "-q", "-w", f"net.ipv6.conf.{self.name}.disable_ipv6=1")
+            host_run(self.host, "ip", "link", "set", self.name, "up")
         except BaseException:
             self.remove()
             raise
         return self
 
     def remove(self) -> None:
-        host_run("ip", "link", "del", self.name, check=False, runner=self.runner)
+        host_run(self.host, "ip", "link", "del", self.name, check=False)
 
     def ports(self) -> list[str]:
-        out = host_run("ip", "-j", "link", "show", "master", self.name, check=False, runner=self.runner).stdout
+        out = host_run(self.host, "ip", "-j", "link", "show", "master", self.name, check=False).stdout
         return sorted(link["ifname"] for link in json.loads(out or "[]"))
 
     def host_addresses(self) -> list[str]:
-        out = host_run("ip", "-j", "addr", "show", "dev", self.name, runner=self.runner).stdout
+        out = host_run(self.host, "ip", "-j", "addr", "show", "dev", self.name).stdout
         return [a["local"] for i in json.loads(out or "[]") for a in i.get("addr_info", [])]
 
 
-def harness_bridges(work_dir: Path | str | None = None, runner=subprocess.run) -> dict[str, str]:
-    """bridge name -> run id, for every bridge a harness run made (with the
-    given work dir only, when one is given: runs of other work dirs are not ours)."""
-    out = host_run("ip", "-j", "link", "show", "type", "bridge", check=False, runner=runner).stdout
+def harness_bridges(host, work_dir: Path | str | None = None) -> dict[str, str]:
+    """bridge name -> run id, for every bridge a harness run made on the lab host (with
+    the given work dir only, when one is given: runs of other work dirs are not ours)."""
+    out = host_run(host, "ip", "-j", "link", "show", "type", "bridge", check=False).stdout
     res = {}
     for link in json.loads(out or "[]"):
         alias = link.get("ifalias", "")
@@ -76,23 +73,16 @@ def harness_bridges(work_dir: Path | str | None = None, runner=subprocess.run) -
     return res
 
 
-def tap_master(tap: str, sys_net=SYS_NET) -> str | None:
+def tap_master(tap: str, sys_net) -> str | None:
+    """The bridge a tap is on; `sys_net`: the lab host's /sys/class/net (a Path or HostPath)."""
     m = sys_net / tap / "master"
     return m.readlink().name if m.is_symlink() else None
 
 
-def qemu_holds(pid: int, path: str, proc: Path = Path("/proc"), host=None) -> bool:
-    """True when process `pid` has `path` open (for example /dev/vhost-net)."""
-    if host is not None and not host.local:
-        r = host.run("sh", "-c", 'for f in /proc/"$1"/fd/*; do readlink "$f"; done', "sh", pid, check=False)
-        return path in r.stdout.split("\n")
-    for fd in (proc / str(pid) / "fd").iterdir():
-        try:
-            if os.readlink(fd) == path:
-                return True
-        except OSError:
-            continue
-    return False
+def qemu_holds(host, pid: int, path: str) -> bool:
+    """True when process `pid` on the lab host has `path` open (for example /dev/vhost-net)."""
+    r = host.run("sh", "-c", 'for f in /proc/"$1"/fd/*; do readlink "$f"; done', "sh", pid, check=False)
+    return path in r.stdout.split("\n")
 
 
 def parse_vhost_workers(ps_tid_comm: str, qemu_pid: int) -> list[int]:
@@ -131,30 +121,29 @@ def vhost_work(qemu_pid: int, host) -> dict[int, int]:
 
 
 class OvsBridge:
-    """An Open vSwitch bridge for NIC-5 (lab hosts with ovs-vswitchd running)."""
+    """An Open vSwitch bridge on the lab host for NIC-5 (lab hosts with ovs-vswitchd running)."""
 
-    def __init__(self, run_id: str, name: str | None = None, runner=subprocess.run, datapath: str = "system"):
+    def __init__(self, run_id: str, host, name: str | None = None, datapath: str = "system"):
         self.name = name or f"accovs{secrets.token_hex(3)}"
         self.run_id = run_id
-        self.runner = runner
+        self.host = host
         self.datapath = datapath          # "netdev" for an OVS-DPDK (userspace) bridge
 
     def create(self) -> "OvsBridge":
-        host_run("ovs-vsctl", "--may-exist", "add-br", self.name, "--", "set", "bridge", self.name,
-                 f"datapath_type={self.datapath}", f"external-ids:acc-harness-run={self.run_id}",
-                 runner=self.runner)
+        host_run(self.host, "ovs-vsctl", "--may-exist", "add-br", self.name, "--", "set", "bridge", self.name,
+                 f"datapath_type={self.datapath}", f"external-ids:acc-harness-run={self.run_id}")
         return self
 
     def add_vhostuser_port(self, port: str, socket: str) -> None:
         """An OVS-DPDK vhost-user client port; QEMU is the server on `socket`."""
-        host_run("ovs-vsctl", "add-port", self.name, port, "--", "set", "Interface", port,
-                 "type=dpdkvhostuserclient", f"options:vhost-server-path={socket}", runner=self.runner)
+        host_run(self.host, "ovs-vsctl", "add-port", self.name, port, "--", "set", "Interface", port,
+                 "type=dpdkvhostuserclient", f"options:vhost-server-path={socket}")
 
     def remove(self) -> None:
-        host_run("ovs-vsctl", "--if-exists", "del-br", self.name, check=False, runner=self.runner)
+        host_run(self.host, "ovs-vsctl", "--if-exists", "del-br", self.name, check=False)
 
     def ports(self) -> list[str]:
-        out = host_run("ovs-vsctl", "list-ports", self.name, runner=self.runner).stdout
+        out = host_run(self.host, "ovs-vsctl", "list-ports", self.name).stdout
         return sorted(out.split())
 
 
@@ -171,29 +160,25 @@ def bridge_interface(mac: str, bridge: str, model: str = "virtio", driver: str |
     return i
 
 
-def ovs_dpdk_ready(runner=subprocess.run, host=None) -> tuple[bool, str]:
-    """Whether Open vSwitch runs with DPDK initialised (the vhost-user backend)."""
-    if host is not None and not host.local:
-        from .hostexec import runner_for
-        runner = runner_for(host)
-    try:
-        r = host_run("ovs-vsctl", "get", "Open_vSwitch", ".", "dpdk_initialized", check=False, runner=runner)
-    except FileNotFoundError:
+def ovs_dpdk_ready(host) -> tuple[bool, str]:
+    """Whether Open vSwitch runs with DPDK initialised (the vhost-user backend) on the lab host."""
+    if not host.which("ovs-vsctl"):
         return False, "Open vSwitch is not installed"
-    if r.returncode != 0:
+    r = host_run(host, "ovs-vsctl", "get", "Open_vSwitch", ".", "dpdk_initialized", check=False)
+    if not r.ok:
         return False, f"ovs-vsctl failed: {r.stderr.strip() or 'ovsdb not running'}"
     if r.stdout.strip() != "true":
         return False, "Open vSwitch runs without DPDK (dpdk_initialized is not true)"
     return True, "OVS-DPDK is initialised"
 
 
-def vhostuser_socket_dir(parent, runner=subprocess.run) -> str:
+def vhostuser_socket_dir(host, parent) -> str:
     """A directory for QEMU's vhost-user server sockets, inside `parent` (the run's
     directory on the lab host, removed with the run).  QEMU runs as libvirt's QEMU user,
     not root: it cannot bind in /run/openvswitch, so the directory is writable for all,
     sticky like /tmp (`install -d` sets the mode whatever the umask)."""
     d = f"{parent}/vhost-user"
-    host_run("install", "-d", "-m", "1777", d, runner=runner)
+    host_run(host, "install", "-d", "-m", "1777", d)
     return d
 
 

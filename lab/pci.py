@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,10 +137,11 @@ class HostStateRecord:
 
 
 class HostState:
-    def __init__(self, sys=None, runner=None, writer=None, save_to: Path | None = None, host=None):
-        from .hostexec import runner_for, sys_root
-        self.sys = sys if sys is not None else sys_root(host)
-        self.runner = runner or (runner_for(host) if host is not None and not host.local else subprocess.run)
+    def __init__(self, sys=None, writer=None, save_to: Path | None = None, host=None):
+        """`host`: the lab host (None: this machine); `sys`: its /sys (default: the host's)."""
+        from .hostexec import LocalHost, sys_root
+        self.host = host or LocalHost()
+        self.sys = sys if sys is not None else sys_root(self.host)
         self.writer = writer or self._write
         self.record = HostStateRecord()
         self.save_to = save_to       # kept on disk, so a crashed run's changes are restored by the sweeper
@@ -171,8 +171,8 @@ class HostState:
         dev = read_device(bdf, self.sys)
         self.record.numvfs.setdefault(bdf, dev.numvfs)
         for net in dev.netdevs:
-            r = self.runner(["ip", "-j", "link", "show", net], capture_output=True, text=True)
-            if r.returncode == 0 and r.stdout.strip():
+            r = self.host.run("ip", "-j", "link", "show", net, check=False)
+            if r.ok and r.stdout.strip():
                 link = json.loads(r.stdout)[0]
                 self.record.vf_settings.setdefault(net, link.get("vfinfo_list", []))
                 self.record.link_up.setdefault(net, "UP" in link.get("flags", []))
@@ -202,16 +202,16 @@ class HostState:
             def vf_settings(net=net, vfs=vfs):
                 for i, vf in enumerate(vfs):
                     if "address" in vf:
-                        self.runner(["ip", "link", "set", net, "vf", str(i), "mac", vf["address"]], capture_output=True)
+                        self.host.run("ip", "link", "set", net, "vf", str(i), "mac", vf["address"], check=False)
                     vlan = (vf.get("vlan_list") or [{}])[0].get("vlan", 0)
-                    self.runner(["ip", "link", "set", net, "vf", str(i), "vlan", str(vlan)], capture_output=True)
+                    self.host.run("ip", "link", "set", net, "vf", str(i), "vlan", str(vlan), check=False)
                     rate = vf.get("rate", {}).get("max_tx", 0)
-                    self.runner(["ip", "link", "set", net, "vf", str(i), "max_tx_rate", str(rate)], capture_output=True)
+                    self.host.run("ip", "link", "set", net, "vf", str(i), "max_tx_rate", str(rate), check=False)
             step(f"restored VF settings of {net}", vf_settings)
         for net, was_up in self.record.link_up.items():
             if not was_up:
-                step(f"set {net} down again", lambda net=net: self.runner(["ip", "link", "set", net, "down"],
-                                                                          capture_output=True))
+                step(f"set {net} down again",
+                     lambda net=net: self.host.run("ip", "link", "set", net, "down", check=False))
         for bdf, n in self.record.numvfs.items():
             def numvfs(bdf=bdf, n=n):
                 path = self.sys / "bus/pci/devices" / bdf / "sriov_numvfs"

@@ -6,7 +6,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import subprocess
 import time
 from pathlib import Path, PurePosixPath
 
@@ -19,7 +18,7 @@ from .arch import profile
 from .config import LabConfig
 from .domain import VM, VMSpec
 from .guest.ssh import RunKey
-from .hostexec import runner_for, sys_root
+from .hostexec import sys_root
 from .leases import Lease, lease_port, try_lock
 from .network import Bridge, OvsBridge, vhostuser_socket_dir
 from .session import Session
@@ -54,7 +53,6 @@ class Run:
         self._device_leases: dict = {}
         # The lab host's commands and files: this machine, or SSH to a remote lab host.
         self.host = cfg.host()
-        self.runner = subprocess.run if self.host.local else runner_for(self.host)
         self.sys = sys_root(self.host)
         self.session = Session(cfg.libvirt_uri)
         self.swept = sweep(self.session.conn, self.work_dir, log, host=self.host if cfg.has_shell else None,
@@ -123,9 +121,9 @@ class Run:
         """The documented br0: the lab's own bridge when the config names one,
         else an isolated bridge made (and removed) by this run."""
         if self.cfg.bridge:
-            return Bridge(self.run_id, self.cfg.bridge)
+            return Bridge(self.run_id, self.host, self.cfg.bridge)
         if self._bridge is None:
-            b = Bridge(self.run_id, work_dir=self.work_dir, runner=self.runner).create()
+            b = Bridge(self.run_id, self.host, work_dir=self.work_dir).create()
             self.push_undo(f"removed bridge {b.name}", b.remove)
             self._bridge = b
         return self._bridge
@@ -139,7 +137,7 @@ class Run:
     @contextlib.contextmanager
     def ovs_bridge(self, datapath: str = "system"):
         """An Open vSwitch bridge for this run, removed on leaving (and by the run's teardown)."""
-        ovs = OvsBridge(self.run_id, runner=self.runner, datapath=datapath).create()
+        ovs = OvsBridge(self.run_id, self.host, datapath=datapath).create()
         self.push_undo(f"removed OVS bridge {ovs.name}", ovs.remove)
         try:
             yield ovs
@@ -148,7 +146,7 @@ class Run:
 
     def vhostuser_socket_dir(self) -> str:
         """Where this run's vhost-user sockets go on the lab host (QEMU and OVS both reach it)."""
-        return vhostuser_socket_dir(self.hdir, runner=self.runner)
+        return vhostuser_socket_dir(self.host, self.hdir)
 
     def nodedev_detach(self, bdf: str) -> None:
         """Bind a host PCI device to vfio-pci through libvirt (`virsh nodedev-detach`); the

@@ -113,7 +113,7 @@ def test_vhost_driver_moves_the_nic_data_path_into_the_hosts_vhost_worker(nic_vm
             vm.guest.run("ip link set %s up", nic.name, check=True)
             poll(lambda: vm.guest.net.link_local(nic.name), Deadline(20, f"{nic.name}'s IPv6 link-local address"),
                  interval=0.3)
-            holds = network.qemu_holds(vm.qemu_pid(), "/dev/vhost-net", host=lab.host)
+            holds = network.qemu_holds(lab.host, vm.qemu_pid(), "/dev/vhost-net")
             before = network.vhost_work(vm.qemu_pid(), lab.host)
             sent = vm.guest.net.send_to_link(nic.name, 300)
             after = network.vhost_work(vm.qemu_pid(), lab.host)

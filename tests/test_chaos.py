@@ -89,6 +89,7 @@ def leftovers_of_dead_runs(cfg):
     import libvirt
 
     from lab import loopdev, network
+    from lab.hostexec import LocalHost
     from lab.leases import is_locked
     from lab.sweep import harness_tag
     runs = cfg.work_dir / "runs"
@@ -103,8 +104,8 @@ def leftovers_of_dead_runs(cfg):
     finally:
         conn.close()
     found += [f"run dir {p}" for p in runs.iterdir() if p.is_dir() and dead(p.name)] if runs.exists() else []
-    found += [f"bridge {b}" for b, rid in network.harness_bridges(cfg.work_dir).items() if dead(rid)]
-    found += [f"loop {d} ({b})" for d, b in loopdev.list_loops() if str(runs) in b]
+    found += [f"bridge {b}" for b, rid in network.harness_bridges(LocalHost(), cfg.work_dir).items() if dead(rid)]
+    found += [f"loop {d} ({b})" for d, b in loopdev.list_loops(LocalHost()) if str(runs) in b]
     ps = subprocess.run(["pgrep", "-af", "nbdkit"], capture_output=True, text=True).stdout
     found += [f"process {line}" for line in ps.splitlines() if str(runs) in line]
     return found

@@ -1,20 +1,16 @@
 """Fault backends: dm tables from the real sector count, the state machine,
 and healing on every exit path."""
-import subprocess
+import os
 
 import pytest
 
 from lab import faults
+from lab.hostexec import LocalHost
+from tests.fakehost import FakeHost
 
 
-class FakeRunner:
-    def __init__(self, sectors="131072"):
-        self.calls, self.sectors = [], sectors
-
-    def __call__(self, argv, input=None, **kw):
-        self.calls.append((argv, input))
-        out = self.sectors if argv[0] == "blockdev" else ""
-        return subprocess.CompletedProcess(argv, 0, out, "")
+def dm_host(sectors="131072"):
+    return FakeHost(lambda argv, input: (0, sectors if argv[0] == "blockdev" else ""))
 
 
 def test_dm_tables_cover_the_whole_device():
@@ -25,10 +21,10 @@ def test_dm_tables_cover_the_whole_device():
 
 
 def test_dm_backend_swaps_tables_and_always_heals(tmp_path, monkeypatch):
-    monkeypatch.setattr(faults.loopdev, "attach", lambda p, **k: "/dev/loop9")
-    monkeypatch.setattr(faults.loopdev, "detach", lambda d, **k: None)
-    run = FakeRunner()
-    b = faults.DmErrorBackend(tmp_path, "r1", runner=run)
+    monkeypatch.setattr(faults.loopdev, "attach", lambda host, p: "/dev/loop9")
+    monkeypatch.setattr(faults.loopdev, "detach", lambda host, d: None)
+    run = dm_host()
+    b = faults.DmErrorBackend(run, tmp_path, "r1")
     with pytest.raises(RuntimeError, match="boom"):
         with b:
             assert b.healthy()
@@ -45,7 +41,7 @@ def test_dm_backend_swaps_tables_and_always_heals(tmp_path, monkeypatch):
 
 
 def test_dm_backend_refuses_one_direction_faults(tmp_path):
-    b = faults.DmErrorBackend(tmp_path, "r1", runner=FakeRunner())
+    b = faults.DmErrorBackend(dm_host(), tmp_path, "r1")
     b.tables = faults.dm_tables(8, "/dev/loop0")
     with pytest.raises(faults.FaultError, match="nbdkit"):
         b.fail("read")
@@ -53,7 +49,7 @@ def test_dm_backend_refuses_one_direction_faults(tmp_path):
 
 def test_nbdkit_backend_fails_and_heals_for_real(tmp_path):
     """nbdkit itself (installed by the lab set-up): the error files switch its errors."""
-    with faults.NbdkitBackend(tmp_path, size_mib=1) as b:
+    with faults.NbdkitBackend(LocalHost(), tmp_path, size_mib=1) as b:
         assert b.socket.exists() and b.healthy()
         b.fail("read")
         assert b.files["read"].exists() and not b.files["write"].exists()
@@ -62,12 +58,12 @@ def test_nbdkit_backend_fails_and_heals_for_real(tmp_path):
         b.fail("all")
     assert b.state == "removed" and not b.socket.exists()
     assert not any(f.exists() for f in b.files.values()), "leaving the block healed the fault"
-    assert b.proc.poll() is not None, "nbdkit was stopped"
+    assert not os.path.exists(f"/proc/{b.pid}"), "nbdkit was stopped"
 
 
 def test_unknown_kind_and_backend():
     with pytest.raises(faults.FaultError, match="no fault backend"):
-        faults.make_backend("none", None, "r")
+        faults.make_backend("none", LocalHost(), None, "r")
     b = faults.NbdkitBackend.__new__(faults.NbdkitBackend)
     with pytest.raises(ValueError):
         b._check_kind("sideways")

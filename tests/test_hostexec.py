@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from tests.fakehost import FakeHost
 from lab import config, hostexec, pci
 from lab.hostexec import HostCommandFailed, HostPath, LocalHost, runner_for
 from tests.test_pci_logic import sys_tree  # noqa: F401  (fixture)
@@ -61,7 +62,7 @@ def test_host_state_writes_through_the_host_path(sys_tree):  # noqa: F811
     """set_numvfs and restore write sysfs through the executor's path type."""
     writes = []
     via = HostPath(LocalHost(), sys_tree)
-    st = pci.HostState(via, runner=lambda *a, **k: subprocess.CompletedProcess(a, 1, "", ""),
+    st = pci.HostState(via, host=FakeHost(lambda argv, input: (1, "")),
                        writer=lambda p, v: writes.append((type(p).__name__, str(p), v)))
     st.set_numvfs("0000:03:00.0", 4)
     assert writes == [("HostPath", f"{sys_tree}/bus/pci/devices/0000:03:00.0/sriov_numvfs", "0"),

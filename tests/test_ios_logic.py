@@ -10,6 +10,7 @@ from lab import certification, config, qemu_build
 from lab import xml as X
 from lab.arch import profile
 from lab.faults import NbdkitBackend, parse_nbd_log
+from lab.hostexec import LocalHost
 from lab.host import Capability, probe_qemu_retry, retry_form
 from lab.hostexec import HostResult
 from lab.retry import RetryPolicy, failed_attempts, most_retried, retry_disk
@@ -49,12 +50,12 @@ def test_retries_are_the_same_request_failing_again_not_many_requests_failing_on
 
 
 def test_nbdkit_backend_logs_outside_the_error_filter_and_delays_inside(tmp_path):
-    cmd = NbdkitBackend(tmp_path, write_delay_ms=600).command()
+    cmd = NbdkitBackend(LocalHost(), tmp_path, write_delay_ms=600).command()
     filters = [a for a in cmd if a.startswith("--filter=")]
     assert filters == ["--filter=log", "--filter=delay", "--filter=error"], \
         "the log sees what QEMU sent and got; the delay applies to failing writes too"
     assert "delay-write=600ms" in cmd and any(a.startswith("logfile=") for a in cmd)
-    assert "--filter=delay" not in NbdkitBackend(tmp_path).command()
+    assert "--filter=delay" not in NbdkitBackend(LocalHost(), tmp_path).command()
 
 
 # ------------------------------------------------------------------ the two forms

@@ -3,6 +3,8 @@ import os
 import subprocess
 
 from lab import network
+from lab.hostexec import LocalHost
+from tests.fakehost import FakeHost as RecordingHost
 from lab.guest.probes import parse_channels, parse_nics
 
 ETHTOOL_L = """Channel parameters for eth1:
@@ -19,13 +21,11 @@ Combined:	1
 """
 
 
-class Recorder:
-    def __init__(self, stdout="", rc=0):
-        self.calls, self.stdout, self.rc = [], stdout, rc
-
-    def __call__(self, argv, **kw):
-        self.calls.append(argv)
-        return subprocess.CompletedProcess(argv, self.rc, self.stdout, "")
+def Recorder(stdout="", rc=0):
+    """A lab host whose every command answers `stdout` with `rc`; `.calls` lists the argvs."""
+    h = RecordingHost(lambda argv, input: (rc, stdout), which=True)
+    h.argvs = lambda: [argv for argv, _ in h.calls]
+    return h
 
 
 def test_channels_parse_distinguishes_max_and_current():
@@ -47,23 +47,21 @@ def test_tap_master_and_qemu_holds_on_recorded_trees(tmp_path):
     (sysnet / "vnet8").mkdir()
     assert network.tap_master("vnet7", sysnet) == "accbr1"
     assert network.tap_master("vnet8", sysnet) is None
-    fd = tmp_path / "proc/123/fd"
-    fd.mkdir(parents=True)
-    os.symlink("/dev/vhost-net", fd / "31")
-    os.symlink("/dev/null", fd / "0")
-    assert network.qemu_holds(123, "/dev/vhost-net", tmp_path / "proc")
-    assert not network.qemu_holds(123, "/dev/vfio/vfio", tmp_path / "proc")
+    # qemu_holds asks the lab host's /proc: this process holding a file, and not another
+    with open(tmp_path / "held", "w"):
+        assert network.qemu_holds(LocalHost(), os.getpid(), str(tmp_path / "held"))
+        assert not network.qemu_holds(LocalHost(), os.getpid(), "/dev/vfio/vfio")
 
 
 def test_ovs_bridge_commands_are_tagged_and_removed():
     rec = Recorder()
-    br = network.OvsBridge("run42", name="accovs1", runner=rec, datapath="netdev").create()
+    br = network.OvsBridge("run42", rec, name="accovs1", datapath="netdev").create()
     br.add_vhostuser_port("vhu0", "/run/openvswitch/s0.sock")
     br.remove()
-    assert rec.calls[0][:4] == ["ovs-vsctl", "--may-exist", "add-br", "accovs1"]
-    assert "datapath_type=netdev" in rec.calls[0] and "external-ids:acc-harness-run=run42" in rec.calls[0]
-    assert "type=dpdkvhostuserclient" in rec.calls[1] and "options:vhost-server-path=/run/openvswitch/s0.sock" in rec.calls[1]
-    assert rec.calls[2] == ["ovs-vsctl", "--if-exists", "del-br", "accovs1"]
+    assert rec.argvs()[0][:4] == ["ovs-vsctl", "--may-exist", "add-br", "accovs1"]
+    assert "datapath_type=netdev" in rec.argvs()[0] and "external-ids:acc-harness-run=run42" in rec.argvs()[0]
+    assert "type=dpdkvhostuserclient" in rec.argvs()[1] and "options:vhost-server-path=/run/openvswitch/s0.sock" in rec.argvs()[1]
+    assert rec.argvs()[2] == ["ovs-vsctl", "--if-exists", "del-br", "accovs1"]
 
 
 def test_ovs_dpdk_probe_reasons():
@@ -87,18 +85,18 @@ def test_harness_bridge_is_isolated_and_swept(tmp_path):
     from lab.sweep import sweep
     import libvirt
     work = tmp_path / "work"
-    br = network.Bridge("deadrun1", work_dir=work).create()
+    br = network.Bridge("deadrun1", LocalHost(), work_dir=work).create()
     try:
         assert br.host_addresses() == []
-        assert network.harness_bridges(work).get(br.name) == "deadrun1"
-        assert br.name not in network.harness_bridges(tmp_path / "other-work-dir")
+        assert network.harness_bridges(LocalHost(), work).get(br.name) == "deadrun1"
+        assert br.name not in network.harness_bridges(LocalHost(), tmp_path / "other-work-dir")
         conn = libvirt.open("test:///default")
         undone = sweep(conn, work, log=lambda m: None)
         conn.close()
         assert f"removed leftover bridge {br.name} of dead run deadrun1" in undone
     finally:
         br.remove()
-    assert br.name not in network.harness_bridges()
+    assert br.name not in network.harness_bridges(LocalHost())
 
 
 PS_TID_COMM = """      1 init

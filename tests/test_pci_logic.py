@@ -1,8 +1,9 @@
 """Host PCI discovery, passthrough safety and host-state restore on a
 recorded sysfs tree (a PF with two VFs, a NIC sharing an IOMMU group, an HPRE)."""
 import json
+
+from tests.fakehost import FakeHost
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,10 @@ def test_host_state_is_restored(sys_tree):
 
     vfinfo = [{"vf": 0, "address": "90:e2:ba:21:00:01", "vlan_list": [{"vlan": 0}], "rate": {"max_tx": 0}}]
 
-    def runner(argv, **kw):
-        out = json.dumps([{"ifname": "eth0", "vfinfo_list": vfinfo}]) if argv[:3] == ["ip", "-j", "link"] else ""
-        return subprocess.CompletedProcess(argv, 0, out, "")
+    def answer(argv, input):
+        return 0, json.dumps([{"ifname": "eth0", "vfinfo_list": vfinfo}]) if argv[:3] == ["ip", "-j", "link"] else ""
 
-    st = pci.HostState(sys_tree, runner=runner, writer=writer)
+    st = pci.HostState(sys_tree, writer=writer, host=FakeHost(answer))
     st.set_numvfs("0000:03:00.0", 4)
     assert writes == [("/bus/pci/devices/0000:03:00.0/sriov_numvfs", "0"),
                       ("/bus/pci/devices/0000:03:00.0/sriov_numvfs", "4")]

@@ -3,6 +3,8 @@
 import libvirt
 import pytest
 
+from tests.fakehost import FakeHost
+
 from lab import xml as X
 from lab.arch import profile
 from lab.leases import try_lock
@@ -62,8 +64,6 @@ def test_sweeps_dead_runs_only(conn, tmp_path):
 
 
 def test_dm_leftovers_only_of_dead_runs_of_this_work_dir(tmp_path):
-    import subprocess as sp
-
     from lab.sweep import dm_leftovers
     runs = tmp_path / "runs"
     (runs / "dead1").mkdir(parents=True)
@@ -76,20 +76,31 @@ def test_dm_leftovers_only_of_dead_runs_of_this_work_dir(tmp_path):
     tables = {"acc-dead1-aa": "0 100 linear 7:1 0", "acc-live1-bb": "0 100 linear 7:2 0",
               "acc-dead2-cc": "0 100 linear 7:3 0", "vg0-root": "0 100 linear 8:1 0"}
 
-    def runner(argv, **kw):
+    def answer(argv, input):
         if argv[1] == "ls":
-            return sp.CompletedProcess(argv, 0, "".join(f"{n}\t(253:{i})\n" for i, n in enumerate(tables)), "")
-        return sp.CompletedProcess(argv, 0, tables[argv[2]] + "\n", "")
+            return 0, "".join(f"{n}\t(253:{i})\n" for i, n in enumerate(tables))
+        return 0, tables[argv[2]] + "\n"
+
+    class RecordedHost(FakeHost):       # the lab host's /proc/misc and /sys/dev/block, recorded
+        def _local(self, path):
+            path = str(path)
+            return str(sysdev) + path[len("/sys/dev/block"):] if path.startswith("/sys/dev/block") else path
+
+        def read_text(self, path):
+            return " 58 rfkill\n236 device-mapper\n" if str(path) == "/proc/misc" else super().read_text(self._local(path))
+
+        def exists(self, path):
+            return super().exists(self._local(path))
 
     try:
-        assert dm_leftovers(runs, sysdev, runner) == [("acc-dead1-aa", "dead1")]
+        assert dm_leftovers(RecordedHost(answer), runs) == [("acc-dead1-aa", "dead1")]
     finally:
         live.release()
 
 
 def test_a_dead_runs_orphaned_nbdkit_is_killed_and_a_live_runs_is_left(conn, tmp_path):
-    """nbdkit normally exits with its parent; a parent killed before nbdkit armed
-    that leaves an orphan, which only the sweeper ends."""
+    """nbdkit runs detached from the harness on the lab host: a dead run's nbdkit is
+    ended by the sweeper."""
     import shutil
     import subprocess
     import time
