@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import re
 import time
-from pathlib import Path
 
 import libvirt
 
 from . import xml as X
-from .virsh import virsh
 
 
-def create_external(vm, disks: dict[str, Path], others_no: list[str] = ()) -> tuple[str, float]:
+def create_external(vm, disks: dict, others_no: list[str] = ()) -> tuple[str, float]:
     """`virsh snapshot-create-as --domain VM --disk-only --diskspec D,snapshot=external,file=F --atomic`;
     returns (snapshot name, seconds taken)."""
     args = ["snapshot-create-as", "--domain", vm.name, "--disk-only", "--atomic"]
@@ -21,7 +19,7 @@ def create_external(vm, disks: dict[str, Path], others_no: list[str] = ()) -> tu
     for target in others_no:
         args += ["--diskspec", f"{target},snapshot=no"]
     t = time.monotonic()
-    r = virsh(vm.run.cfg.libvirt_uri, *args).check()
+    r = vm.virsh(*args).check()
     took = time.monotonic() - t
     m = re.search(r"Domain snapshot (\S+) created", r.stdout)
     if not m:
@@ -36,7 +34,7 @@ def restore_external(vm, name: str, target: str = "vda") -> None:
     snap = vm.dom.snapshotLookupByName(name)
     sx = X.parse(snap.getXMLDesc())
     before = sx.find(f"domain/devices/disk/target[@dev='{target}']/..")
-    overlay = Path(sx.find(f"disks/disk[@name='{target}']/source").get("file"))
+    overlay = sx.find(f"disks/disk[@name='{target}']/source").get("file")      # a path on the lab host
     vm.destroy()
     dom_xml = vm.inactive_xml()
     disk = dom_xml.find(f"devices/disk/target[@dev='{target}']/..")
@@ -45,5 +43,5 @@ def restore_external(vm, name: str, target: str = "vda") -> None:
         disk.remove(bs)
     vm.conn.defineXML(X.to_string(dom_xml))
     snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
-    overlay.unlink(missing_ok=True)
+    vm.host.unlink(overlay)
     vm.start()
