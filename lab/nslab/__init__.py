@@ -27,7 +27,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
+
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -1,0 +1,65 @@
+"""The namespace lab host (lab/nslab): a remote lab host whose files the controller
+cannot see, and that sees none of the controller's; stopped with everything in it."""
+import os
+from pathlib import Path
+
+import pytest
+
+from lab import nslab
+from lab.hostexec import SshHost
+from lab.timeouts import Deadline, poll
+
+pytestmark = pytest.mark.lab
+
+PORT = 22781            # not labs/nslab.toml's: the suites' lab host may be up meanwhile
+
+
+@pytest.fixture(scope="module")
+def ns_host():
+    lay = nslab.Layout(Path("/var/lib/acc-lab/nslab-selftest"))
+    repo = str(Path(__file__).resolve().parents[1])
+    m = nslab.start(lay, PORT, ["/var/lib/acc-harness", repo], log=lambda s: None)
+    host = SshHost("nslab-selftest", "127.0.0.1", PORT, "root", str(lay.key), known_hosts=str(lay.known_hosts))
+    try:
+        yield lay, m, host, repo
+    finally:
+        host.close()
+        nslab.stop(lay, log=lambda s: None)
+
+
+def test_the_lab_host_and_the_controller_see_each_others_files_nowhere(ns_host):
+    lay, _, host, repo = ns_host
+    host.run("sh", "-c", "echo on-the-lab-host > /srv/acc-harness-probe")
+    assert not os.path.exists("/srv/acc-harness-probe"), "the lab host's work dir is visible on the controller"
+    assert (lay.store / "work" / "acc-harness-probe").exists(), "the lab host's disk is its store"
+    (lay.store / "work" / "acc-harness-probe").unlink()
+    for d in ("/var/lib/acc-harness", repo):
+        assert host.listdir(d) == [], f"the controller's {d} is visible on the lab host"
+    assert not host.exists(lay.dir), "the lab's own dir (keys, store) is visible on the lab host"
+    assert host.run("sh", "-c", "touch /var/lib/acc-harness/x", check=False).rc != 0, "hidden dirs are read-only"
+
+
+def test_the_lab_host_has_its_own_network_processes_and_libvirt(ns_host):
+    _, m, host, _ = ns_host
+    links = host.run("ip", "-o", "link").stdout
+    assert [ln.split(":")[1].strip() for ln in links.splitlines()] == ["lo"], links
+    assert not host.exists(f"/proc/{os.getpid()}/cmdline") or \
+        host.read_text(f"/proc/{os.getpid()}/cmdline") != Path(f"/proc/{os.getpid()}/cmdline").read_text(), \
+        "the lab host sees the controller's processes"
+    assert host.run("virsh", "-c", "qemu:///system", "list", "--all", "--name").stdout.strip() == ""
+    assert host.exists("/run/libvirt/libvirt-sock") and not os.path.exists("/run/acc-lab-host")
+
+
+def test_stop_ends_every_process_of_the_lab_host_and_start_sweeps_a_crashed_one(ns_host):
+    lay, m, host, repo = ns_host
+    # a second start finds the first still running (as after a crashed run) and stops it first
+    first = nslab.running_pid(lay)
+    host.close()
+    m2 = nslab.start(lay, PORT, ["/var/lib/acc-harness", repo], log=lambda s: None)
+    assert nslab.running_pid(lay) == m2.pid != first and not os.path.exists(f"/proc/{first}")
+    children = [int(c) for c in Path(f"/proc/{m2.pid}/task/{m2.pid}/children").read_text().split()]
+    nslab.stop(lay, log=lambda s: None)
+    poll(lambda: not any(os.path.exists(f"/proc/{c}") for c in children),
+         Deadline(10, "the lab host's first process to be gone", scaled=False), interval=0.1)
+    assert nslab.running_pid(lay) is None and not lay.state.exists()
+    nslab.start(lay, PORT, ["/var/lib/acc-harness", repo], log=lambda s: None)      # for the fixture's stop
