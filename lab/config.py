@@ -91,14 +91,14 @@ class LabConfig:
         return self.work_dir / "daemon"
 
     @property
-    def local(self) -> bool:
+    def on_this_machine(self) -> bool:
         """Host commands run on this machine (a local libvirt URI and no [shell] address)."""
         return not self.shell_address and "://" in self.libvirt_uri and self.libvirt_uri.split("://", 1)[1].startswith("/")
 
     @property
     def has_shell(self) -> bool:
         """The harness can run commands on the lab host (this machine, or over SSH)."""
-        return self.local or bool(self.shell_address)
+        return self.on_this_machine or bool(self.shell_address)
 
     def host(self):
         """The executor for this lab host's commands and files."""

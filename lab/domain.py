@@ -75,8 +75,7 @@ class VM:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.host = run.host
         self.hdir = run.hdir / name                  # the lab host: overlays, logs QEMU writes
-        if not self.host.local:
-            self.host.makedirs(self.hdir)
+        self.host.makedirs(self.hdir)
         self.serial_log = self.hdir / "serial.log"
         self.mac = random_mac()
         self.port_lease = run.lease_port()
@@ -114,19 +113,34 @@ class VM:
 
     # ------------------------------------------------------------ XML
 
+    @property
+    def overlay(self):
+        """The VM's root disk on the lab host: a qcow2 overlay on the run's image."""
+        return self.hdir / "root.qcow2"
+
+    @property
+    def seed(self):
+        """The NoCloud seed on the lab host (images with access = 'nocloud')."""
+        return self.hdir / "seed.iso"
+
+    def _make_disks(self) -> None:
+        """The overlay and, for a NoCloud image, the seed (made here, copied to the lab host),
+        once per VM: what the domain's XML names must exist before it is defined."""
+        if self.host.exists(self.overlay):
+            return
+        from .images import create_nocloud_seed, create_overlay
+        create_overlay(self.host, self.run.image.root, self.overlay)
+        self.files.append(self.overlay)
+        if self.run.image.access == "nocloud":
+            local = create_nocloud_seed(self.dir / "seed.iso", self.name, "acc-guest", self.run.key.public_line,
+                                        self.run.seed_password_hash)
+            self.host.put(local, self.seed)
+            self.files.append(self.seed)
+
     def build_xml(self) -> etree._Element:
+        """The domain's XML (no side effects: `define` makes the disks it names)."""
         run, img, arch = self.run, self.run.image, self.run.arch
-        overlay = self.hdir / "root.qcow2"
-        if not self.host.exists(overlay):
-            from .images import create_overlay, create_nocloud_seed
-            create_overlay(img.root, overlay, host=self.host)
-            self.files.append(overlay)
-            if img.access == "nocloud":
-                if not self.host.local:
-                    raise DomainError(f"cloud images (access = 'nocloud') on remote lab host {self.host.name} "
-                                      "are not supported yet: use image = 'default'")
-                self.files.append(create_nocloud_seed(self.dir / "seed.iso", self.name, "acc-guest",
-                                                      run.key.public_line, run.seed_password_hash))
+        overlay = self.overlay
         devices = []
         if self.spec.pcie_root_ports is not None:
             devices += X.simplified_pcie_topology(self.spec.pcie_root_ports, bridge=self.spec.pcie_bridge)
@@ -136,7 +150,7 @@ class VM:
         if img.access == "nocloud":
             # A CD-ROM on the machine's own SATA controller, as cloud tools attach a NoCloud seed: it
             # takes no PCI slot, no virtio or SCSI disk name and no target a claim's disks use.
-            devices.append(X.disk(str(self.dir / "seed.iso"), target="sdzz", bus="sata", fmt="raw", device="cdrom",
+            devices.append(X.disk(str(self.seed), target="sdzz", bus="sata", fmt="raw", device="cdrom",
                                   readonly=True, alias="ua-acc-seed",
                                   drive_address={"controller": 0, "bus": 0, "target": 0, "unit": 5}))
         devices.append(X.user_interface(self.mac))
@@ -162,6 +176,7 @@ class VM:
                         overrides=self.spec.overrides, qemu_args=self.spec.qemu_args)
 
     def define(self) -> "VM":
+        self._make_disks()
         xml = X.to_string(self.build_xml())
         (self.dir / "defined.xml").write_text(xml)
         try:
@@ -421,9 +436,9 @@ class VM:
         if self.dir.exists():
             shutil.rmtree(self.dir, ignore_errors=True)
             undone.append(f"removed {self.dir}")
-        if not self.host.local:
+        if self.host.exists(self.hdir):
             self.host.rmtree(self.hdir)
-            undone.append(f"removed {self.hdir} on {self.host.name}")
+            undone.append(f"removed {self.hdir}{self.host.on}")
         self.port_lease.release()
         return undone
 
@@ -475,13 +490,11 @@ class VM:
             return int(self.host.read_text(f"/run/libvirt/qemu/{self.name}.pid").strip())
         except (OSError, ValueError):
             pass
-        if not self.host.local:
-            raise RuntimeError(f"no pid file of {self.name}'s QEMU on lab host {self.host.name}")
-        from .hostproc import processes
-        for pid, argv in processes():
+        from .hostproc import host_processes
+        for pid, argv in host_processes(self.host):
             if "-name" in argv[:-1] and argv[argv.index("-name") + 1].startswith(f"guest={self.name},"):
                 return pid
-        raise RuntimeError(f"no QEMU process of {self.name} on this host")
+        raise RuntimeError(f"no QEMU process of {self.name} on lab host {self.host.name}")
 
     def qemu_open_flags(self, path) -> list[int]:
         """The open flags of each descriptor this domain's QEMU holds on `path` (on the lab host)."""
@@ -515,10 +528,10 @@ class VM:
 
     def scratch_image(self, name: str, size: str = "64M", fmt: str = "qcow2") -> Path:
         """An empty image in this VM's directory on the lab host (removed with the VM)."""
-        return create_image(self.hdir / f"{name}.{fmt}", size, fmt, host=self.host)
+        return create_image(self.host, self.hdir / f"{name}.{fmt}", size, fmt)
 
     def image_sha256(self, path, mib: int, fmt: str = "qcow2") -> str:
-        return image_sha256(path if not self.host.local else Path(path), mib, fmt, host=self.host)
+        return image_sha256(self.host, path, mib, fmt)
 
     @staticmethod
     def _flags(live: bool, config: bool) -> int:

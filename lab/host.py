@@ -84,7 +84,7 @@ def _probe_retry(cfg: LabConfig, conn, h, add) -> None:
         q = (False, f"QEMU's device properties need a [shell] on lab host {cfg.name} to ask {emulator or 'its QEMU'}")
     else:
         ok, why = probe_qemu_retry(h, emulator)
-        q = (ok, why + ("" if h.local else f" on {cfg.name}"))
+        q = (ok, why + h.on)
     x = probe_retry_policy(conn, cfg, emulator) if conn is not None else \
         (False, "error_policy='retry' needs a libvirt connection to probe")
     if q[0] and not x[0]:
@@ -96,8 +96,8 @@ def _probe_retry(cfg: LabConfig, conn, h, add) -> None:
 
 
 def _probe_host(cfg, h, sysroot: Path, add) -> None:
-    p = (lambda rel: str(sysroot / rel.lstrip("/"))) if h.local else (lambda rel: rel)     # noqa: E731
-    on = "" if h.local else f" on {cfg.name}"
+    p = lambda rel: str(sysroot / rel.lstrip("/"))     # noqa: E731  (sysroot "/" but in self-tests)
+    on = h.on
     vn = h.exists(p("/dev/vhost-net"))
     add("vhost-net", vn, "/dev/vhost-net " + ("present" if vn else "is missing (no vhost_net module)") + on)
     vs = h.exists(p("/sys/kernel/config/target/vhost")) or h.exists(p("/sys/module/vhost_scsi"))

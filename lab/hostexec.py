@@ -64,6 +64,18 @@ class Host:
     def which(self, prog: str) -> bool:
         return self.run("sh", "-c", 'command -v "$1"', "sh", prog, check=False).ok
 
+    @property
+    def on(self) -> str:
+        """Where, for a message: "" on this machine, " on <lab host>" elsewhere."""
+        return "" if self.local else f" on {self.name}"
+
+    def put_readonly(self, local: Path, remote) -> None:
+        """`put` for a file nobody writes (a base image): this machine may link it."""
+        self.put(local, remote)
+
+    def close(self) -> None:
+        pass
+
     # file operations, overridden where a transport can do better
     def read_bytes(self, path) -> bytes: raise NotImplementedError
     def write_text(self, path, text: str) -> None: raise NotImplementedError
@@ -155,6 +167,15 @@ class LocalHost(Host):
 
     def put(self, local, remote):
         if Path(local) != Path(remote):
+            shutil.copy2(local, remote)
+
+    def put_readonly(self, local, remote):
+        if Path(local) == Path(remote):
+            return
+        Path(remote).unlink(missing_ok=True)
+        try:
+            os.link(local, remote)            # the same file, no copy (never written)
+        except OSError:
             shutil.copy2(local, remote)
 
     def connect_tcp(self, address, port, timeout=5):

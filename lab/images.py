@@ -504,30 +504,22 @@ def _copy_file_as(src: Path, dst: Path) -> None:
 
 # ---------------------------------------------------------------- overlays, seeds
 
-def _remote(host) -> bool:
-    return host is not None and not host.local
-
-
-def create_overlay(base: Path, path: Path, host=None) -> Path:
-    """A qcow2 overlay on a cached base image: per-VM writes never touch the base."""
-    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(path)]
-    if _remote(host):
-        host.run(*argv)
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _run(argv)
+def create_overlay(host, base, path):
+    """A qcow2 overlay on the lab host on a cached base image: per-VM writes never touch the base."""
+    host.makedirs(path.parent)
+    host.run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(path))
     return path
 
 
 def upload(img: GuestImage, host, cache_dir) -> GuestImage:
-    """The image on a remote lab host, in its images dir (content-addressed by the
-    image's digest; copied once, atomically)."""
+    """The image on the lab host, in its images dir there (content-addressed by the
+    image's digest; copied once, atomically; this machine links the cached files)."""
     d = cache_dir / f"guest-{img.digest}"
     if not host.exists(d / ".complete"):
         host.makedirs(d)
         for f in (img.root, img.kernel, img.initrd):
             if f is not None:
-                host.put(f, d / f.name)
+                host.put_readonly(f, d / f.name)
         host.write_text(d / ".complete", img.digest + "\n")
     return GuestImage(root=d / img.root.name, kernel=d / img.kernel.name if img.kernel else None,
                       initrd=d / img.initrd.name if img.initrd else None, digest=img.digest, access=img.access,
@@ -558,38 +550,25 @@ def create_nocloud_seed(path: Path, instance_id: str, hostname: str, pubkey: str
     return path
 
 
-def create_image(path: Path, size: str = "64M", fmt: str = "qcow2", host=None) -> Path:
-    if _remote(host):
-        host.makedirs(path.parent)
-        host.run("qemu-img", "create", "-q", "-f", fmt, str(path), size)
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _run(["qemu-img", "create", "-q", "-f", fmt, str(path), size])
+def create_image(host, path, size: str = "64M", fmt: str = "qcow2"):
+    """An empty image on the lab host."""
+    host.makedirs(path.parent)
+    host.run("qemu-img", "create", "-q", "-f", fmt, str(path), size)
     return path
 
 
-def image_sha256(path: Path, mib: int, fmt: str = "qcow2", host=None) -> str:
+def image_sha256(host, path, mib: int, fmt: str = "qcow2") -> str:
     """sha256 of the first `mib` MiB of an image's guest-visible content, read
-    on the host while a VM may hold it (shared read)."""
-    if _remote(host):
-        raw = f"{path}.sha-{os.getpid()}.raw"
-        try:
-            host.run("qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), raw)
-            out = host.run("sh", "-c", 'head -c "$1" "$2" | sha256sum', "sh", mib * 1024 * 1024, raw).stdout
-        finally:
-            host.run("rm", "-f", raw, check=False)
-        return out.split()[0]
-    with tempfile.TemporaryDirectory() as d:
-        raw = Path(d) / "content.raw"
-        _run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), str(raw)])
-        h = hashlib.sha256()
-        with open(raw, "rb") as f:
-            h.update(f.read(mib * 1024 * 1024))
-        return h.hexdigest()
+    on the lab host while a VM may hold it (shared read)."""
+    raw = f"{path}.sha-{os.getpid()}.raw"
+    try:
+        host.run("qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), raw)
+        out = host.run("sh", "-c", 'head -c "$1" "$2" | sha256sum', "sh", mib * 1024 * 1024, raw).stdout
+    finally:
+        host.run("rm", "-f", raw, check=False)
+    return out.split()[0]
 
 
-def image_info(path: Path, host=None) -> dict:
-    """`qemu-img info` of an image, also while a VM holds it."""
-    if _remote(host):
-        return json.loads(host.run("qemu-img", "info", "-U", "--output=json", str(path)).stdout)
-    return json.loads(_run(["qemu-img", "info", "-U", "--output=json", str(path)]).stdout)
+def image_info(host, path) -> dict:
+    """`qemu-img info` of an image on the lab host, also while a VM holds it."""
+    return json.loads(host.run("qemu-img", "info", "-U", "--output=json", str(path)).stdout)

@@ -57,11 +57,9 @@ class Run:
         self.session = Session(cfg.libvirt_uri)
         self.swept = sweep(self.session.conn, self.work_dir, log, host=self.host if cfg.has_shell else None,
                            host_work_dir=cfg.host_work_dir)
-        if self.host.local:
-            self.hdir = self.dir                 # where QEMU finds this run's files
-        else:
-            self.hdir = PurePosixPath(cfg.host_work_dir) / "runs" / self.run_id
-            self.host.makedirs(self.hdir)
+        # Where QEMU finds this run's files, on the lab host (on this machine: the run's dir).
+        self.hdir = PurePosixPath(cfg.host_work_dir) / "runs" / self.run_id
+        self.host.makedirs(self.hdir)
         self.key = RunKey.generate()
         self.image = self._image()
         # How the harness logs in on a guest's console (None: the console is a root shell already).
@@ -81,9 +79,7 @@ class Run:
         else:
             return images.GuestImage(root=Path(self.cfg.image), access=self.cfg.image_access,
                                      console_tty=self.arch.console_tty)
-        if not self.host.local:
-            img = images.upload(img, self.host, PurePosixPath(self.cfg.host_work_dir) / "images")
-        return img
+        return images.upload(img, self.host, PurePosixPath(self.cfg.host_work_dir) / "images")
 
     def _console_login(self):
         if self.image.access == "nocloud":
@@ -211,13 +207,13 @@ class Run:
             except Exception as e:          # keep undoing the rest
                 undone.append(f"FAILED to undo ({what}): {e}")
         self.session.close()
-        if not self.host.local:
-            try:
+        try:
+            if self.host.exists(self.hdir):
                 self.host.rmtree(self.hdir)
-                undone.append(f"removed {self.hdir} on {self.host.name}")
-            except Exception as e:
-                undone.append(f"FAILED to remove {self.hdir} on {self.host.name}: {e}")
-            self.host.close()
+                undone.append(f"removed {self.hdir}{self.host.on}")
+        except Exception as e:
+            undone.append(f"FAILED to remove {self.hdir}{self.host.on}: {e}")
+        self.host.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.lock.release()
         (self.work_dir / "runs" / f"{self.run_id}.lock").unlink(missing_ok=True)

@@ -49,7 +49,7 @@ def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm, request):
     # the guide says "within a few seconds": a measured figure in the certification report, not a timed assert
     proven_with(request, f"external disk-only snapshot of vda taken in {took:.2f} s (measured)")
     assert vm.host.exists(overlay)
-    info = images.image_info(overlay, host=vm.host)
+    info = images.image_info(vm.host, overlay)
     assert info["format"] == "qcow2" and info.get("backing-filename") == base
     assert vm.state()[0] == "running" and g.boot_id() == vm.boot_id, "the VM kept running through the snapshot"
     assert vm.live_xml().find("devices/disk/target[@dev='vda']/../source").get("file") == str(overlay)
@@ -89,7 +89,7 @@ def test_qcow2_and_raw_images_can_be_snapshotted(vms):
     for serial, (path, fmt, target) in bases.items():
         src = vm.live_xml().find(f"devices/disk/target[@dev='{target}']/../source").get("file")
         assert src == str(overlays[serial]), f"{target} now writes to {src}, not the snapshot's overlay"
-        backing = images.image_info(src, host=vm.host)
+        backing = images.image_info(vm.host, src)
         assert backing["backing-filename-format"] == fmt and backing["backing-filename"] == str(path)
     # The same region rewritten after the snapshot: the base keeps the data of the snapshot's
     # moment, the overlay serves what the guest wrote since (a broken overlay or a base written

@@ -4,6 +4,7 @@ import os
 import time
 
 from lab import images
+from lab.hostexec import LocalHost
 from lab.arch import profile
 
 
@@ -41,9 +42,10 @@ def test_prune_keeps_the_most_recently_used(tmp_path):
 
 
 def test_overlay_leaves_the_base_untouched(tmp_path):
-    base = images.create_image(tmp_path / "base.qcow2", "8M")
+    host = LocalHost()
+    base = images.create_image(host, tmp_path / "base.qcow2", "8M")
     before = images.sha256_file(base)
-    ov = images.create_overlay(base, tmp_path / "ov.qcow2")
-    info = images.image_info(ov)
+    ov = images.create_overlay(host, base, tmp_path / "ov.qcow2")
+    info = images.image_info(host, ov)
     assert info["backing-filename"] == str(base) and info["format"] == "qcow2"
     assert images.sha256_file(base) == before

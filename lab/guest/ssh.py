@@ -87,7 +87,7 @@ class SSH:
             c.set_missing_host_key_policy(paramiko.AutoAddPolicy())   # checked against the pinned key below
             try:
                 sock = self.via.connect_tcp(self.host, self.port, timeout=min(5, max(deadline.remaining, 0.5))) \
-                    if self.via is not None and not self.via.local else None
+                    if self.via is not None else None
                 c.connect(self.host, self.port, username=self.user, pkey=self.key.pkey, sock=sock,
                           timeout=min(5, max(deadline.remaining, 0.5)),
                           banner_timeout=min(5, max(deadline.remaining, 0.5)),
