@@ -6,8 +6,9 @@ and log — goes through one `Host`: `LocalHost` for this machine, `SshHost` for
 lab host reached over SSH (paramiko; commands shlex-quoted, files over SFTP).
 The same harness code runs on both; only the transport differs.
 
-`host.run(*argv)` returns a `HostResult` (pytest-testinfra's shape); `check=True`
-raises `HostCommandFailed` naming the host, the command and its stderr.
+`host.run(*argv)` returns a `Result` (lab/result.py: the one result type of host, guest
+and virsh commands); `check=True` raises `HostCommandFailed` naming the host, the
+command and its stderr.
 """
 from __future__ import annotations
 
@@ -18,39 +19,20 @@ import socket
 import stat
 import subprocess
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import paramiko
 from .errors import LabError
+from .result import ExecTimeout, Result, ssh_exec
 
 
 class HostCommandFailed(LabError, RuntimeError):
     pass
 
 
-@dataclass
-class HostResult:
-    host: str
-    argv: tuple
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
-
-    @property
-    def command(self) -> str:
-        return shlex.join(self.argv)
-
-    def check(self) -> "HostResult":
-        if self.rc != 0:
-            raise HostCommandFailed(f"on lab host {self.host}: '{self.command}' exited {self.rc}: "
-                                    f"{(self.stderr.strip() or self.stdout.strip())[-600:]}")
-        return self
+def host_result(host: str, argv, rc: int, stdout: str, stderr: str) -> Result:
+    """A lab host command's `Result`: its failure is a lab problem (HostCommandFailed)."""
+    return Result(f"lab host {host}", shlex.join(argv), rc, stdout, stderr, HostCommandFailed)
 
 
 class Host:
@@ -58,7 +40,7 @@ class Host:
     name: str = "host"
     local: bool = True
 
-    def run(self, *argv, check: bool = True, input: str | None = None, timeout: float = 120) -> HostResult:
+    def run(self, *argv, check: bool = True, input: str | None = None, timeout: float = 120) -> Result:
         raise NotImplementedError
 
     def which(self, prog: str) -> bool:
@@ -114,13 +96,13 @@ class LocalHost(Host):
     def __init__(self, name: str = "localhost"):
         self.name = name
 
-    def run(self, *argv, check=True, input=None, timeout=120) -> HostResult:
+    def run(self, *argv, check=True, input=None, timeout=120) -> Result:
         argv = tuple(str(a) for a in argv)
         try:
             r = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
-            res = HostResult(self.name, argv, r.returncode, r.stdout, r.stderr)
+            res = host_result(self.name, argv, r.returncode, r.stdout, r.stderr)
         except FileNotFoundError as e:
-            res = HostResult(self.name, argv, 127, "", f"{e.strerror}: {argv[0]}")
+            res = host_result(self.name, argv, 127, "", f"{e.strerror}: {argv[0]}")
         return res.check() if check else res
 
     def which(self, prog):
@@ -237,38 +219,14 @@ class SshHost(Host):
                 self._client.close()
             self._client = self._sftp = None
 
-    def run(self, *argv, check=True, input=None, timeout=120) -> HostResult:
+    def run(self, *argv, check=True, input=None, timeout=120) -> Result:
         argv = tuple(str(a) for a in argv)
-        chan = self.client().get_transport().open_session(timeout=self.connect_timeout)
-        chan.settimeout(timeout)
         try:
-            chan.exec_command(shlex.join(argv))
-            if input is not None:
-                chan.sendall(input.encode())
-            chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            end = time.monotonic() + timeout
-            while True:
-                got = False
-                while chan.recv_ready():
-                    out += chan.recv(65536)
-                    got = True
-                while chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                    got = True
-                # the server sends all data before the exit status, in order
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-                if time.monotonic() > end:
-                    raise socket.timeout()
-                if not got:
-                    time.sleep(0.005)
-            rc = chan.recv_exit_status()
-        except socket.timeout:
+            rc, out, err = ssh_exec(self.client().get_transport(), shlex.join(argv),
+                                    input.encode() if input is not None else None, timeout, self.connect_timeout)
+        except ExecTimeout:
             raise HostCommandFailed(f"on lab host {self.name}: '{shlex.join(argv)}' did not finish within {timeout} s") from None
-        finally:
-            chan.close()
-        res = HostResult(self.name, argv, rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        res = host_result(self.name, argv, rc, out.decode(errors="replace"), err.decode(errors="replace"))
         return res.check() if check else res
 
     def read_bytes(self, path):
@@ -431,18 +389,6 @@ class HostPath:
 
     def rmdir(self) -> None:
         self.host.rmdir(self._p)
-
-
-def runner_for(host: Host):
-    """A subprocess.run-shaped callable that runs on `host` (for code written
-    against subprocess.run, and its fakes in the self-tests)."""
-    def run(argv, capture_output=True, text=True, input=None, check=False, timeout=120, **_):
-        r = host.run(*argv, check=False, input=input, timeout=timeout)
-        cp = subprocess.CompletedProcess(list(argv), r.rc, r.stdout, r.stderr)
-        if check:
-            cp.check_returncode()
-        return cp
-    return run
 
 
 def sys_root(host: Host | None):

@@ -2,32 +2,21 @@
 Everything else goes through the libvirt API."""
 from __future__ import annotations
 
+import shlex
 import subprocess
-from dataclasses import dataclass
 
+from .result import Result
 from .timeouts import Deadline
 
 
-@dataclass
-class VirshResult:
-    args: list
-    rc: int
-    stdout: str
-    stderr: str
-
-    def check(self) -> "VirshResult":
-        if self.rc != 0:
-            raise AssertionError(f"virsh {' '.join(self.args)} exited {self.rc}: {self.stderr.strip()}")
-        return self
-
-
-def virsh(uri: str, *args, timeout: float = 60) -> VirshResult:
+def virsh(uri: str, *args, timeout: float = 60) -> Result:
+    """`virsh -c uri args...`; its failure (`check()`) is an AssertionError: virsh's output is the claim."""
     d = Deadline(timeout, f"virsh {' '.join(args)}")
     try:
         r = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=d.budget)
     except subprocess.TimeoutExpired:
         raise d.fail() from None
-    return VirshResult(list(args), r.returncode, r.stdout, r.stderr)
+    return Result("virsh", shlex.join(args), r.returncode, r.stdout, r.stderr)
 
 
 def table(text: str) -> list[list[str]]:

@@ -2,7 +2,8 @@
 commands: `handler(argv, input)` answers each command with (rc, stdout[, stderr])."""
 from __future__ import annotations
 
-from lab.hostexec import HostResult, LocalHost
+from lab.hostexec import LocalHost, host_result
+from lab.result import Result
 
 
 class FakeHost(LocalHost):
@@ -15,11 +16,11 @@ class FakeHost(LocalHost):
         self.calls: list[tuple[list[str], str | None]] = []
         self._which = which
 
-    def run(self, *argv, check=True, input=None, timeout=120) -> HostResult:
+    def run(self, *argv, check=True, input=None, timeout=120) -> Result:
         argv = [str(a) for a in argv]
         self.calls.append((argv, input))
         rc, out, *err = self.handler(argv, input)
-        res = HostResult(self.name, tuple(argv), rc, out, err[0] if err else "")
+        res = host_result(self.name, argv, rc, out, err[0] if err else "")
         return res.check() if check else res
 
     def which(self, prog):

@@ -185,7 +185,7 @@ def test_a_probe_program_missing_in_the_guest_is_named():
             self.rc, self.err = rc, err
 
         def run(self, cmd, *args, timeout=60, check=False):
-            return Result(cmd, self.rc, "", self.err)
+            return Result("guest", cmd, self.rc, "", self.err)
 
     with pytest.raises(GuestToolMissing, match="no 'lspci'"):
         Guest(FakeSSH(127, "sh: 1: lspci: not found\n")).check_output("lspci -D -vv")

@@ -12,7 +12,7 @@ from lab.arch import profile
 from lab.faults import NbdkitBackend, parse_nbd_log
 from lab.hostexec import LocalHost
 from lab.host import Capability, probe_qemu_retry, retry_form
-from lab.hostexec import HostResult
+from lab.hostexec import host_result
 from lab.retry import RetryPolicy, failed_attempts, most_retried, retry_disk
 
 DATA = Path(__file__).parent / "data" / "ios"
@@ -109,7 +109,7 @@ class HelpHost:
         self.text = text
 
     def run(self, *argv, check=True, input=None, timeout=120):
-        return HostResult("rec", argv, 0, self.text, "")
+        return host_result("rec", argv, 0, self.text, "")
 
 
 def test_qemu_retry_probe_on_recorded_device_help():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import shlex
-import socket
 import time
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..result import ExecTimeout, Result, ssh_exec
 from ..timeouts import Deadline
 
 GUEST_PATH = "export PATH=/usr/sbin:/usr/bin:/sbin:/bin; "
@@ -23,23 +23,6 @@ class CommandFailed(AssertionError):
 
 class HostKeyMismatch(AssertionError):
     """The SSH server is not the guest we booted."""
-
-
-@dataclass
-class Result:
-    command: str
-    rc: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.rc == 0
-
-    def check(self) -> "Result":
-        if self.rc != 0:
-            raise CommandFailed(f"guest command {self.command!r} exited {self.rc}: {self.stderr.strip()[-500:] or self.stdout.strip()[-500:]}")
-        return self
 
 
 @dataclass(frozen=True)
@@ -117,43 +100,11 @@ class SSH:
         if not self.connected:
             raise ConnectionError(f"SSH to {self.host}:{self.port} is not connected")
         deadline = Deadline(timeout, f"guest command {command!r}")
-        for attempt in (1, 2):
-            chan = self._client.get_transport().open_session(timeout=min(10, timeout))
-            chan.settimeout(0.5)
-            try:
-                chan.exec_command(GUEST_PATH + command)
-                break
-            except paramiko.SSHException:
-                # The server refused to start the command (it answered the exec request with a
-                # failure, seen once from dropbear with another channel open): nothing ran, so
-                # asking once more is safe.  A second refusal is the error.
-                chan.close()
-                if attempt == 2 or not self.connected:
-                    raise
-        if stdin is not None:
-            chan.sendall(stdin)
-        chan.shutdown_write()
-        out, err = bytearray(), bytearray()
-        while True:
-            while chan.recv_ready():
-                out += chan.recv(65536)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                break
-            if deadline.expired:
-                chan.close()
-                raise deadline.fail(f"output so far: {out[-300:].decode(errors='replace')!r}")
-            try:
-                chunk = chan.recv(65536)
-                out += chunk
-                if not chunk and chan.exit_status_ready():
-                    break
-            except socket.timeout:
-                pass
-        rc = chan.recv_exit_status()
-        chan.close()
-        r = Result(command, rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        try:
+            rc, out, err = ssh_exec(self._client.get_transport(), GUEST_PATH + command, stdin, deadline.budget)
+        except ExecTimeout as e:
+            raise deadline.fail(f"output so far: {e.out[-300:].decode(errors='replace')!r}") from None
+        r = Result("guest", command, rc, out.decode(errors="replace"), err.decode(errors="replace"), CommandFailed)
         return r.check() if check else r
 
     def close(self) -> None:

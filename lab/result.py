@@ -1,0 +1,86 @@
+"""One command result for host, guest and virsh commands, and one SSH exec loop.
+
+`Result` has pytest-testinfra's shape (`rc`, `stdout`, `stderr`, `ok`, `check()`);
+`check()` raises the error kind of where the command ran: a lab host's failure is a
+lab problem (`HostCommandFailed`), a guest's or virsh's is the product's
+(`AssertionError` kinds).  `ssh_exec` is the one paramiko loop behind a lab host's and
+a guest's `run`."""
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass, field
+
+import paramiko
+
+
+@dataclass
+class Result:
+    where: str                  # "lab host X", "guest", "virsh": who ran it, for the message
+    command: str                # the command as run (shell words)
+    rc: int
+    stdout: str
+    stderr: str
+    error: type = field(default=AssertionError, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def check(self) -> "Result":
+        if self.rc != 0:
+            tail = (self.stderr.strip() or self.stdout.strip())[-600:]
+            raise self.error(f"{self.where} command {self.command!r} exited {self.rc}: {tail}")
+        return self
+
+
+class ExecTimeout(Exception):
+    """The command did not finish in time; `.out` holds its output so far."""
+
+    def __init__(self, out: bytes):
+        super().__init__("command did not finish in time")
+        self.out = out
+
+
+def ssh_exec(transport: paramiko.Transport, command: str, stdin: bytes | None = None, timeout: float = 120.0,
+             open_timeout: float = 10.0) -> tuple[int, bytes, bytes]:
+    """Run `command` in a new session channel: (exit status, stdout, stderr)."""
+    end = time.monotonic() + timeout
+    for attempt in (1, 2):
+        chan = transport.open_session(timeout=min(open_timeout, timeout))
+        chan.settimeout(0.5)
+        try:
+            chan.exec_command(command)
+            break
+        except paramiko.SSHException:
+            # The server refused to start the command (it answered the exec request with a
+            # failure, seen once from dropbear with another channel open): nothing ran, so
+            # asking once more is safe.  A second refusal is the error.
+            chan.close()
+            if attempt == 2 or not transport.is_active():
+                raise
+    try:
+        if stdin is not None:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        out, err = bytearray(), bytearray()
+        while True:
+            while chan.recv_ready():
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            # the server sends all data before the exit status, in order
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if time.monotonic() > end:
+                raise ExecTimeout(bytes(out))
+            try:
+                chunk = chan.recv(65536)
+                out += chunk
+                if not chunk and chan.exit_status_ready():
+                    break
+            except socket.timeout:
+                pass
+        return chan.recv_exit_status(), bytes(out), bytes(err)
+    finally:
+        chan.close()
