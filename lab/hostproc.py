@@ -4,7 +4,34 @@ set up Linux native AIO; what the kernel has (device-mapper); and this machine's
 own processes (the sweeper's helpers)."""
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
+
+def pid_by_file(pidfile: Path, is_ours) -> int | None:
+    """The process a pid file names, if it still runs and `is_ours(argv)` (never a
+    recycled pid); without a readable pid file, the first process that `is_ours`."""
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    for p, argv in processes():
+        if is_ours(argv) and (pid is None or p == pid):
+            return p
+    return None
+
+
+def terminate(pid: int, gone, what: str) -> None:
+    """SIGTERM, up to 20 s for `gone()`, then SIGKILL and up to 10 s more."""
+    import signal
+    from .timeouts import Deadline, poll
+    os.kill(pid, signal.SIGTERM)
+    try:
+        poll(gone, Deadline(20, f"{what} ({pid}) to exit", scaled=False), interval=0.1)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        poll(gone, Deadline(10, f"{what} ({pid}) to die", scaled=False), interval=0.1)
+
 
 def processes(proc: Path = Path("/proc")):
     """(pid, argv) of every process still there to be read."""

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from lab import nslab
-from lab.hostexec import SshHost
 from lab.timeouts import Deadline, poll
 
 pytestmark = pytest.mark.lab
@@ -19,7 +18,7 @@ def ns_host():
     lay = nslab.Layout(Path("/var/lib/acc-lab/nslab-selftest"))
     repo = str(Path(__file__).resolve().parents[1])
     m = nslab.start(lay, PORT, ["/var/lib/acc-harness", repo], log=lambda s: None)
-    host = SshHost("nslab-selftest", "127.0.0.1", PORT, "root", str(lay.key), known_hosts=str(lay.known_hosts))
+    host = lay.shell("nslab-selftest", PORT)
     try:
         yield lay, m, host, repo
     finally:

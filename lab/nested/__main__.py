@@ -11,7 +11,6 @@ the config the harness drives and the L1 that is started cannot disagree.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -19,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from .. import config
-from ..images import ImageError
+from .. import config, labctl
+from ..labctl import log
 from . import l1
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,36 +35,10 @@ def layout(cfg: config.LabConfig) -> l1.Layout:
     return l1.Layout(Path(cfg.shell_key_file).parent)
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab.nested", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lab", default=str(DEFAULT_CONFIG), help="the nested lab's config (default labs/nested.toml)")
-    p.add_argument("action", choices=["up", "down", "status", "run"])
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="for run: more pytest arguments")
-    args = p.parse_args(argv)
-    try:
-        cfg = config.load(args.lab)
-        lay = layout(cfg)
-        if args.action == "down":
-            for line in l1.stop(lay, log) or ["L1 was not running"]:
-                print(line)
-            return 0
-        if args.action == "status":
-            pid = l1.running_pid(lay)
-            print(f"L1 {'runs (QEMU pid %d)' % pid if pid else 'is not running'}; SSH on 127.0.0.1:{cfg.shell_port}")
-            return 0 if pid else 1
-        if args.action == "up":
-            m = l1.start(lay, cfg.shell_port, log)
-            print(f"L1 is up in {m.boot_s:.1f} s: python -m lab --lab {args.lab} doctor")
-            return 0
-        return run(cfg, lay, args)
-    except (config.LabConfigError, ImageError, TimeoutError) as e:
-        log(f"error: {e}")
-        return 2
+    return labctl.main(argv, prog="python -m lab.nested", doc=__doc__, default_config=DEFAULT_CONFIG, name="L1",
+                       pid_what="QEMU pid", layout=layout, stop=l1.stop, running_pid=l1.running_pid, run=run,
+                       start=lambda cfg, lay: l1.start(lay, cfg.shell_port, log).boot_s)
 
 
 L1_DIED = 3
@@ -115,12 +88,7 @@ def run(cfg, lay, args, start=l1.start, stop=l1.stop, suites=None) -> int:
             log(f"[nested] {' '.join(cmd[1:])}" + (f" (attempt {attempt} of {ATTEMPTS})" if attempt > 1 else ""))
             t1 = time.monotonic()
             child = suites()
-            try:
-                rc = watch(child, lay, reports / f"l1-console-attempt{attempt}.log")
-            except KeyboardInterrupt:
-                child.send_signal(signal.SIGINT)       # the harness tears its run down first
-                child.wait()
-                raise
+            rc = labctl.wait_suites(child, lambda: watch(child, lay, reports / f"l1-console-attempt{attempt}.log"))
             log(f"[nested] L1 boot {m.boot_s:.1f} s; suites {time.monotonic() - t1:.1f} s; "
                 f"total {time.monotonic() - t0:.1f} s")
             if rc != L1_DIED:

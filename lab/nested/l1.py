@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..hostproc import processes
+from ..hostproc import pid_by_file, terminate
 from ..images import ImageError
 from ..timeouts import Deadline, poll
 from .image import L1Image, l1_image
@@ -65,16 +64,28 @@ exec "$@"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the nested lab keeps its files (one directory the harness owns)."""
+    """Where a lab host the harness starts keeps its files (one directory the harness
+    owns): the nested lab's L1 here; the namespace lab host (lab/nslab) names its own."""
     dir: Path
+    KEY = "l1_key"                    # root login into the lab host (the harness's)
+    HOST_KEY = "l1_host_key"          # the lab host's own SSH host key, pinned in known_hosts
+    STATE = "l1"                      # the running lab host (removed at stop)
+    PIDFILE = "qemu.pid"
+    LOG = "console.log"
 
     @property
-    def key(self) -> Path:            # root login into L1 (the harness's)
-        return self.dir / "l1_key"
+    def key(self) -> Path:
+        return self.dir / self.KEY
 
     @property
-    def host_key(self) -> Path:       # L1's own SSH host key, pinned in known_hosts
-        return self.dir / "l1_host_key"
+    def host_key(self) -> Path:
+        return self.dir / self.HOST_KEY
+
+    def shell(self, name: str, port: int):
+        """Root's SSH into the lab host through 127.0.0.1:<port>, its host key pinned."""
+        from ..hostexec import SshHost
+        return SshHost(name, "127.0.0.1", port, "root", str(self.key), known_hosts=str(self.known_hosts),
+                       connect_timeout=5)
 
     @property
     def known_hosts(self) -> Path:
@@ -89,16 +100,16 @@ class Layout:
         return self.dir / "qemu10"
 
     @property
-    def state(self) -> Path:          # the running L1: overlay, console, pid (removed at stop)
-        return self.dir / "l1"
+    def state(self) -> Path:          # the running lab host: L1's overlay, console, pid
+        return self.dir / self.STATE
 
     @property
     def pidfile(self) -> Path:
-        return self.state / "qemu.pid"
+        return self.state / self.PIDFILE
 
     @property
-    def console(self) -> Path:
-        return self.state / "console.log"
+    def console(self) -> Path:        # L1's console; the namespace lab host's log
+        return self.state / self.LOG
 
 
 def _sh(cmd, what, **kw):
@@ -237,34 +248,42 @@ def check_vf_bars(host, pf: str = L1_PF) -> None:
 
 def running_pid(lay: Layout) -> int | None:
     """The L1 QEMU of this lab dir, if it runs (by its pid file, checked against its argv)."""
-    try:
-        pid = int(lay.pidfile.read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    for p, argv in processes():
-        if str(lay.pidfile) in argv and (pid is None or p == pid):
-            return p
-    return None
+    return pid_by_file(lay.pidfile, lambda argv: str(lay.pidfile) in argv)
 
 
 def stop(lay: Layout, log=print) -> list[str]:
     """Stop L1 and remove everything it wrote (the overlay, the console log)."""
+    return stop_started(lay, running_pid, "L1", "QEMU pid", "nested", log)
+
+
+def stop_started(lay: Layout, running, name: str, pid_what: str, tag: str, log=print) -> list[str]:
+    """Stop a lab host the harness started (its process found by `running(lay)`) and
+    remove its state dir; says what it did."""
     done = []
-    pid = running_pid(lay)
+    pid = running(lay)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        try:
-            poll(lambda: running_pid(lay) is None, Deadline(20, f"L1 QEMU {pid} to exit", scaled=False), interval=0.1)
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            poll(lambda: running_pid(lay) is None, Deadline(10, f"L1 QEMU {pid} to die", scaled=False), interval=0.1)
-        done.append(f"stopped L1 (QEMU pid {pid})")
+        terminate(pid, lambda: running(lay) is None, name)
+        done.append(f"stopped {name} ({pid_what} {pid})")
     if lay.state.exists():
         subprocess.run(["rm", "-rf", str(lay.state)])
         done.append(f"removed {lay.state}")
     for line in done:
-        log(f"[nested] {line}")
+        log(f"[{tag}] {line}")
     return done
+
+
+def await_up(lay: Layout, host, up, deadline: Deadline, interval: float, stop, log, then=lambda host: None) -> None:
+    """Poll `up()` until the deadline, then `then(host)`; on any failure (also Ctrl-C)
+    the lab host is stopped; the shell is closed either way."""
+    try:
+        poll(up, deadline, interval=interval, detail=lambda: "console/log tail: " + (
+            lay.console.read_text(errors="replace")[-600:] if lay.console.exists() else "(none)"))
+        then(host)
+    except BaseException:
+        stop(lay, log)
+        raise
+    finally:
+        host.close()
 
 
 @dataclass
@@ -295,9 +314,8 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
                              str(lay.qemu_root), *argv], stdout=subprocess.DEVNULL, stderr=open(lay.state / "qemu.stderr", "wb"),
                             start_new_session=True)
     deadline = deadline or Deadline(240, "L1 to boot to SSH", scaled=False)
-    from ..hostexec import SshHost, HostCommandFailed
-    host = SshHost("l1", "127.0.0.1", ssh_port, "root", str(lay.key), known_hosts=str(lay.known_hosts),
-                   connect_timeout=5)
+    from ..hostexec import HostCommandFailed
+    host = lay.shell("l1", ssh_port)
 
     def up():
         if proc.poll() is not None:
@@ -315,15 +333,7 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
             host.close()
             return False
 
-    try:
-        poll(up, deadline, interval=1.0, detail=lambda: "console tail: " + (
-            lay.console.read_text(errors="replace")[-400:] if lay.console.exists() else "(none)"))
-        check_vf_bars(host)
-    except BaseException:
-        stop(lay, log)
-        raise
-    finally:
-        host.close()
+    await_up(lay, host, up, deadline, 1.0, stop, log, then=check_vf_bars)
     boot = time.monotonic() - t0
     log(f"[nested] L1 is up: SSH and libvirtd answered after {boot:.1f} s")
     return L1(lay, running_pid(lay) or proc.pid, ssh_port, boot)

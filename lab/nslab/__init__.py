@@ -23,8 +23,6 @@ go with the namespaces.  A crashed run's lab host is stopped by the next start.
 """
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 
@@ -32,10 +30,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..hostproc import processes
+from ..hostproc import pid_by_file
 from ..images import ImageError
 from ..nested import l1
-from ..timeouts import Deadline, poll
+from ..timeouts import Deadline
 
 OPENSSH_PACKAGES = ["openssh-server", "openssh-sftp-server", "libwrap0"]
 # The lab host's work dir for the harness (its [shell] work_dir): under /srv, which is
@@ -160,14 +158,7 @@ while True:
 @dataclass(frozen=True)
 class Layout(l1.Layout):
     """Where the namespace lab host keeps its files (one directory the harness owns)."""
-
-    @property
-    def key(self) -> Path:
-        return self.dir / "lab_key"
-
-    @property
-    def host_key(self) -> Path:
-        return self.dir / "lab_host_key"
+    KEY, HOST_KEY, STATE, PIDFILE, LOG = "lab_key", "lab_host_key", "state", "unshare.pid", "init.log"
 
     @property
     def openssh(self) -> Path:
@@ -176,18 +167,6 @@ class Layout(l1.Layout):
     @property
     def store(self) -> Path:            # the lab host's disk
         return self.dir / "store"
-
-    @property
-    def state(self) -> Path:            # the running lab host: pid, log (removed at stop)
-        return self.dir / "state"
-
-    @property
-    def pidfile(self) -> Path:
-        return self.state / "unshare.pid"
-
-    @property
-    def log(self) -> Path:
-        return self.state / "init.log"
 
 
 def _sh(cmd, what, **kw) -> str:
@@ -225,14 +204,7 @@ def ensure_openssh(lay: Layout, log=print) -> Path:
 
 def running_pid(lay: Layout) -> int | None:
     """The `unshare` holding this lab dir's lab host, if it runs (checked against its argv)."""
-    try:
-        pid = int(lay.pidfile.read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    for p, argv in processes():
-        if argv[0].endswith("unshare") and str(lay.dir) in argv and (pid is None or p == pid):
-            return p
-    return None
+    return pid_by_file(lay.pidfile, lambda argv: argv[0].endswith("unshare") and str(lay.dir) in argv)
 
 
 def stop(lay: Layout, log=print) -> list[str]:
@@ -240,23 +212,7 @@ def stop(lay: Layout, log=print) -> list[str]:
     kills every other process of its PID namespace; its mounts, taps and bridges go
     with its namespaces.  The store (guest images, libvirt's config) stays, as a
     lab host's disk does; the harness's sweeper removes what its runs left there."""
-    done = []
-    pid = running_pid(lay)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        try:
-            poll(lambda: running_pid(lay) is None, Deadline(20, f"the namespace lab host ({pid}) to exit",
-                                                             scaled=False), interval=0.1)
-        except TimeoutError:
-            os.kill(pid, signal.SIGKILL)
-            poll(lambda: running_pid(lay) is None, Deadline(10, f"the namespace lab host ({pid}) to die",
-                                                             scaled=False), interval=0.1)
-        done.append(f"stopped the namespace lab host (unshare pid {pid})")
-    if lay.state.exists():
-        subprocess.run(["rm", "-rf", str(lay.state)])
-    for line in done:
-        log(f"[nslab] {line}")
-    return done
+    return l1.stop_started(lay, running_pid, "the namespace lab host", "unshare pid", "nslab", log)
 
 
 def hidden_dirs(lay: Layout, controller_dirs) -> list[str]:
@@ -306,19 +262,18 @@ def start(lay: Layout, port: int, controller_dirs=(), log=print, deadline: Deadl
     log(f"[nslab] starting the namespace lab host (own mount, network and PID namespaces) with SSH on "
         f"127.0.0.1:{port}")
     t0 = time.monotonic()
-    with open(lay.log, "wb") as out:
+    with open(lay.console, "wb") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 pass_fds=[listener.fileno()], start_new_session=True)
     listener.close()
     lay.pidfile.write_text(f"{proc.pid}\n")
-    from ..hostexec import HostCommandFailed, SshHost
-    host = SshHost("nslab", "127.0.0.1", port, "root", str(lay.key), known_hosts=str(lay.known_hosts),
-                   connect_timeout=5)
+    from ..hostexec import HostCommandFailed
+    host = lay.shell("nslab", port)
 
     def up():
         if proc.poll() is not None:
             raise ImageError(f"the namespace lab host exited with {proc.returncode}: "
-                             f"{lay.log.read_text(errors='replace')[-800:]}")
+                             f"{lay.console.read_text(errors='replace')[-800:]}")
         if not l1.ssh_banner(port):
             return False
         try:
@@ -327,14 +282,8 @@ def start(lay: Layout, port: int, controller_dirs=(), log=print, deadline: Deadl
             host.close()
             return False
 
-    try:
-        poll(up, deadline or Deadline(60, "the namespace lab host's sshd and libvirtd to answer", scaled=False),
-             interval=0.3, detail=lambda: "its log: " + lay.log.read_text(errors="replace")[-600:])
-    except BaseException:
-        stop(lay, log)
-        raise
-    finally:
-        host.close()
+    l1.await_up(lay, host, up, deadline or Deadline(60, "the namespace lab host's sshd and libvirtd to answer",
+                                                    scaled=False), 0.3, stop, log)
     took = time.monotonic() - t0
     log(f"[nslab] the namespace lab host is up: SSH and libvirtd answered after {took:.1f} s")
     return NsLabHost(lay, proc.pid, port, took)

@@ -12,7 +12,6 @@ harness drives and the lab host that is started cannot disagree.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -20,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .. import config
-from ..images import ImageError
+from .. import config, labctl
+from ..labctl import log
 from . import HOST_WORK_DIR, Layout, running_pid, start, stop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,10 +42,6 @@ def controller_dirs(cfg: config.LabConfig) -> list[str]:
     return [str(local.work_dir), str(cfg.work_dir), str(REPO)]
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 def run(cfg: config.LabConfig, lay: Layout, pytest_args: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     t0 = time.monotonic()
@@ -58,12 +53,7 @@ def run(cfg: config.LabConfig, lay: Layout, pytest_args: list[str]) -> int:
         log(f"[nslab] {' '.join(cmd[1:])}")
         t1 = time.monotonic()
         child = subprocess.Popen(cmd, cwd=REPO, env=env)
-        try:
-            rc = child.wait()
-        except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)        # the harness tears its run down first
-            child.wait()
-            raise
+        rc = labctl.wait_suites(child)
         log(f"[nslab] lab host up in {m.up_s:.1f} s; suites {time.monotonic() - t1:.1f} s; "
             f"total {time.monotonic() - t0:.1f} s")
         return rc
@@ -72,32 +62,10 @@ def run(cfg: config.LabConfig, lay: Layout, pytest_args: list[str]) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lab.nslab", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lab", default=str(DEFAULT_CONFIG), help="the namespace lab host's config (default labs/nslab.toml)")
-    p.add_argument("action", choices=["up", "down", "status", "run"])
-    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="for run: more pytest arguments")
-    args = p.parse_args(argv)
-    try:
-        cfg = config.load(args.lab)
-        lay = layout(cfg)
-        if args.action == "down":
-            for line in stop(lay, log) or ["the namespace lab host was not running"]:
-                print(line)
-            return 0
-        if args.action == "status":
-            pid = running_pid(lay)
-            print(f"the namespace lab host {'runs (unshare pid %d)' % pid if pid else 'is not running'}; "
-                  f"SSH on 127.0.0.1:{cfg.shell_port}")
-            return 0 if pid else 1
-        if args.action == "up":
-            m = start(lay, cfg.shell_port, controller_dirs(cfg), log)
-            print(f"the namespace lab host is up in {m.up_s:.1f} s: python -m lab --lab {args.lab} doctor")
-            return 0
-        return run(cfg, lay, args.pytest_args)
-    except (config.LabConfigError, ImageError, TimeoutError) as e:
-        log(f"error: {e}")
-        return 2
+    return labctl.main(argv, prog="python -m lab.nslab", doc=__doc__, default_config=DEFAULT_CONFIG,
+                       name="the namespace lab host", pid_what="unshare pid", layout=layout, stop=stop,
+                       running_pid=running_pid, run=lambda cfg, lay, args: run(cfg, lay, args.pytest_args),
+                       start=lambda cfg, lay: start(lay, cfg.shell_port, controller_dirs(cfg), log).up_s)
 
 
 if __name__ == "__main__":
