@@ -6,7 +6,7 @@ import string
 
 import pytest
 
-from fixtures.plugin import claims, shared_vm
+from fixtures.api import claims, shared_vm
 from lab import xml as X
 from lab.domain import VMSpec
 from lab.timeouts import Deadline, poll

@@ -18,7 +18,7 @@ import allure
 import libvirt
 import pytest
 
-from fixtures.plugin import capabilities, claims, proven_with, reported_fact
+from fixtures.api import capabilities, claims, proven_with, reported_fact
 from lab import host as lab_host_facts
 from lab import xml as X
 from lab.domain import VMSpec

@@ -2,7 +2,7 @@
 to running VMs, seen by the guest (MAC, driver, queues, traffic) and by the
 host (the tap on the bridge, QEMU holding vhost-net, the OVS port)."""
 
-from fixtures.plugin import claims, shared_vm
+from fixtures.api import claims, shared_vm
 from lab import network
 from lab.domain import VMSpec, random_mac
 from lab.timeouts import Deadline, poll
@@ -14,7 +14,7 @@ def tap_of(live_iface):
 
 def driver_name(run):
     """The guide asks for vhost; hosts without vhost-net get QEMU's own backend."""
-    from fixtures.plugin import capabilities
+    from fixtures.api import capabilities
     return "vhost" if capabilities(run.cfg)["vhost-net"].present else "qemu"
 
 

@@ -6,7 +6,7 @@ import secrets
 
 import pytest
 
-from fixtures.plugin import claims
+from fixtures.api import claims
 from lab import pci
 from lab.domain import AttachRefused, DomainError, VMSpec, random_mac
 from lab.timeouts import Deadline, poll

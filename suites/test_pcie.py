@@ -6,7 +6,7 @@ hot-plug capacity claims get VMs of their own.
 """
 import pytest
 
-from fixtures.plugin import claims, shared_vm
+from fixtures.api import claims, shared_vm
 from lab import pcie
 from lab import xml as X
 from lab.domain import AttachRefused, VMSpec, random_mac

@@ -5,7 +5,7 @@ import secrets
 
 import pytest
 
-from fixtures.plugin import claims, shared_vm
+from fixtures.api import claims, shared_vm
 from lab.domain import VMSpec
 from lab.timeouts import Deadline
 

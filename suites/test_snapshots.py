@@ -7,7 +7,7 @@ import allure
 import libvirt
 import pytest
 
-from fixtures.plugin import claims, deviation, proven_with, shared_vm
+from fixtures.api import claims, deviation, proven_with, shared_vm
 from lab import images, loopdev, snapshots
 from lab import xml as X
 from lab.domain import VMSpec

@@ -6,7 +6,7 @@ import re
 import allure
 import pytest
 
-from fixtures.plugin import claims, deviation
+from fixtures.api import claims, deviation
 from lab import usb
 from lab import xml as X
 from lab.domain import AttachRefused, DomainError, VMSpec

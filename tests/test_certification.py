@@ -28,7 +28,7 @@ def test_every_claim_is_listed_and_verdicts_aggregate():
 
 def test_suites_name_every_claim():
     """Every claim of the catalogue has at least one test (a gap is a harness defect)."""
-    from fixtures.plugin import claims_with_tests
+    from fixtures.reporting import claims_with_tests
     from lab.config import REPO
     missing = sorted(set(CLAIMS) - claims_with_tests(REPO))
     assert not missing, f"claims without a test: {missing}"

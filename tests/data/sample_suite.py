@@ -7,7 +7,7 @@ ACC_SAMPLE=fault: a test that waits forever with a storage fault in place.
 import os
 import time
 
-from fixtures.plugin import claims
+from fixtures.api import claims
 from lab.domain import VMSpec
 
 

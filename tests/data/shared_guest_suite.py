@@ -1,7 +1,7 @@
 """Run by a self-test in a subprocess: the first test leaves the module's shared guest
 hung (its SSH server stopped, the domain still running), the second must get a fresh guest
 and pass, and the report must say the guest was replaced."""
-from fixtures.plugin import claims, shared_vm
+from fixtures.api import claims, shared_vm
 from lab.domain import VMSpec
 from lab.timeouts import Deadline, poll
 
