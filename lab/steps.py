@@ -1,6 +1,6 @@
 """Named steps of the harness's verbs (start, wait, attach, detach, inject a fault),
 so a report shows where a failing test stopped.  lab/ stays free of pytest and
-Allure: a reporter (fixtures/plugin.py registers `allure.step`) receives them;
+Allure: a reporter (fixtures/hooks.py registers `allure.step`) receives them;
 without one a step costs nothing."""
 from __future__ import annotations
 
