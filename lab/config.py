@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .hostexec import LabPath
+
 from .arch import ARCHES
 from .errors import LabError
 
@@ -76,7 +78,7 @@ class LabConfig:
     shell_user: str = "root"
     shell_key_file: str = ""
     shell_known_hosts: str = ""
-    host_work_dir: Path = Path("/var/lib/acc-harness")   # on the lab host (== work_dir on this machine)
+    host_work_dir: LabPath = LabPath("/var/lib/acc-harness")   # on the lab host (== work_dir on this machine)
     daemon: str = "system"     # system: libvirt at libvirt_uri is the host's; private: the harness starts one
     emulator: str = ""         # QEMU binary on the lab host for every domain ("" : libvirt's default)
     qemu_source: str = ""      # QEMU source (tarball or git checkout) the harness builds for this lab
@@ -358,7 +360,7 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         slots=vals["host.slots"], daemon=vals["host.daemon"], boot_retries=vals["host.boot_retries"],
         shell_address=vals["shell.address"], shell_port=vals["shell.port"], shell_user=vals["shell.user"],
         shell_key_file=vals["shell.key_file"], shell_known_hosts=vals["shell.known_hosts"],
-        host_work_dir=Path(vals["shell.work_dir"]) if vals["shell.address"] else Path(vals["host.work_dir"]),
+        host_work_dir=LabPath(vals["shell.work_dir"] if vals["shell.address"] else vals["host.work_dir"]),
         emulator=vals["qemu.emulator"], qemu_source=qemu_source, qemu_source_sha256=vals["qemu.source_sha256"],
         guest_user=vals["guest.user"], password_file=vals["guest.password_file"],
         password_env=vals["guest.password_env"],

@@ -141,13 +141,14 @@ class NbdkitBackend(FaultBackend):
         self.files = {k: workdir / f"fault-{k}-{secrets.token_hex(3)}" for k in ("read", "write")}
         self.pid: int | None = None
         self.log = workdir / f"{self.socket.stem}.log"
+        self.pidfile = workdir / f"{self.socket.stem}.pid"     # nbdkit writes it once it serves
         self.requests_log = workdir / f"{self.socket.stem}.requests.log"
 
     def command(self) -> list[str]:
         # The log filter sits outside the error filter: it sees each request as QEMU sent
         # it and the error it got back, with the time it arrived.
         delay = (["--filter=delay"], [f"delay-write={self.write_delay_ms}ms"]) if self.write_delay_ms else ([], [])
-        return ["nbdkit", "--foreground", "--unix", str(self.socket),
+        return ["nbdkit", "--foreground", "--unix", str(self.socket), "--pidfile", str(self.pidfile),
                 "--filter=log", *delay[0], "--filter=error", "memory", f"{self.size_mib}M",
                 f"logfile={self.requests_log}", *delay[1],
                 "error-pread=EIO", "error-pread-rate=100%", f"error-pread-file={self.files['read']}",
@@ -166,9 +167,6 @@ while [ -d "/proc/$1" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 exit 0
 '''
 
-    def _alive(self) -> bool:
-        """The started process is there (just started, it may not have exec'd nbdkit yet)."""
-        return self.pid is not None and self.host.exists(f"/proc/{self.pid}")
 
     def setup(self) -> "NbdkitBackend":
         if not self.host.which("nbdkit"):
@@ -176,14 +174,18 @@ exit 0
         r = self.host.run("sh", "-c", self._START, "sh", str(self.log), *self.command(), check=False)
         if not r.ok or not r.stdout.strip().isdigit():
             raise FaultError(f"nbdkit did not start on {self.host.name}: {r.stderr.strip()}")
-        self.pid = int(r.stdout.strip())
+        started = int(r.stdout.strip())
 
         def up():
-            if not self._alive():
-                raise FaultError(f"nbdkit exited on {self.host.name}: {self.host.read_text(self.log)[-500:]}")
-            return self.host.exists(self.socket)
+            if self.host.exists(self.pidfile) and self.host.exists(self.socket):
+                return True
+            if not self.host.exists(f"/proc/{started}") and not self.host.exists(self.pidfile):
+                log = self.host.read_text(self.log) if self.host.exists(self.log) else "(no log)"
+                raise FaultError(f"nbdkit exited on {self.host.name} before it served {self.socket}: {log[-500:]}")
+            return False
 
-        poll(up, Deadline(10, "nbdkit's socket"), interval=0.05)
+        poll(up, Deadline(30, f"nbdkit to serve {self.socket} on {self.host.name}"), interval=0.1)
+        self.pid = int(self.host.read_text(self.pidfile).strip())
         self.host.run("chmod", "0666", str(self.socket))       # QEMU runs as another user
         self.state = "healthy"
         return self
@@ -207,7 +209,7 @@ exit 0
         self.heal()
         if self.pid is not None:
             self.host.run("sh", "-c", self._STOP, "sh", str(self.pid), str(self.socket), check=False)
-        self.host.run("rm", "-f", str(self.socket), str(self.requests_log), check=False)
+        self.host.run("rm", "-f", str(self.socket), str(self.requests_log), str(self.pidfile), check=False)
         self.state = "removed"
 
     def requests(self) -> list[NbdRequest]:

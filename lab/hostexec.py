@@ -35,10 +35,37 @@ def host_result(host: str, argv, rc: int, stdout: str, stderr: str) -> Result:
     return Result(f"lab host {host}", shlex.join(argv), rc, stdout, stderr, HostCommandFailed)
 
 
+class LabPath(PurePosixPath):
+    """A path on the lab host.  A `pathlib.Path` is a path on this machine (the
+    controller): `Host`'s file operations refuse one, so a controller path cannot be
+    handed to the lab host by mistake (on a local lab host as on a remote one)."""
+
+
+class ControllerPathGiven(TypeError):
+    pass
+
+
+def _lab_path(host_name: str, path):
+    if isinstance(path, Path):
+        raise ControllerPathGiven(f"{path} is a path on this machine (pathlib.Path), handed to lab host {host_name}: "
+                                  f"the lab host's files are LabPaths (run.hdir, vm.hdir, cfg.host_work_dir)")
+    return path
+
+
+# Host file operations and the position of their lab host path (after self).
+_PATH_ARG = {"read_bytes": 0, "write_text": 0, "exists": 0, "is_dir": 0, "listdir": 0, "readlink": 0,
+             "mkdir": 0, "makedirs": 0, "symlink": 1, "unlink": 0, "rmdir": 0, "rmtree": 0, "put": 1,
+             "put_readonly": 1}
+
+
 class Host:
-    """The interface; paths are host paths (str or PurePosixPath)."""
+    """The interface; paths are lab host paths (LabPath or str), never pathlib.Paths."""
     name: str = "host"
     local: bool = True
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        _check_paths(cls)
 
     def run(self, *argv, check: bool = True, input: str | None = None, timeout: float = 120) -> Result:
         raise NotImplementedError
@@ -88,6 +115,24 @@ class Host:
 
     def basename(self, path) -> str:
         return PurePosixPath(str(path)).name
+
+
+def _check_paths(cls) -> None:
+    """Every file operation `cls` defines refuses a controller path (see LabPath)."""
+    import functools
+    for meth, pos in _PATH_ARG.items():
+        fn = cls.__dict__.get(meth)
+        if fn is None:
+            continue
+
+        def checked(self, *args, _fn=fn, _pos=pos, **kwargs):
+            if len(args) > _pos:
+                _lab_path(self.name, args[_pos])
+            return _fn(self, *args, **kwargs)
+        setattr(cls, meth, functools.wraps(fn)(checked))
+
+
+_check_paths(Host)
 
 
 class LocalHost(Host):

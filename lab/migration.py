@@ -15,10 +15,10 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass
-from pathlib import PurePosixPath
 
 import libvirt
 
+from .hostexec import LabPath
 from .daemon import PREPARE_SCRIPT, START_SCRIPT, STOP_SCRIPT
 from .timeouts import Deadline, poll
 from .errors import LabError
@@ -53,7 +53,7 @@ class Migrated:
 class MigrationTarget:
     def __init__(self, host, run_dir):
         self.host = host
-        self.dir = PurePosixPath(str(run_dir)) / DIR_NAME
+        self.dir = LabPath(str(run_dir)) / DIR_NAME
         self.host_uuid = str(uuid.uuid4())
 
     @property

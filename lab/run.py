@@ -7,7 +7,7 @@ import os
 import secrets
 import shutil
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import libvirt
 
@@ -58,7 +58,7 @@ class Run:
         self.swept = sweep(self.session.conn, self.work_dir, log, host=self.host if cfg.has_shell else None,
                            host_work_dir=cfg.host_work_dir)
         # Where QEMU finds this run's files, on the lab host (on this machine: the run's dir).
-        self.hdir = PurePosixPath(cfg.host_work_dir) / "runs" / self.run_id
+        self.hdir = cfg.host_work_dir / "runs" / self.run_id
         self.host.makedirs(self.hdir)
         self.key = RunKey.generate()
         self.image = self._image()
@@ -79,7 +79,7 @@ class Run:
         else:
             return images.GuestImage(root=Path(self.cfg.image), access=self.cfg.image_access,
                                      console_tty=self.arch.console_tty)
-        return images.upload(img, self.host, PurePosixPath(self.cfg.host_work_dir) / "images")
+        return images.upload(img, self.host, self.cfg.host_work_dir / "images")
 
     def _console_login(self):
         if self.image.access == "nocloud":

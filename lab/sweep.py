@@ -15,6 +15,7 @@ import libvirt
 from lxml import etree
 
 from . import loopdev, migration, network
+from .hostexec import LabPath
 from .hostproc import host_processes, kernel_has_device_mapper
 from .leases import is_locked
 from .xml import META_NS
@@ -123,10 +124,10 @@ def _sweep_domains(conn, work_dir: Path, runs: Path, files_root: Path, host) -> 
         except libvirt.libvirtError as e:
             undone.append(f"could not remove leftover domain {name}: {e.get_error_message()}")
         for f in tag.iter("{*}file"):
-            p = Path(f.get("path", ""))
+            p = LabPath(f.get("path", ""))
             if _inside(p, files_root) and len(p.parts) > len(files_root.parts) + 1 and host.exists(p):
                 host.rmtree(p)
-                undone.append(f"removed {p}" + ("" if files_root == work_dir else f" on {host.name}"))
+                undone.append(f"removed {p}" + ("" if str(files_root) == str(work_dir) else f" on {host.name}"))
     return undone
 
 
@@ -138,9 +139,9 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print, host=None, host_w
     from .hostexec import LocalHost
     host = host or LocalHost()
     runs = work_dir / "runs"
-    host_runs = Path(host_work_dir or work_dir) / "runs"
+    host_runs = LabPath(host_work_dir or work_dir) / "runs"
     dead = lambda run_id: not is_locked(runs / f"{run_id}.lock")     # noqa: E731
-    on = "" if host_runs == runs else f" on {host.name}"
+    on = "" if str(host_runs) == str(runs) else f" on {host.name}"
     undone = _sweep_domains(conn, work_dir, runs, host_runs.parent, host)
     for br, run_id in network.harness_bridges(host, work_dir).items():
         if dead(run_id):

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from lab import faults
-from lab.hostexec import LocalHost
+from lab.hostexec import LabPath, LocalHost
 from tests.fakehost import FakeHost
 
 
@@ -49,15 +49,16 @@ def test_dm_backend_refuses_one_direction_faults(tmp_path):
 
 def test_nbdkit_backend_fails_and_heals_for_real(tmp_path):
     """nbdkit itself (installed by the lab set-up): the error files switch its errors."""
-    with faults.NbdkitBackend(LocalHost(), tmp_path, size_mib=1) as b:
-        assert b.socket.exists() and b.healthy()
+    exists = os.path.exists
+    with faults.NbdkitBackend(LocalHost(), LabPath(tmp_path), size_mib=1) as b:
+        assert exists(b.socket) and b.healthy()
         b.fail("read")
-        assert b.files["read"].exists() and not b.files["write"].exists()
+        assert exists(b.files["read"]) and not exists(b.files["write"])
         b.heal()
-        assert not any(f.exists() for f in b.files.values())
+        assert not any(exists(f) for f in b.files.values())
         b.fail("all")
-    assert b.state == "removed" and not b.socket.exists()
-    assert not any(f.exists() for f in b.files.values()), "leaving the block healed the fault"
+    assert b.state == "removed" and not exists(b.socket)
+    assert not any(exists(f) for f in b.files.values()), "leaving the block healed the fault"
     assert not os.path.exists(f"/proc/{b.pid}"), "nbdkit was stopped"
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.fakehost import FakeHost
 from lab import config, hostexec, pci
-from lab.hostexec import HostCommandFailed, HostPath, LocalHost
+from lab.hostexec import HostCommandFailed, HostPath, LabPath, LocalHost
 from tests.test_pci_logic import sys_tree  # noqa: F401  (fixture)
 
 
@@ -25,7 +25,8 @@ def test_local_run_quotes_arguments_and_reports_failures(tmp_path):
 
 def test_local_file_operations(tmp_path):
     h = LocalHost()
-    d = tmp_path / "a" / "b"
+    top = LabPath(tmp_path)
+    d = top / "a" / "b"
     h.makedirs(d)
     h.write_text(d / "f", "x\n")
     h.symlink(d / "f", d / "l")
@@ -33,8 +34,18 @@ def test_local_file_operations(tmp_path):
     assert h.listdir(d) == ["f", "l"] and h.exists(d / "l") and h.is_dir(d)
     with pytest.raises(FileNotFoundError):
         h.read_bytes(d / "missing")
-    h.rmtree(tmp_path / "a")
-    assert not h.exists(tmp_path / "a")
+    h.rmtree(top / "a")
+    assert not h.exists(top / "a")
+
+
+def test_a_controller_path_is_refused_by_every_host():
+    """A pathlib.Path is this machine's: handed to a lab host (even a local one) it is refused."""
+    from pathlib import Path
+    for op in (lambda h: h.exists(Path("/tmp")), lambda h: h.makedirs(Path("/tmp/x")),
+               lambda h: h.put(Path("/etc/hostname"), Path("/tmp/y")), lambda h: h.rmtree(Path("/tmp/a/b/c"))):
+        with pytest.raises(hostexec.ControllerPathGiven, match="path on this machine"):
+            op(LocalHost())
+    assert LocalHost().exists(LabPath("/tmp")) and LocalHost().exists("/tmp")
 
 
 def test_rmtree_refuses_top_level_directories():

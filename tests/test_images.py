@@ -2,9 +2,10 @@
 import json
 import os
 import time
+from pathlib import Path
 
 from lab import images
-from lab.hostexec import LocalHost
+from lab.hostexec import LabPath, LocalHost
 from lab.arch import profile
 
 
@@ -43,9 +44,9 @@ def test_prune_keeps_the_most_recently_used(tmp_path):
 
 def test_overlay_leaves_the_base_untouched(tmp_path):
     host = LocalHost()
-    base = images.create_image(host, tmp_path / "base.qcow2", "8M")
-    before = images.sha256_file(base)
-    ov = images.create_overlay(host, base, tmp_path / "ov.qcow2")
+    base = images.create_image(host, LabPath(tmp_path) / "base.qcow2", "8M")
+    before = images.sha256_file(Path(base))
+    ov = images.create_overlay(host, base, LabPath(tmp_path) / "ov.qcow2")
     info = images.image_info(host, ov)
     assert info["backing-filename"] == str(base) and info["format"] == "qcow2"
-    assert images.sha256_file(base) == before
+    assert images.sha256_file(Path(base)) == before
