@@ -256,13 +256,14 @@ def stop(lay: Layout, log=print) -> list[str]:
     return stop_started(lay, running_pid, "L1", "QEMU pid", "nested", log)
 
 
-def stop_started(lay: Layout, running, name: str, pid_what: str, tag: str, log=print) -> list[str]:
-    """Stop a lab host the harness started (its process found by `running(lay)`) and
-    remove its state dir; says what it did."""
+def stop_started(lay: Layout, running, name: str, pid_what: str, tag: str, log=print,
+                 signal_to=lambda pid: pid) -> list[str]:
+    """Stop a lab host the harness started (its process found by `running(lay)`; the
+    signals go to `signal_to(pid)`) and remove its state dir; says what it did."""
     done = []
     pid = running(lay)
     if pid is not None:
-        terminate(pid, lambda: running(lay) is None, name)
+        terminate(signal_to(pid), lambda: running(lay) is None, name)
         done.append(f"stopped {name} ({pid_what} {pid})")
     if lay.state.exists():
         subprocess.run(["rm", "-rf", str(lay.state)])

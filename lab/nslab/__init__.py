@@ -212,7 +212,19 @@ def stop(lay: Layout, log=print) -> list[str]:
     kills every other process of its PID namespace; its mounts, taps and bridges go
     with its namespaces.  The store (guest images, libvirt's config) stays, as a
     lab host's disk does; the harness's sweeper removes what its runs left there."""
-    return l1.stop_started(lay, running_pid, "the namespace lab host", "unshare pid", "nslab", log)
+    return l1.stop_started(lay, running_pid, "the namespace lab host", "unshare pid", "nslab", log,
+                           signal_to=first_process)
+
+
+def first_process(unshare_pid: int) -> int:
+    """The lab host's first process (PID 1 of its namespace), which the signals go to:
+    `unshare --fork` ignores SIGTERM while it waits for it.  When it is gone (or not yet
+    there), `unshare` itself (--kill-child ends the rest on SIGKILL)."""
+    try:
+        children = Path(f"/proc/{unshare_pid}/task/{unshare_pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return int(children[0]) if children else unshare_pid
 
 
 def hidden_dirs(lay: Layout, controller_dirs) -> list[str]:
