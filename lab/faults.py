@@ -158,8 +158,11 @@ class NbdkitBackend(FaultBackend):
 
     # Starts nbdkit detached on the lab host (its output in $1), prints its pid.
     _START = 'log=$1; shift; mkdir -p "${log%/*}"; cd / && setsid "$@" </dev/null >"$log" 2>&1 & echo $!'
-    # Stops pid $1 if it still is the nbdkit serving socket $2 (never a recycled pid).
+    # Stops pid $1 if it is the nbdkit serving socket $2 (never a recycled pid); just started,
+    # it may not have exec'd nbdkit yet: up to 2 s for that.
     _STOP = r'''
+i=0
+while [ -d "/proc/$1" ] && ! grep -qF "$2" "/proc/$1/cmdline" 2>/dev/null && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
 grep -qF "$2" "/proc/$1/cmdline" 2>/dev/null || exit 0
 kill "$1"; i=0
 while [ -d "/proc/$1" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
@@ -184,8 +187,13 @@ exit 0
                 raise FaultError(f"nbdkit exited on {self.host.name} before it served {self.socket}: {log[-500:]}")
             return False
 
-        poll(up, Deadline(30, f"nbdkit to serve {self.socket} on {self.host.name}"), interval=0.1)
-        self.pid = int(self.host.read_text(self.pidfile).strip())
+        try:
+            poll(up, Deadline(30, f"nbdkit to serve {self.socket} on {self.host.name}"), interval=0.1)
+            self.pid = int(self.host.read_text(self.pidfile).strip())
+        except BaseException:
+            self.pid = started           # never served: stopped all the same (setsid exec'd it as `started`)
+            self.remove()
+            raise
         self.host.run("chmod", "0666", str(self.socket))       # QEMU runs as another user
         self.state = "healthy"
         return self

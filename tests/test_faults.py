@@ -77,3 +77,16 @@ def test_device_mapper_is_asked_of_the_kernel(tmp_path):
     assert not kernel_has_device_mapper(misc), "a stray /dev/mapper/control must not make a dm-error host"
     misc.write_text(" 58 rfkill\n236 device-mapper\n")
     assert kernel_has_device_mapper(misc)
+
+
+def test_nbdkit_that_never_serves_is_stopped(tmp_path, monkeypatch):
+    """A set-up that fails after nbdkit started (here: a deadline too short for it to
+    serve) leaves no nbdkit behind."""
+    import shutil
+    if not shutil.which("nbdkit"):
+        pytest.skip("nbdkit is not installed")
+    b = faults.NbdkitBackend(LocalHost(), LabPath(tmp_path), size_mib=1)
+    monkeypatch.setattr(faults, "Deadline", lambda *a, **k: faults.Deadline(0.01, "nbdkit (cut short)"))
+    with pytest.raises(Exception):
+        b.setup()
+    assert b.pid and not os.path.exists(f"/proc/{b.pid}"), "a failed set-up left nbdkit running"
