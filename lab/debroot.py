@@ -51,6 +51,25 @@ def candidate(pkg: str) -> str:
     return m.group(1)
 
 
+def unpack_debs(debs: Path, dest: Path, stamp: str) -> None:
+    """Every .deb in `debs` unpacked (never installed) into `dest`, replaced whole and
+    atomically; `dest/.stamp` says what it holds (the caller's cache key)."""
+    tmp = dest.with_name(dest.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for deb in sorted(debs.glob("*.deb")):
+        sh(["dpkg-deb", "-x", str(deb), str(tmp)], f"unpacking {deb.name}")
+    (tmp / ".stamp").write_text(stamp + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def unpacked(dest: Path, stamp: str) -> bool:
+    """`dest` holds what `unpack_debs` put there under `stamp`."""
+    f = dest / ".stamp"
+    return f.exists() and f.read_text().strip() == stamp
+
+
 def sh(cmd: list[str], what: str, **kw) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if r.returncode != 0:

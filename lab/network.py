@@ -81,8 +81,8 @@ def tap_master(tap: str, sys_net) -> str | None:
 
 def qemu_holds(host, pid: int, path: str) -> bool:
     """True when process `pid` on the lab host has `path` open (for example /dev/vhost-net)."""
-    r = host.run("sh", "-c", 'for f in /proc/"$1"/fd/*; do readlink "$f"; done', "sh", pid, check=False)
-    return path in r.stdout.split("\n")
+    from .hostproc import open_flags
+    return bool(open_flags(host, pid, path))
 
 
 def parse_vhost_workers(ps_tid_comm: str, qemu_pid: int) -> list[int]:

@@ -156,11 +156,10 @@ def ssh_banner(port: int) -> bool:
 def ensure_qemu(lay: Layout, log=print) -> Path:
     """QEMU 10 from bookworm-backports, unpacked into the lab dir (apt state of its
     own: the machine's apt sources and packages stay as they are)."""
+    from ..debroot import apt_mirrors, unpack_debs, unpacked
     q = lay.qemu_root
-    stamp = q / ".version"
-    if stamp.exists() and stamp.read_text().strip() == QEMU_VERSION:
+    if unpacked(q, QEMU_VERSION):
         return q
-    from ..debroot import apt_mirrors
     mirror = apt_mirrors().get("bookworm")
     if not mirror:
         raise ImageError("no apt source for bookworm in /etc/apt: the nested lab takes QEMU 10 from the same "
@@ -180,14 +179,7 @@ def ensure_qemu(lay: Layout, log=print) -> Path:
         f.unlink()
     want = [f"{p}={QEMU_VERSION}" if p.startswith("qemu") else p for p in QEMU_PACKAGES]
     _sh(["apt-get", *opts, "-t", BACKPORTS, "download", *want], "apt-get download of QEMU 10", cwd=debs)
-    tmp = q.with_name("qemu10.new")
-    subprocess.run(["rm", "-rf", str(tmp)])
-    tmp.mkdir()
-    for deb in sorted(debs.glob("*.deb")):
-        _sh(["dpkg-deb", "-x", str(deb), str(tmp)], f"unpacking {deb.name}")
-    (tmp / ".version").write_text(QEMU_VERSION + "\n")
-    subprocess.run(["rm", "-rf", str(q)])
-    tmp.rename(q)
+    unpack_debs(debs, q, QEMU_VERSION)
     return q
 
 

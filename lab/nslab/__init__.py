@@ -180,10 +180,9 @@ def _sh(cmd, what, **kw) -> str:
 def ensure_openssh(lay: Layout, log=print) -> Path:
     """Debian's OpenSSH server and sftp-server, unpacked into the lab dir (cached by the
     packages' versions); the machine gets no sshd of its own."""
-    from ..debroot import candidate
+    from ..debroot import candidate, unpack_debs, unpacked
     want = " ".join(f"{p}={candidate(p)}" for p in OPENSSH_PACKAGES)
-    stamp = lay.openssh / ".versions"
-    if stamp.exists() and stamp.read_text().strip() == want:
+    if unpacked(lay.openssh, want):
         return lay.openssh
     log(f"[nslab] unpacking {want}")
     debs = lay.dir / "debs"
@@ -191,14 +190,8 @@ def ensure_openssh(lay: Layout, log=print) -> Path:
     debs.mkdir(parents=True)
     _sh(["apt-get", "-o", "APT::Sandbox::User=root", "download", *want.split()], "apt-get download of OpenSSH",
         cwd=debs)
-    tmp = lay.dir / "openssh.new"
-    subprocess.run(["rm", "-rf", str(tmp)])
-    tmp.mkdir()
-    for deb in sorted(debs.glob("*.deb")):
-        _sh(["dpkg-deb", "-x", str(deb), str(tmp)], f"unpacking {deb.name}")
-    (tmp / ".versions").write_text(want + "\n")
-    subprocess.run(["rm", "-rf", str(lay.openssh), str(debs)])
-    tmp.rename(lay.openssh)
+    unpack_debs(debs, lay.openssh, want)
+    subprocess.run(["rm", "-rf", str(debs)])
     return lay.openssh
 
 
