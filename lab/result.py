@@ -8,6 +8,7 @@ a guest's `run`."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -49,16 +50,32 @@ def ssh_exec(transport: paramiko.Transport, command: str, stdin: bytes | None = 
     for attempt in (1, 2):
         chan = transport.open_session(timeout=min(open_timeout, timeout))
         chan.settimeout(0.5)
+        # paramiko waits for the answer to the exec request without a time limit: a server
+        # that stops answering between the channel's opening and the request (a hung or
+        # stopped sshd) would hold this thread forever.  Closing the channel ends that wait.
+        gave_up = threading.Event()
+
+        def give_up(chan=chan, gave_up=gave_up):
+            gave_up.set()
+            chan.close()
+
+        unanswered = threading.Timer(max(0.1, min(open_timeout, end - time.monotonic())), give_up)
+        unanswered.daemon = True
+        unanswered.start()
         try:
             chan.exec_command(command)
             break
         except paramiko.SSHException:
+            chan.close()
+            if gave_up.is_set():
+                raise ExecTimeout(b"") from None     # the server never answered the exec request
             # The server refused to start the command (it answered the exec request with a
             # failure, seen once from dropbear with another channel open): nothing ran, so
             # asking once more is safe.  A second refusal is the error.
-            chan.close()
             if attempt == 2 or not transport.is_active():
                 raise
+        finally:
+            unanswered.cancel()
     try:
         if stdin is not None:
             chan.sendall(stdin)
