@@ -63,6 +63,10 @@ class FaultBackend:
         """The requests the storage saw, with their outcome (None: this backend keeps no record)."""
         return None
 
+    def helper_log(self) -> str:
+        """The backend's own helper process output, for the evidence ("" when it has none)."""
+        return ""
+
     def failing_now(self) -> str:
         """The storage's own word that it is failing now (raises FaultError if not)."""
         raise NotImplementedError
@@ -180,15 +184,18 @@ exit 0
         started = int(r.stdout.strip())
 
         def up():
-            if self.host.exists(self.pidfile) and self.host.exists(self.socket):
+            # Ready when it answers: an NBD handshake over its socket on the lab host (a pid
+            # file and a socket file say only that it started).
+            if self.host.exists(self.pidfile) and self.host.exists(self.socket) and self.answers():
                 return True
             if not self.host.exists(f"/proc/{started}") and not self.host.exists(self.pidfile):
-                log = self.host.read_text(self.log) if self.host.exists(self.log) else "(no log)"
-                raise FaultError(f"nbdkit exited on {self.host.name} before it served {self.socket}: {log[-500:]}")
+                raise FaultError(f"nbdkit exited on {self.host.name} before it served {self.socket}: "
+                                 f"{self.helper_log()[-500:]}")
             return False
 
         try:
-            poll(up, Deadline(30, f"nbdkit to serve {self.socket} on {self.host.name}"), interval=0.1)
+            poll(up, Deadline(30, f"nbdkit to answer an NBD handshake on {self.socket} on {self.host.name}"),
+                 interval=0.1)
             self.pid = int(self.host.read_text(self.pidfile).strip())
         except BaseException:
             self.pid = started           # never served: stopped all the same (setsid exec'd it as `started`)
@@ -197,6 +204,19 @@ exit 0
         self.host.run("chmod", "0666", str(self.socket))       # QEMU runs as another user
         self.state = "healthy"
         return self
+
+    def answers(self) -> bool:
+        """nbdkit completes an NBD handshake on its socket (qemu-img on the lab host connects
+        as QEMU will, reads nothing)."""
+        return self.host.run("qemu-img", "info", "--image-opts",
+                             f"driver=nbd,server.type=unix,server.path={self.socket}", check=False,
+                             timeout=20).ok
+
+    def helper_log(self) -> str:
+        """nbdkit's own output on the lab host, and whether it still runs (evidence)."""
+        alive = self.pid is not None and self.host.exists(f"/proc/{self.pid}")
+        text = self.host.read_text(self.log) if self.host.exists(self.log) else "(no log)"
+        return f"nbdkit pid {self.pid} {'running' if alive else 'not running'}\n{text}"
 
     def disk(self, target, bus="virtio", **driver):
         return X.disk(str(self.socket), target=target, bus=bus, fmt="raw", kind="network", **driver)
