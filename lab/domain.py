@@ -27,6 +27,7 @@ from .sweep import undefine
 from . import timeouts
 from .timeouts import Deadline, poll
 from .errors import LabError
+from .refusals import classify
 
 
 
@@ -118,6 +119,13 @@ class VM:
         """The VM's root disk on the lab host: a qcow2 overlay on the run's image."""
         return self.hdir / "root.qcow2"
 
+    def own_disks(self) -> dict[str, str]:
+        """The disks the harness gives every VM, target -> path on the lab host (its own record)."""
+        disks = {"vda": str(self.overlay)}
+        if self.run.image.access == "nocloud":
+            disks["sdzz"] = str(self.seed)
+        return disks
+
     @property
     def seed(self):
         """The NoCloud seed on the lab host (images with access = 'nocloud')."""
@@ -182,7 +190,7 @@ class VM:
         try:
             self.dom = self.conn.defineXML(xml)
         except libvirt.libvirtError as e:
-            raise DomainError(f"libvirt refused to define {self.name}: {e.get_error_message()}") from None
+            raise self.refusal(f"libvirt refused to define {self.name}", e.get_error_message()) from None
         return self
 
     # ------------------------------------------------------------ lifecycle
@@ -199,8 +207,7 @@ class VM:
             try:
                 self.dom.create()
             except libvirt.libvirtError as e:
-                raise DomainError(f"libvirt could not start {self.name}: {e.get_error_message()}",
-                                  e.get_error_message()) from None
+                raise self.refusal(f"libvirt could not start {self.name}", e.get_error_message()) from None
             self._after_start()
             if not wait:
                 return self
@@ -227,6 +234,15 @@ class VM:
             raise DomainError(f"'virsh start --console {self.name}' did not start it: {con.tail()!r}")
         self._after_start()
         return con
+
+    def refusal(self, what: str, message: str, kind=None) -> Exception:
+        """libvirt's refusal as the error it is: a lab problem (security driver, permissions,
+        a harness helper not answering; lab/refusals.py) or the product's answer (`kind`,
+        DomainError by default)."""
+        lab = classify(what, message, [self.run.hdir])
+        if lab is not None:
+            return lab
+        return kind(message) if kind else DomainError(f"{what}: {message}", message)
 
     def _reset_boot(self) -> None:
         self.boot_id = None
@@ -506,10 +522,11 @@ class VM:
         flags = self.qemu_open_flags(path)
         return bool(flags) and all(f & self.run.arch.o_direct for f in flags)
 
-    def qemu_aio_rings(self) -> int:
-        """Linux native AIO contexts this domain's QEMU set up (on the lab host)."""
-        from .hostproc import aio_rings
-        return aio_rings(self.host, self.qemu_pid())
+    def qemu_aio_completions(self) -> list[int]:
+        """The completion counter of each Linux native AIO ring this domain's QEMU set up
+        (on the lab host); a counter moves when I/O completes through io_submit()."""
+        from .hostproc import aio_completions
+        return aio_completions(self.host, self.qemu_pid())
 
     def qmp(self, command: str, **arguments):
         cmd = {"execute": command}
@@ -551,7 +568,7 @@ class VM:
         try:
             self.dom.attachDeviceFlags(X.to_string(device), self._flags(live, config))
         except libvirt.libvirtError as e:
-            raise AttachRefused(e.get_error_message()) from None
+            raise self.refusal(f"attach to {self.name}", e.get_error_message(), AttachRefused) from None
         new = [d for d in view().find("devices") if etree.tostring(d) not in before and d.tag == device.tag]
         return new[0] if new else None
 
@@ -620,6 +637,8 @@ def _describe(d: etree._Element) -> str:
 
 def device_key(d: etree._Element) -> tuple:
     """What identifies a device across libvirt's re-rendering of it."""
+    if d.tag == "controller":
+        return (d.tag, d.get("type"), d.get("index"), d.get("model"))
     src = d.find("source")
     mac = d.find("mac")
     tgt = d.find("target")
