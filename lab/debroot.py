@@ -8,6 +8,8 @@ written into the repository.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -62,6 +64,16 @@ def unpack_debs(debs: Path, dest: Path, stamp: str) -> None:
     (tmp / ".stamp").write_text(stamp + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock on `path` (made if missing) for as long as the block runs: two
+    processes that build the same cache entry take turns (the second finds it built)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
 
 
 def unpacked(dest: Path, stamp: str) -> bool:

@@ -26,11 +26,12 @@ def log(msg: str) -> None:
 
 
 def main(argv, *, prog: str, doc: str, default_config, name: str, pid_what: str, layout, start, stop,
-         running_pid, run) -> int:
-    """`start(cfg, lay)` returns the seconds it took; `run(cfg, lay, args)` the suites' exit code."""
+         running_pid, run, prepare=None) -> int:
+    """`start(cfg, lay)` returns the seconds it took; `run(cfg, lay, args)` the suites' exit code;
+    `prepare(cfg, lay)` builds and fetches what a start needs, without starting it."""
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lab", default=str(default_config), help=f"the lab config (default {default_config})")
-    p.add_argument("action", choices=["up", "down", "status", "run"])
+    p.add_argument("action", choices=["up", "down", "status", "run", "prepare"])
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="for run: more pytest arguments")
     args = p.parse_args(argv)
     try:
@@ -44,6 +45,10 @@ def main(argv, *, prog: str, doc: str, default_config, name: str, pid_what: str,
             pid = running_pid(lay)
             print(f"{name} {f'runs ({pid_what} {pid})' if pid else 'is not running'}; SSH on 127.0.0.1:{cfg.shell_port}")
             return 0 if pid else 1
+        if args.action == "prepare":
+            prepare(cfg, lay)
+            print(f"{name}: everything a start needs is built and cached")
+            return 0
         if args.action == "up":
             print(f"{name} is up in {start(cfg, lay):.1f} s: python -m lab --lab {args.lab} doctor")
             return 0

@@ -1,5 +1,6 @@
 """The nested lab: `python -m lab.nested up|down|status|run [pytest args]`.
 
+  prepare  build the L1 image and fetch QEMU 10 if needed (cached), start nothing
   up       build the L1 image and QEMU 10 if needed, start L1 (a crashed run's L1 is stopped first)
   down     stop L1 and remove what it wrote
   status   is L1 running
@@ -38,7 +39,8 @@ def layout(cfg: config.LabConfig) -> l1.Layout:
 def main(argv=None) -> int:
     return labctl.main(argv, prog="python -m lab.nested", doc=__doc__, default_config=DEFAULT_CONFIG, name="L1",
                        pid_what="QEMU pid", layout=layout, stop=l1.stop, running_pid=l1.running_pid, run=run,
-                       start=lambda cfg, lay: l1.start(lay, cfg.shell_port, log).boot_s)
+                       start=lambda cfg, lay: l1.start(lay, cfg.shell_port, log).boot_s,
+                       prepare=lambda cfg, lay: l1.prepare(lay, log))
 
 
 L1_DIED = 3

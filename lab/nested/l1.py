@@ -156,6 +156,12 @@ def ssh_banner(port: int) -> bool:
 def ensure_qemu(lay: Layout, log=print) -> Path:
     """QEMU 10 from bookworm-backports, unpacked into the lab dir (apt state of its
     own: the machine's apt sources and packages stay as they are)."""
+    from ..debroot import locked
+    with locked(lay.dir / ".qemu.lock"):
+        return _ensure_qemu(lay, log)
+
+
+def _ensure_qemu(lay: Layout, log) -> Path:
     from ..debroot import apt_mirrors, unpack_debs, unpacked
     q = lay.qemu_root
     if unpacked(q, QEMU_VERSION):
@@ -287,12 +293,17 @@ class L1:
     boot_s: float
 
 
+def prepare(lay: Layout, log=print) -> L1Image:
+    """Everything a start needs, built or fetched (cached): keys, QEMU 10, the L1 image."""
+    ensure_keys(lay)
+    ensure_qemu(lay, log)
+    return l1_image(lay.dir / "images", lay.key.with_suffix(".pub").read_text(), lay.host_key, log=log)
+
+
 def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = None) -> L1:
     """Build (if needed) and boot L1; return once root can run a command over SSH
     and libvirtd answers inside it."""
-    ensure_keys(lay)
-    ensure_qemu(lay, log)
-    img = l1_image(lay.dir / "images", lay.key.with_suffix(".pub").read_text(), lay.host_key, log=log)
+    img = prepare(lay, log)
     stop(lay, log)                      # a crashed run's L1 first
     lay.state.mkdir(parents=True)
     overlay, usb = lay.state / "root.qcow2", lay.state / "usb-disk.img"

@@ -180,6 +180,12 @@ def _sh(cmd, what, **kw) -> str:
 def ensure_openssh(lay: Layout, log=print) -> Path:
     """Debian's OpenSSH server and sftp-server, unpacked into the lab dir (cached by the
     packages' versions); the machine gets no sshd of its own."""
+    from ..debroot import locked
+    with locked(lay.dir / ".openssh.lock"):
+        return _ensure_openssh(lay, log)
+
+
+def _ensure_openssh(lay: Layout, log) -> Path:
     from ..debroot import candidate, unpack_debs, unpacked
     want = " ".join(f"{p}={candidate(p)}" for p in OPENSSH_PACKAGES)
     if unpacked(lay.openssh, want):

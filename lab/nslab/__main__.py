@@ -1,5 +1,6 @@
 """The namespace lab host: `python -m lab.nslab up|down|status|run [pytest args]`.
 
+  prepare  unpack OpenSSH and make the keys (cached), start nothing
   up       start it (a crashed run's lab host is stopped first)
   down     stop it
   status   does it run
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from .. import config, labctl
 from ..labctl import log
-from . import HOST_WORK_DIR, Layout, running_pid, start, stop
+from ..nested import l1
+from . import HOST_WORK_DIR, Layout, ensure_openssh, running_pid, start, stop
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "labs" / "nslab.toml"
@@ -65,7 +67,8 @@ def main(argv=None) -> int:
     return labctl.main(argv, prog="python -m lab.nslab", doc=__doc__, default_config=DEFAULT_CONFIG,
                        name="the namespace lab host", pid_what="unshare pid", layout=layout, stop=stop,
                        running_pid=running_pid, run=lambda cfg, lay, args: run(cfg, lay, args.pytest_args),
-                       start=lambda cfg, lay: start(lay, cfg.shell_port, controller_dirs(cfg), log).up_s)
+                       start=lambda cfg, lay: start(lay, cfg.shell_port, controller_dirs(cfg), log).up_s,
+                       prepare=lambda cfg, lay: (l1.ensure_keys(lay), ensure_openssh(lay, log)))
 
 
 if __name__ == "__main__":
