@@ -326,6 +326,10 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         key = "guest.password_file" if vals["guest.password_file"] else "guest.password_env"
         raise err(key, f"is set with access = {vals['guest.access']!r}, which logs in with no password",
                   "drop it, or use access = 'console-password'")
+    if not vals["shell.address"] and not vals["host.libvirt_uri"].split("://", 1)[-1].startswith("/"):
+        raise err("host.libvirt_uri", f"names a remote lab host ({vals['host.libvirt_uri']!r}) but [shell] has no "
+                  "address: the harness would make overlays, bridges and fault devices on this machine instead",
+                  "add [shell] address, user and key_file for the same lab host (its commands and files go there)")
     if vals["host.daemon"] == "private":
         sock = f"{vals['host.work_dir'].rstrip('/')}/daemon/sock/libvirt-sock"
         want = f"qemu+unix:///system?socket={sock}"

@@ -98,3 +98,12 @@ def test_pytest_reports_bad_config_as_usage_error(pytester_like):
     r = pytester_like("--lab", str(Path(__file__).parent / "data" / "bad-lab.toml"), "--collect-only")
     assert r.returncode == 4, r.stderr
     assert "host.virt_typo" in r.stderr
+
+
+def test_a_remote_libvirt_uri_without_a_shell_is_refused_with_the_fix(tmp_path):
+    """Else the lab host's overlays, bridges and fault devices would be made on this machine."""
+    p = tmp_path / "remote.toml"
+    p.write_text('[host]\nname = "far"\nlibvirt_uri = "qemu+ssh://root@lab1/system"\nwork_dir = "/tmp/far"\n')
+    with pytest.raises(config.LabConfigError) as e:
+        config.load(p)
+    assert "key 'host.libvirt_uri'" in str(e.value) and "[shell] address" in str(e.value)

@@ -90,8 +90,8 @@ def test_shell_config_picks_the_executor(tmp_path):
     assert cfg.on_this_machine and cfg.has_shell and isinstance(cfg.host(), LocalHost) and cfg.host_work_dir == cfg.work_dir
     remote = tmp_path / "r.toml"
     remote.write_text(base.format(uri="qemu+ssh://root@lab1/system", shell=""))
-    cfg = config.load(remote)
-    assert not cfg.on_this_machine and not cfg.has_shell, "a remote URI without [shell] has no host commands"
+    with pytest.raises(config.LabConfigError, match=r"key 'host.libvirt_uri'.*\[shell\] address"):
+        config.load(remote)              # a remote URI without [shell]: refused, never this machine
     remote.write_text(base.format(uri="qemu+libssh://root@lab1/system",
                                   shell='[shell]\naddress = "lab1"\nkey_file = "/k"\nwork_dir = "/srv/acc"\n'))
     cfg = config.load(remote)

@@ -45,7 +45,8 @@ def test_a_one_host_config_is_a_lab_set_of_one():
 def test_inline_and_included_hosts(tmp_path):
     write(tmp_path, "a.toml", HOST.format(name="a", port=22200))
     p = write(tmp_path, "lab.toml", '[[hosts]]\ninclude = "a.toml"\n\n[[hosts]]\n[hosts.host]\nname = "b"\n'
-              'libvirt_uri = "qemu+ssh://root@b/system"\nwork_dir = "/tmp/b"\n[hosts.ssh]\nport_base = 22400\n')
+              'libvirt_uri = "qemu+ssh://root@b/system"\nwork_dir = "/tmp/b"\n[hosts.shell]\naddress = "b"\n'
+              '[hosts.ssh]\nport_base = 22400\n')
     labs = config.load_set(p)
     assert labs.names == ["a", "b"] and labs.host("b").libvirt_uri == "qemu+ssh://root@b/system"
     with pytest.raises(config.LabConfigError, match="no lab host named 'c'.*fix: use one of a, b"):
@@ -65,7 +66,8 @@ def test_inline_and_included_hosts(tmp_path):
 ])
 def test_a_bad_multi_host_config_names_key_and_fix(tmp_path, text, key, fix):
     write(tmp_path, "a.toml", HOST.format(name="a", port=22200))
-    write(tmp_path, "a2.toml", HOST.format(name="a2", port=22250).replace("qemu:///system", "qemu+ssh://root@a2/system"))
+    write(tmp_path, "a2.toml", HOST.format(name="a2", port=22250).replace("qemu:///system", "qemu+ssh://root@a2/system")
+          + '[shell]\naddress = "a2"\n')
     p = write(tmp_path, "lab.toml", text)
     with pytest.raises(config.LabConfigError) as e:
         config.load_set(p)
