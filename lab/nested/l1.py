@@ -318,7 +318,10 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
                              str(lay.qemu_root), *argv], stdout=subprocess.DEVNULL, stderr=open(lay.state / "qemu.stderr", "wb"),
                             start_new_session=True)
     deadline = deadline or Deadline(240, "L1 to boot to SSH", scaled=False)
+    from paramiko import SSHException
+
     from ..hostexec import HostCommandFailed
+    from ..result import ExecTimeout
     host = lay.shell("l1", ssh_port)
 
     def up():
@@ -333,7 +336,8 @@ def start(lay: Layout, ssh_port: int, log=print, deadline: Deadline | None = Non
             return False
         try:
             return host.run("systemctl", "is-active", "libvirtd", check=False, timeout=10).stdout.strip() == "active"
-        except (HostCommandFailed, OSError, EOFError):
+        except (HostCommandFailed, OSError, EOFError, SSHException, ExecTimeout):
+            # sshd answers its banner before the system can open a session (still booting)
             host.close()
             return False
 

@@ -278,7 +278,10 @@ def start(lay: Layout, port: int, controller_dirs=(), log=print, deadline: Deadl
                                 pass_fds=[listener.fileno()], start_new_session=True)
     listener.close()
     lay.pidfile.write_text(f"{proc.pid}\n")
+    from paramiko import SSHException
+
     from ..hostexec import HostCommandFailed
+    from ..result import ExecTimeout
     host = lay.shell("nslab", port)
 
     def up():
@@ -289,7 +292,8 @@ def start(lay: Layout, port: int, controller_dirs=(), log=print, deadline: Deadl
             return False
         try:
             return host.run("virsh", "-c", "qemu:///system", "version", check=False, timeout=20).ok
-        except (HostCommandFailed, OSError, EOFError):
+        except (HostCommandFailed, OSError, EOFError, SSHException, ExecTimeout):
+            # sshd answers its banner before the system can open a session (still booting)
             host.close()
             return False
 
