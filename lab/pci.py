@@ -167,6 +167,14 @@ class HostState:
         self.record.drivers.setdefault(bdf, read_device(bdf, self.sys).driver)
         self._save()
 
+    def reprobe(self, bdf: str) -> None:
+        """Unbind the device from its host driver and let the kernel probe it again (the
+        driver is recorded first, and put back at the end)."""
+        self.remember_device(bdf)
+        if read_device(bdf, self.sys).driver:
+            self.writer(self.sys / "bus/pci/devices" / bdf / "driver/unbind", bdf)
+        self.writer(self.sys / "bus/pci/drivers_probe", bdf)
+
     def remember_pf(self, bdf: str) -> None:
         dev = read_device(bdf, self.sys)
         self.record.numvfs.setdefault(bdf, dev.numvfs)
@@ -178,9 +186,11 @@ class HostState:
                 self.record.link_up.setdefault(net, "UP" in link.get("flags", []))
         self._save()
 
-    def set_numvfs(self, bdf: str, n: int) -> None:
+    def set_numvfs(self, bdf: str, n: int, path=None) -> None:
+        """Set the PF's VF count (recorded and put back at the end); `path`: the sriov_numvfs
+        file as the guide names it (HPRE: /sys/class/uacce/hisi_hpre-N/device/sriov_numvfs)."""
         self.remember_pf(bdf)
-        path = self.sys / "bus/pci/devices" / bdf / "sriov_numvfs"
+        path = path or self.sys / "bus/pci/devices" / bdf / "sriov_numvfs"
         if n and read_device(bdf, self.sys).numvfs:
             self.writer(path, "0")               # the kernel wants 0 before another non-zero count
         self.writer(path, str(n))

@@ -9,6 +9,7 @@ from pathlib import Path
 from . import xml as X
 from .config import UsbDevice
 from .guest.probes import Finds
+from .timeouts import Deadline, poll
 from .errors import LabError
 
 # PCI IDs of the host controllers QEMU emulates for libvirt's models
@@ -181,16 +182,29 @@ class UsbProbe(Finds):
             out[h.kind] = out.get(h.kind, 0) + h.maxchild
         return out
 
-    def driver_missing(self, kinds=("UHCI", "EHCI", "xHCI")) -> dict[str, str]:
-        """Controller kinds the guest kernel has no driver for (then it cannot show them)."""
-        out = {}
+    # Loaded, loadable (udev images load a driver on demand: load it now) or built in.
+    _DRIVER = (r'test -d /sys/module/$1 && exit 0; '
+               r'grep -q "/$2.ko" /lib/modules/$(uname -r)/modules.builtin 2>/dev/null && exit 0; '
+               r'modprobe -q $1 2>/dev/null && test -d /sys/module/$1 && exit 10; exit 1')
+
+    def driver_missing(self, kinds=("UHCI", "EHCI", "xHCI"), seconds: float = 15) -> dict[str, str]:
+        """Controller kinds the guest kernel has no driver for at all (then it cannot show
+        them).  A driver that is only not loaded yet is loaded, and its root hubs awaited."""
+        out, loaded = {}, []
         for kind in kinds:
             mod = HCD_MODULE[kind]
-            # the guest loads every module it has at boot; built-in drivers are listed by the kernel
-            r = self.guest.run('test -d /sys/module/%s || grep -q "/%s.ko" /lib/modules/$(uname -r)/modules.builtin',
-                               mod, mod.replace("_", "-"))
-            if r.rc != 0:
-                out[kind] = f"the guest kernel ({self.guest.check_output('uname -rm').strip()}) has no {mod} driver"
+            r = self.guest.run("sh -c %s sh %s %s", self._DRIVER, mod, mod.replace("_", "-"))
+            if r.rc == 10:
+                loaded.append(kind)
+            elif r.rc != 0:
+                out[kind] = (f"the guest kernel ({self.guest.check_output('uname -rm').strip()}) has no {mod} driver "
+                             f"(not loaded, not built in, and modprobe {mod} finds none)")
+        if loaded:      # just loaded: its root hubs come up asynchronously (the test judges what it sees)
+            try:
+                poll(lambda: set(loaded) <= {h.kind for h in self.root_hubs()},
+                     Deadline(seconds, f"root hubs of the {', '.join(loaded)} driver(s) just loaded"), interval=0.3)
+            except TimeoutError:
+                pass
         return out
 
     def find(self, vendor: str, product: str) -> GuestUsb | None:

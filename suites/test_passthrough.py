@@ -2,7 +2,10 @@
 (PCI-1..3, SRIOV-1..4, HPRE-1..3).  Only devices listed in the lab config are
 touched; host state (drivers, VF counts, VF MAC/VLAN/rate) is recorded first
 and restored on every exit path."""
+import re
 import secrets
+
+import allure
 
 import pytest
 
@@ -147,6 +150,7 @@ def test_ip_link_sets_vf_mac_and_rate(lab, pf, host_state):
     net = pf.netdevs[0]
     mac = random_mac()
     pf_link_up(lab, net)
+    vf = pci.read_device(pf.bdf, lab.sys).virtfns[0]
     lab.host.run("ip", "link", "set", net, "vf", "0", "mac", mac)
     r = lab.host.run("ip", "link", "set", net, "vf", "0", "rate", "100", check=False)
     if not r.ok:
@@ -155,6 +159,16 @@ def test_ip_link_sets_vf_mac_and_rate(lab, pf, host_state):
     vf0 = pci.parse_vf_links(shown).get(0)
     assert vf0 is not None, f"ip link show {net} lists no vf 0: {shown}"
     assert (vf0.mac, vf0.rate) == (mac, 100), f"ip link show {net}: VF 0 has MAC {vf0.mac}, rate {vf0.rate} Mbps"
+    # The VF itself, not only what the PF's driver echoes: its own driver, probed again, takes
+    # the MAC the PF gave it (a VF driver reads its MAC from the PF at probe).
+    if not pci.read_device(vf, lab.sys).driver:
+        pytest.skip(f"VF {vf} has no host driver on {lab.cfg.name} (capability: host VF driver, e.g. igbvf/iavf): "
+                    f"its own MAC cannot be read on the host")
+    host_state.reprobe(vf)
+    vf_net = poll(lambda: pci.read_device(vf, lab.sys).netdevs, Deadline(30, f"VF {vf}'s netdev after a re-probe"),
+                  interval=0.3)[0]
+    own = lab.host.read_text(f"/sys/class/net/{vf_net}/address").strip()
+    assert own == mac, f"VF {vf} ({vf_net}) has MAC {own} on its own netdev, not the {mac} set through the PF"
 
 
 @claims("SRIOV-4")
@@ -194,22 +208,54 @@ def hpre(lab, host_state):
 def test_hpre_ids_and_vf_limit(lab, hpre, host_state):
     assert (hpre["vendor"], hpre["device"]) == (pci.HPRE_VENDOR, pci.HPRE_PF)
     assert pci.read_device(hpre["bdf"], lab.sys).totalvfs == pci.HPRE_MAX_VFS
-    host_state.writer(hpre["numvfs_path"], "2")
+    host_state.set_numvfs(hpre["bdf"], 2, path=hpre["numvfs_path"])      # through the uacce path
     vfs = pci.read_device(hpre["bdf"], lab.sys).virtfns
     assert len(vfs) == 2 and all(pci.read_device(v, lab.sys).device == pci.HPRE_VF for v in vfs)
-    host_state.writer(hpre["numvfs_path"], "0")
+    host_state.set_numvfs(hpre["bdf"], pci.HPRE_MAX_VFS, path=hpre["numvfs_path"])   # control: the limit itself
+    assert len(pci.read_device(hpre["bdf"], lab.sys).virtfns) == pci.HPRE_MAX_VFS
+    host_state.set_numvfs(hpre["bdf"], 0, path=hpre["numvfs_path"])
     with pytest.raises(OSError):
         host_state.writer(hpre["numvfs_path"], str(pci.HPRE_MAX_VFS + 1))
+    assert pci.read_device(hpre["bdf"], lab.sys).virtfns == (), "a refused VF count still made VFs"
+
+
+def guest_hpre_usable(vm) -> str:
+    """The guest's hisi_hpre driver took the VF and registered its algorithms with the
+    kernel's crypto API, whose self-tests ran them on the device ('selftest : passed').
+    Skips, naming the capability, when the guest image has no hisi_hpre at all."""
+    if vm.guest.run("test -d /sys/module/hisi_hpre || modprobe -q hisi_hpre").rc != 0:
+        pytest.skip("the guest image has no hisi_hpre driver (capability: guest-hisi-hpre): "
+                    "HPRE-2 needs a guest kernel with the accelerator's driver")
+    crypto = vm.guest.check_output("cat /proc/crypto")
+    blocks = [b for b in crypto.split("\n\n") if re.search(r"^driver\s*:\s*hpre-", b, re.M)]
+    assert blocks, "the guest's hisi_hpre registered no algorithm with the crypto API (no hpre-* driver in /proc/crypto)"
+    failed = [b for b in blocks if not re.search(r"^selftest\s*:\s*passed", b, re.M)]
+    assert not failed, f"the crypto self-tests failed on the VF: {failed[0]}"
+    return ", ".join(sorted({re.search(r"^driver\s*:\s*(\S+)", b, re.M).group(1) for b in blocks}))
+
+
+def module_holders(lab, module: str) -> tuple[int, list[str]]:
+    """(refcnt, holder modules) of a host kernel module."""
+    refcnt = int(lab.host.read_text(f"/sys/module/{module}/refcnt").strip())
+    return refcnt, sorted(lab.host.listdir(f"/sys/module/{module}/holders"))
 
 
 @claims("HPRE-2", "HPRE-3")
 def test_hpre_vf_in_a_vm_is_usable_and_pins_the_host_driver(lab, hpre, host_state, vms):
-    host_state.writer(hpre["numvfs_path"], "2")
+    host_state.set_numvfs(hpre["bdf"], 2, path=hpre["numvfs_path"])
     vf, spare = pci.read_device(hpre["bdf"], lab.sys).virtfns[:2]
     host_state.remember_device(vf)
+    # control for HPRE-3: who holds the host driver before a VM uses a VF
+    idle = module_holders(lab, "hisi_hpre")
     vm = vms.boot(VMSpec("hpre-vf", devices=[pci.hostdev_pci(vf)]))
     seen = {d.bdf: d for d in vm.guest.pci.devices()}.get(GUEST_BDF)
-    assert seen and (seen.vendor, seen.device) == (pci.HPRE_VENDOR, pci.HPRE_VF) and seen.driver != "-"
+    assert seen and (seen.vendor, seen.device) == (pci.HPRE_VENDOR, pci.HPRE_VF), f"guest {GUEST_BDF} is {seen}"
+    allure.attach(guest_hpre_usable(vm), name="HPRE algorithms the guest ran on the VF",
+                  attachment_type=allure.attachment_type.TEXT)
+    busy = module_holders(lab, "hisi_hpre")
+    if idle[0] > 0 and busy[0] <= idle[0]:
+        pytest.skip(f"hisi_hpre is held on the lab host without any VM (refcnt {idle[0]}, holders {idle[1]}): "
+                    f"an unload refusal would not show the VM's hold (capability: hpre-driver-unloadable)")
     r = lab.host.run("modprobe", "-r", "hisi_hpre", check=False)
     assert r.rc != 0, "the host driver unloaded while a VM uses its VF"
     assert "in use" in r.stderr, f"modprobe -r hisi_hpre failed, but not because the module is in use: {r.stderr}"

@@ -39,6 +39,10 @@ class Guest:
                                        f"{r.command[:80]!r} runs; fix: install it in the image")
         return r.check().stdout
 
+    def has(self, program: str) -> bool:
+        """The guest image has `program` on its PATH."""
+        return self.run("command -v %s", program).rc == 0
+
     def boot_id(self) -> str:
         return self.check_output("cat /proc/sys/kernel/random/boot_id").strip()
 

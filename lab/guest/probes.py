@@ -91,6 +91,11 @@ class PciProbe:
     def root_ports(self) -> list[PciDev]:
         return [d for d in self.devices() if d.is_root_port]
 
+    def buses(self) -> list[int]:
+        """The PCI bus numbers of domain 0000 the guest kernel enumerated (/sys/class/pci_bus)."""
+        names = self.guest.check_output("ls /sys/class/pci_bus").split()
+        return sorted(int(n.split(":")[1], 16) for n in names if n.startswith("0000:"))
+
 
 BLOCK_SCRIPT = r"""
 for b in /sys/block/*; do
@@ -251,6 +256,13 @@ class NetProbe(Finds):
         before = int(self.guest.check_output("cat %s", stat))
         self.guest.run("ping -6 -q -c %s -i 0.01 -w 30 ff02::1%%%s", str(count), ifname, timeout=60)
         return int(self.guest.check_output("cat %s", stat)) - before
+
+    def virtqueue_pairs(self, ifname: str) -> int:
+        """Queue pairs virtio_net set up for `ifname` (every pair the device offers, active or
+        not): its receive virtqueues' interrupt vectors, virtioN-input.K in /proc/interrupts."""
+        dev = self.guest.check_output("basename $(readlink -f /sys/class/net/%s/device)", ifname).strip()
+        names = self.guest.check_output("cat /proc/interrupts").split()
+        return len({n for n in names if re.fullmatch(rf"{re.escape(dev)}-input\.\d+", n)})
 
     def use_channels(self, ifname: str, combined: int) -> dict[str, dict[str, int]]:
         """Turn on `combined` queue pairs (`ethtool -L`), as a guest with fewer CPUs than
