@@ -16,7 +16,8 @@ from lab.timeouts import Deadline, poll
 from lab.virsh import table
 
 
-snap_vm = shared_vm(lambda: VMSpec("snap"))
+# two free root ports: SNAP-1 hot-plugs two disks beside the system disk and the NIC
+snap_vm = shared_vm(lambda: VMSpec("snap", pcie_root_ports=4))
 FEW_SECONDS = 5          # the guide's "within a few seconds" for SNAP-2
 
 
