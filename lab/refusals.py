@@ -35,11 +35,12 @@ class HelperNotReady(LabError):
 # (driver, pattern): the first match names the driver.  The texts are libvirt's and
 # QEMU's own (security_selinux.c, security_apparmor.c, security_dac.c, storage
 # access checks, QEMU's open() errors passed through libvirt).
+DAC = "file permissions (DAC: the QEMU user cannot open it)"
 SECURITY = [
     ("SELinux", re.compile(r"security context|SELinux|svirt_|unable to set security label|"
                            r"setfilecon|getfilecon", re.I)),
     ("AppArmor", re.compile(r"AppArmor|apparmor|virt-aa-helper", re.I)),
-    ("file permissions (DAC: the QEMU user cannot open it)",
+    (DAC,
      re.compile(r"\(as uid:\d+, gid:\d+\)|unable to set user and group|Permission denied|"
                 r"Operation not permitted", re.I)),
 ]
@@ -49,10 +50,10 @@ FIXES = {
                "`ausearch -m avc -ts recent` on the lab host shows the denial",
     "AppArmor": "the libvirt-<uuid> profile does not allow the file: add the harness's work dir to "
                 "/etc/apparmor.d/local/abstractions/libvirt-qemu; `dmesg | grep DENIED` shows the denial",
+    DAC: "make the file and every directory above it reachable by the QEMU user (user `qemu` on openEuler, "
+         "`libvirt-qemu` on Debian), or keep libvirt's dynamic_ownership = 1 in qemu.conf so libvirt "
+         "chowns the images it is given",
 }
-DAC_FIX = ("make the file and every directory above it reachable by the QEMU user (user `qemu` on openEuler, "
-           "`libvirt-qemu` on Debian), or keep libvirt's dynamic_ownership = 1 in qemu.conf so libvirt "
-           "chowns the images it is given")
 # "Failed to connect to '<path>': Connection refused" (QEMU's NBD/chardev client), "Failed to
 # connect socket <path>: Connection refused" (libvirt's own), and the unix socket that is gone.
 HELPER = re.compile(r"Failed to connect(?: socket)?(?: to)? '?(/[^':\s]+)'?[:,]?\s*(Connection refused|"
@@ -72,7 +73,7 @@ def classify(what: str, message: str, harness_dirs=()) -> LabError | None:
         if pattern.search(message):
             paths = QUOTED_PATH.findall(message)
             path = next((p for p in paths if not p.startswith("/proc/")), None)
-            fix = FIXES.get(driver, DAC_FIX)
+            fix = FIXES[driver]
             return SecurityRefusal(f"{what}: refused by the lab host's {driver}"
                                    f"{f' for {path}' if path else ''}: a lab problem, not a finding. "
                                    f"Fix: {fix}. libvirt said: {message}", driver, path)

@@ -2,6 +2,7 @@
 to running VMs, seen by the guest (MAC, driver, queues, traffic) and by the
 host (the tap on the bridge, QEMU holding vhost-net, the OVS port)."""
 import contextlib
+from types import SimpleNamespace
 
 from fixtures.api import claims, shared_vm
 from lab import network
@@ -27,39 +28,38 @@ nic_vm = shared_vm(lambda: VMSpec("nics", pcie_root_ports=6))
 
 @contextlib.contextmanager
 def bridge_nic(vm, lab, **kw):
-    """The guide's bridge NIC attached live: (its MAC, its tap, the bridge); detached with
-    the same XML at the end (unless the test detached it)."""
+    """The guide's bridge NIC attached live (its XML, MAC, tap and bridge); detached with the
+    same XML at the end, unless the test already detached it (then the live XML lacks it)."""
     br = lab.bridge()
     mac = random_mac()
     iface = network.bridge_interface(mac, br.name, driver=driver_name(lab), **kw)
     live = vm.attach(iface, live=True)
-    state = {"attached": True}
     try:
-        yield iface, mac, tap_of(live), br, state
+        yield SimpleNamespace(xml=iface, mac=mac, tap=tap_of(live), bridge=br)
     finally:
-        if state["attached"]:
+        if vm.live_xml().find(f"devices/interface/mac[@address='{mac}']") is not None:
             vm.detach(iface, live=True)
 
 
 @claims("NIC-1")
 def test_attached_nic_has_its_mac_and_the_virtio_net_driver(nic_vm, lab):
-    with bridge_nic(nic_vm, lab) as (_, mac, _, _, _):
-        nic = nic_vm.guest.net.wait_for(mac)
-        assert nic.mac == mac.lower()
+    with bridge_nic(nic_vm, lab) as n:
+        nic = nic_vm.guest.net.wait_for(n.mac)
+        assert nic.mac == n.mac.lower()
         assert nic.driver == "virtio_net", f"guest NIC {nic.name} is driven by {nic.driver}"
 
 
 @claims("NIC-3")
 def test_two_queues_give_the_guest_two_queue_pairs(nic_vm, lab):
     vm = nic_vm
-    with bridge_nic(vm, lab, queues=2) as (_, mac, _, _, _):
-        nic = vm.guest.net.wait_for(mac)
+    with bridge_nic(vm, lab, queues=2) as n:
+        nic = vm.guest.net.wait_for(n.mac)
         if vm.guest.has("ethtool"):
             ch = vm.guest.net.channels(nic.name)
             assert ch["max"].get("combined") == 2, f"the device offers the guest {ch['max']} channels for queues='2'"
             ch = vm.guest.net.use_channels(nic.name, 2)      # virtio_net starts min(pairs, CPUs) of them
             assert ch["current"].get("combined") == 2, f"guest channels after ethtool -L combined 2: {ch}"
-            rxq = vm.guest.net.wait_for(mac).rx_queues
+            rxq = vm.guest.net.wait_for(n.mac).rx_queues
             assert rxq == 2, f"the guest has {rxq} rx queues with both pairs on"
         else:
             # no ethtool in this guest: virtio_net sets up every queue pair the device offers at
@@ -70,24 +70,24 @@ def test_two_queues_give_the_guest_two_queue_pairs(nic_vm, lab):
 
 @claims("NIC-4")
 def test_the_nics_tap_is_on_the_bridge(nic_vm, lab):
-    with bridge_nic(nic_vm, lab) as (_, mac, tap, br, _):
-        nic_vm.guest.net.wait_for(mac)
-        assert network.tap_master(tap, lab.sys / "class/net") == br.name, f"tap {tap} is not on bridge {br.name}"
-        assert tap in br.ports()
-        assert br.host_addresses() == [], "the harness's bridge must carry no host address"
+    with bridge_nic(nic_vm, lab) as n:
+        nic_vm.guest.net.wait_for(n.mac)
+        assert network.tap_master(n.tap, lab.sys / "class/net") == n.bridge.name, \
+            f"tap {n.tap} is not on bridge {n.bridge.name}"
+        assert n.tap in n.bridge.ports()
+        assert n.bridge.host_addresses() == [], "the harness's bridge must carry no host address"
 
 
 @claims("NIC-7")
 def test_detach_with_the_same_xml_removes_the_nic(nic_vm, lab):
     vm = nic_vm
-    with bridge_nic(vm, lab) as (iface, mac, tap, br, state):
-        vm.guest.net.wait_for(mac)
-        assert tap in br.ports()
-        vm.detach(iface, live=True)                                           # the same XML
-        state["attached"] = False
-        vm.guest.net.wait_gone(mac)
-        assert mac not in vm.guest.net.by_mac()
-        assert tap not in br.ports() and network.tap_master(tap, lab.sys / "class/net") is None
+    with bridge_nic(vm, lab) as n:
+        vm.guest.net.wait_for(n.mac)
+        assert n.tap in n.bridge.ports()
+        vm.detach(n.xml, live=True)                                           # the same XML
+        vm.guest.net.wait_gone(n.mac)
+        assert n.mac not in vm.guest.net.by_mac()
+        assert n.tap not in n.bridge.ports() and network.tap_master(n.tap, lab.sys / "class/net") is None
 
 
 @claims("NIC-6")

@@ -252,6 +252,8 @@ def test_hpre_vf_in_a_vm_is_usable_and_pins_the_host_driver(lab, hpre, host_stat
     assert seen and (seen.vendor, seen.device) == (pci.HPRE_VENDOR, pci.HPRE_VF), f"guest {GUEST_BDF} is {seen}"
     allure.attach(guest_hpre_usable(vm), name="HPRE algorithms the guest ran on the VF",
                   attachment_type=allure.attachment_type.TEXT)
+    seen = {d.bdf: d for d in vm.guest.pci.devices()}.get(GUEST_BDF)
+    assert seen.driver != "-", f"no guest driver bound the VF at {GUEST_BDF}"
     busy = module_holders(lab, "hisi_hpre")
     if idle[0] > 0 and busy[0] <= idle[0]:
         pytest.skip(f"hisi_hpre is held on the lab host without any VM (refcnt {idle[0]}, holders {idle[1]}): "
