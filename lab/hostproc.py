@@ -33,6 +33,21 @@ def terminate(pid: int, gone, what: str) -> None:
         poll(gone, Deadline(10, f"{what} ({pid}) to die", scaled=False), interval=0.1)
 
 
+def reap(pid: int) -> None:
+    """Collect `pid`'s exit status if it is a child of this process and has ended, so
+    it leaves no zombie behind (a zombie keeps its /proc entry); else nothing.  Called
+    once the process is gone from the process table's view (no argv): its exit is then
+    a matter of moments, given 5 s."""
+    from .timeouts import Deadline, poll
+
+    def collected():
+        try:
+            return os.waitpid(pid, os.WNOHANG)[0] == pid
+        except ChildProcessError:
+            return True     # not our child, or already collected (by subprocess)
+    poll(collected, Deadline(5, f"process {pid}'s exit status", scaled=False), interval=0.05)
+
+
 def processes(proc: Path = Path("/proc")):
     """(pid, argv) of every process still there to be read."""
     for p in proc.iterdir():

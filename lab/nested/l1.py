@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..hostproc import pid_by_file, terminate
+from ..hostproc import pid_by_file, reap, terminate
 from ..images import ImageError
 from ..timeouts import Deadline, poll
 from .image import L1Image, l1_image
@@ -262,6 +262,7 @@ def stop_started(lay: Layout, running, name: str, pid_what: str, tag: str, log=p
     pid = running(lay)
     if pid is not None:
         terminate(signal_to(pid), lambda: running(lay) is None, name)
+        reap(pid)       # started by this process (a self-test's second start): no zombie left
         done.append(f"stopped {name} ({pid_what} {pid})")
     if lay.state.exists():
         subprocess.run(["rm", "-rf", str(lay.state)])
