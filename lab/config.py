@@ -115,6 +115,11 @@ class LabConfig:
         return self.image == "default"
 
     @property
+    def image_on_lab_host(self) -> str | None:
+        """The path of an image given as already on the lab host (`lab-host:/path`), else None."""
+        return self.image[len(LAB_HOST_PREFIX):] if self.image.startswith(LAB_HOST_PREFIX) else None
+
+    @property
     def builtin_image(self) -> bool:
         """A distribution image the harness builds (lab/cloud_image.py)."""
         return self.image in BUILTIN_IMAGES
@@ -181,6 +186,8 @@ def _abs_path(v):
 
 # Distribution images the harness builds itself (lab/cloud_image.py), with the access each needs.
 BUILTIN_IMAGES = {"debian12-cloud": "nocloud", "debian12-password": "console-password"}
+# `[guest] image = "lab-host:/path"`: an image already on the lab host (used in place, never copied).
+LAB_HOST_PREFIX = "lab-host:"
 
 SCHEMA = {
     "host": {
@@ -202,9 +209,12 @@ SCHEMA = {
     },
     "guest": {
         "image": (str, "default", lambda v: None if v == "default" or v in BUILTIN_IMAGES or v.startswith("/")
-                  else f"must be 'default', one of {', '.join(BUILTIN_IMAGES)} or an absolute path to a qcow2 image",
+                  or v.startswith(LAB_HOST_PREFIX + "/")
+                  else f"must be 'default', one of {', '.join(BUILTIN_IMAGES)}, an absolute path to a qcow2 image "
+                  f"on this machine, or {LAB_HOST_PREFIX}/path for one on the lab host",
                   "'default' (the harness's own guest), a built-in distribution image "
-                  f"({', '.join(BUILTIN_IMAGES)}) or /path/to/image.qcow2"),
+                  f"({', '.join(BUILTIN_IMAGES)}), /path/to/image.qcow2 (on this machine: copied to the lab host, "
+                  f"cached there by content) or {LAB_HOST_PREFIX}/path/to/image.qcow2 (already on the lab host)"),
         "access": (str, "cmdline", _one_of("cmdline", "nocloud", "console-password"),
                    "'cmdline' for the default image, 'nocloud' for a cloud image (cloud-init), 'console-password' "
                    "for an image without cloud-init (the harness logs in on the serial console)"),
@@ -311,7 +321,9 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
                       f"takes {want!r}", f"write access = '{want}'")
     elif vals["guest.image"] != "default":
         img = Path(vals["guest.image"])
-        if not img.is_file():
+        if vals["guest.image"].startswith(LAB_HOST_PREFIX):
+            pass        # on the lab host: checked there when a run starts
+        elif not img.is_file():
             raise err("guest.image", f"names {img}, which does not exist",
                       "build or copy the image there, or use image = 'default'")
         if vals["guest.access"] == "cmdline":

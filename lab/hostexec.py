@@ -78,9 +78,9 @@ class Host:
         """Where, for a message: "" on this machine, " on <lab host>" elsewhere."""
         return "" if self.local else f" on {self.name}"
 
-    def put_readonly(self, local: Path, remote) -> None:
+    def put_readonly(self, local: Path, remote, progress=None) -> None:
         """`put` for a file nobody writes (a base image): this machine may link it."""
-        self.put(local, remote)
+        self.put(local, remote, progress=progress)
 
     def close(self) -> None:
         pass
@@ -96,7 +96,10 @@ class Host:
     def symlink(self, target, link) -> None: raise NotImplementedError
     def unlink(self, path) -> None: raise NotImplementedError
     def rmdir(self, path) -> None: raise NotImplementedError
-    def put(self, local: Path, remote) -> None: raise NotImplementedError
+    def put(self, local: Path, remote, progress=None) -> None:
+        """Copy a file of this machine to the lab host, atomically (`progress(done, total)`
+        is called as bytes go, where the transport can tell)."""
+        raise NotImplementedError
     def connect_tcp(self, address: str, port: int, timeout: float = 5):
         """A socket-like channel to address:port as the lab host sees it."""
         raise NotImplementedError
@@ -192,11 +195,11 @@ class LocalHost(Host):
         else:
             Path(path).unlink(missing_ok=True)
 
-    def put(self, local, remote):
+    def put(self, local, remote, progress=None):
         if Path(local) != Path(remote):
             shutil.copy2(local, remote)
 
-    def put_readonly(self, local, remote):
+    def put_readonly(self, local, remote, progress=None):
         if Path(local) == Path(remote):
             return
         Path(remote).unlink(missing_ok=True)
@@ -326,9 +329,9 @@ class SshHost(Host):
     def rmdir(self, path):
         self.run("rmdir", str(path))
 
-    def put(self, local, remote):
+    def put(self, local, remote, progress=None):
         tmp = f"{remote}.part"
-        self.sftp().put(str(local), tmp)
+        self.sftp().put(str(local), tmp, callback=progress)
         self.sftp().chmod(tmp, os.stat(local).st_mode & 0o777)
         self.run("mv", "-f", tmp, str(remote))
 

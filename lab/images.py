@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .arch import ArchProfile
 from .errors import LabError
+from .hostexec import LabPath
 
 BUILDER_VERSION = "6"
 HERE = Path(__file__).parent / "guest_image"
@@ -511,19 +512,97 @@ def create_overlay(host, base, path):
     return path
 
 
-def upload(img: GuestImage, host, cache_dir) -> GuestImage:
+def file_sha256(path: Path, cache_dir: Path) -> str:
+    """sha256 of a file the user gave, remembered by its identity (device, inode, size,
+    mtime) in `cache_dir`, so a multi-GiB image is read once, not at every run."""
+    st = path.stat()
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    memo = cache_dir / "user-image-hashes.json"
+    try:
+        known = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if known.get(str(path), {}).get("ident") == ident:
+        return known[str(path)]["sha256"]
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise ImageError(f"guest image {path}: cannot be read on this machine ({e.strerror}); fix: make it "
+                         f"readable by the user running the harness, or name another [guest] image") from None
+    known[str(path)] = {"ident": ident, "sha256": h.hexdigest()}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    tmp.replace(memo)
+    return h.hexdigest()
+
+
+def user_image(path: Path, cache_dir: Path, access: str, console_tty: str, log=print) -> GuestImage:
+    """The user's own image on this machine, named by its content (copied to a lab host
+    under that name, so a second run, or another config naming the same file, copies nothing)."""
+    if not path.is_file():
+        raise ImageError(f"guest image {path} does not exist on this machine; fix: copy it there, or name an "
+                         f"image already on the lab host as image = 'lab-host:/path'")
+    digest = "user-" + file_sha256(path, cache_dir)[:16]
+    return GuestImage(root=path, digest=digest, access=access, console_tty=console_tty)
+
+
+def on_lab_host(host, path: str, access: str, console_tty: str) -> GuestImage:
+    """An image the lab config names as already on the lab host: used in place (every VM's
+    overlay is backed by it, so nothing writes it), identified by its size and mtime."""
+    try:
+        st = host.run("stat", "-L", "-c", "%s %Y %F", path, check=False)
+    except OSError as e:
+        raise ImageError(f"lab host {host.name}: cannot check guest image {path}: {e}") from None
+    if not st.ok or "regular" not in st.stdout:
+        raise ImageError(f"lab host {host.name} has no guest image at {path} ({(st.stderr or st.stdout).strip()}); "
+                         f"fix: copy it there, or name an image on this machine ([guest] image = '/path', "
+                         f"copied to the lab host by the harness)")
+    size, mtime = st.stdout.split()[:2]
+    return GuestImage(root=LabPath(path), digest=f"lab-host {path} ({size} bytes, mtime {mtime})", access=access,
+                      console_tty=console_tty)
+
+
+def upload(img: GuestImage, host, cache_dir, log=print) -> GuestImage:
     """The image on the lab host, in its images dir there (content-addressed by the
-    image's digest; copied once, atomically; this machine links the cached files)."""
+    image's digest; copied once, atomically, with progress for a large one; this
+    machine links the cached files).  An interrupted copy leaves no entry: the
+    `.complete` mark is written last, and every file arrives under a temporary name."""
     d = cache_dir / f"guest-{img.digest}"
     if not host.exists(d / ".complete"):
         host.makedirs(d)
         for f in (img.root, img.kernel, img.initrd):
             if f is not None:
-                host.put_readonly(f, d / f.name)
+                size = f.stat().st_size
+                progress = None
+                if not host.local and size >= 64 << 20:
+                    log(f"copying guest image {f} ({size >> 20} MiB) to lab host {host.name}:{d}")
+                    progress = _progress_logger(f.name, size, log)
+                try:
+                    host.put_readonly(f, d / f.name, progress=progress)
+                except OSError as e:
+                    raise ImageError(f"copying guest image {f} to lab host {host.name}:{d / f.name} failed: "
+                                     f"{e}; fix: free space in the lab host's work_dir or check its "
+                                     f"permissions") from None
         host.write_text(d / ".complete", img.digest + "\n")
     return GuestImage(root=d / img.root.name, kernel=d / img.kernel.name if img.kernel else None,
                       initrd=d / img.initrd.name if img.initrd else None, digest=img.digest, access=img.access,
                       console_tty=img.console_tty)
+
+
+def _progress_logger(name: str, total: int, log):
+    """An SFTP progress callback that logs every further 10 %."""
+    seen = {"step": 0}
+
+    def cb(done: int, _total: int) -> None:
+        step = done * 10 // max(total, 1)
+        if step > seen["step"]:
+            seen["step"] = step
+            log(f"  {name}: {step * 10} % ({done >> 20} of {total >> 20} MiB)")
+    return cb
 
 
 def create_nocloud_seed(path: Path, instance_id: str, hostname: str, pubkey: str,

@@ -76,10 +76,13 @@ class Run:
             if self.cfg.image_access == "nocloud":
                 img = images.GuestImage(root=img.root, kernel=img.kernel, initrd=img.initrd,
                                         digest=img.digest, access="nocloud", console_tty=img.console_tty)
-        else:
-            return images.GuestImage(root=Path(self.cfg.image), access=self.cfg.image_access,
-                                     console_tty=self.arch.console_tty)
-        return images.upload(img, self.host, self.cfg.host_work_dir / "images")
+        elif self.cfg.image_on_lab_host:
+            return images.on_lab_host(self.host, self.cfg.image_on_lab_host, self.cfg.image_access,
+                                      self.arch.console_tty)
+        else:       # the user's own image on this machine: hashed (cached), copied once per content
+            img = images.user_image(Path(self.cfg.image), self.work_dir / "images", self.cfg.image_access,
+                                    self.arch.console_tty, log=self.log)
+        return images.upload(img, self.host, self.cfg.host_work_dir / "images", log=self.log)
 
     def _console_login(self):
         if self.image.access == "nocloud":
