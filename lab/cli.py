@@ -6,7 +6,7 @@ import time
 import sys
 from pathlib import Path
 
-from . import claims, config, daemon, host, images, timeouts
+from . import claims, config, daemon, host, images, labhost_needs, timeouts
 from .arch import profile
 from .session import LabUnreachable, Session
 from .sweep import sweep
@@ -82,6 +82,12 @@ def cmd_doctor(cfg) -> int:
         for ok, line in inventory_check(cfg, cfg.host()):
             bad += not ok
             print(f"  {'ok ' if ok else 'BAD'}  {line}")
+    print("\nlab host programs and sshd (what each missing one costs):")
+    try:
+        for ok, line in labhost_needs.check(cfg.host()):
+            print(f"  {'ok ' if ok else 'NO '}  {line}")
+    except Exception as e:          # an unreachable shell is said above by the probes too
+        print(f"  ??   the lab host's shell did not answer: {type(e).__name__}: {e}")
     print("\nclaims:")
     runs = 0
     for cl in claims.CLAIMS.values():
