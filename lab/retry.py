@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import statistics
 import threading
+import time
 from dataclasses import dataclass
+
+from .errors import LabError
 
 from .timeouts import Deadline, poll
 
@@ -71,6 +74,7 @@ class GuestJob:
 
     def __init__(self, guest, command: str, tag: str):
         self.guest, self.tag, self._error = guest, tag, None
+        self.issued = time.monotonic()      # no later than the guest starts the command
         t = "cut -d' ' -f1 /proc/uptime >"
         script = f"{t} /tmp/{tag}.t0; {command} > /tmp/{tag}.log 2>&1; r=$?; {t} /tmp/{tag}.t1; echo $r > /tmp/{tag}.rc"
 
@@ -119,7 +123,7 @@ class GuestJob:
         while not d.expired:
             if self.finished():
                 return self.rc(seconds=max(d.remaining, 5))
-            self.guest.run("sleep 0.3")
+            time.sleep(0.3)     # a poll's interval: no guest command while the starting one may be open
         return None
 
     def elapsed(self) -> float:
@@ -131,18 +135,38 @@ class GuestJob:
         return self.guest.run("cat /tmp/%s.log", self.tag).stdout
 
 
-def stays_pending(job: GuestJob, seconds: float, alive=None) -> None:
-    """For `seconds` (scaled) the job neither completes nor fails; `alive()` may raise
-    (for example when the VM stopped)."""
-    d = Deadline(seconds, f"the guest's {job.tag} to stay pending")
-    while not d.expired:
+class TooSlowToWatch(LabError):
+    """The lab host answered too slowly to watch a pending window inside the retry_timeout
+    it tests: no verdict about the product either way."""
+
+
+def stays_pending(job: GuestJob, seconds: float, alive=None, within: float | None = None) -> None:
+    """For `seconds` (wall clock, not scaled: a minimum, which a slow host does not make
+    less true) the job neither completes nor fails; `alive()` may raise (for example
+    when the VM stopped).  `within`: the retry_timeout under test.  Every observation is
+    made before it runs out, counted from when the job was issued, with a margin of a
+    second: after it, a finished job would be right, so a window that cannot end in time
+    is the lab's problem (TooSlowToWatch), never a pass or a product failure."""
+    t0 = time.monotonic()
+    limit = job.issued + within - 1.0 if within is not None else float("inf")
+    if t0 + seconds > limit:
+        raise TooSlowToWatch(f"the guest's {job.tag} started {t0 - job.issued:.1f} s after it was issued: a "
+                             f"{seconds} s pending window no longer fits in retry_timeout ({within} s)")
+    while (now := time.monotonic()) < t0 + seconds:
         if job.finished():
             raise AssertionError(f"the guest's {job.tag} finished during the fault (rc "
                                  f"{job.guest.run('cat /tmp/%s.rc', job.tag).stdout.strip()}) after "
-                                 f"{d.budget - d.remaining:.1f} s: {job.output()[-300:]!r}")
+                                 f"{now - t0:.1f} s of a {seconds} s window: {job.output()[-300:]!r}")
         if alive:
             alive()
-        job.guest.run("sleep 0.5")
+        if time.monotonic() > limit:
+            raise TooSlowToWatch(f"watching the guest's {job.tag} took until {time.monotonic() - job.issued:.1f} s "
+                                 f"after it was issued, past what retry_timeout ({within} s) leaves for a "
+                                 f"{seconds} s window (the lab host answers too slowly)")
+        time.sleep(0.5)
+    if time.monotonic() < limit and job.finished():      # a last look, still inside retry_timeout
+        raise AssertionError(f"the guest's {job.tag} finished during the fault (at the end of a {seconds} s window): "
+                             f"{job.output()[-300:]!r}")
 
 
 @dataclass(frozen=True)
