@@ -153,14 +153,32 @@ class Run:
         name = "pci_" + bdf.replace(":", "_").replace(".", "_")
         self.session.conn.nodeDeviceLookupByName(name).detachFlags("vfio", 0)
 
-    def refusal_to_define(self, dom) -> str | None:
-        """Define `dom` (an lxml domain) with libvirt's validation and undefine it at once:
-        None when libvirt accepts it, else libvirt's message."""
+    def refusal(self, dom, role: str, start: bool = False) -> str | None:
+        """Define `dom` (an lxml domain) as libvirt's parser takes it, without schema
+        validation (a vendor's libvirt may parse what its schema lacks, as openEuler's
+        does for error_policy='retry'), and with `start` start it paused (QEMU checks its
+        command line; no guest runs); all undone at once.  None when libvirt accepts it,
+        else libvirt's message.  The domain carries the run's tag, so a crash in between
+        leaves nothing the sweeper cannot find."""
+        from .sweep import undefine
+        if dom.find("metadata") is None:
+            from lxml import etree
+            etree.SubElement(dom, "metadata").append(
+                X.harness_metadata(self.run_id, os.getpid(), role, work_dir=self.work_dir))
         try:
-            self.session.conn.defineXMLFlags(X.to_string(dom), libvirt.VIR_DOMAIN_DEFINE_VALIDATE).undefine()
-            return None
+            d = self.session.conn.defineXML(X.to_string(dom))
         except libvirt.libvirtError as e:
             return e.get_error_message()
+        try:
+            if start:
+                try:
+                    d.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+                except libvirt.libvirtError as e:
+                    return e.get_error_message()
+                d.destroy()
+            return None
+        finally:
+            undefine(d)
 
     def lease_device(self, kind: str, ident: str, wait_s: float = 0) -> Lease:
         """Hold a scarce host device for this run (released at close); a device this

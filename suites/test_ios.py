@@ -311,9 +311,10 @@ def test_read_and_write_suspension_are_enabled_separately(fault, vms, retry_form
 
 @claims("IOS-6")
 def test_retry_is_refused_on_a_bus_other_than_virtio(fault, lab):
-    """libvirt refuses error_policy='retry' on a SATA disk for the policy.  Controls: the
-    same retry disk on virtio is accepted (the policy itself is known), and the same SATA
-    disk with error_policy='stop' is accepted (the bus and the disk are fine)."""
+    """libvirt refuses error_policy='retry' on a SATA disk for the policy, when the domain
+    is defined or at the latest when it starts (paused: no guest runs).  Controls: the same
+    retry disk on virtio is accepted (the policy itself is known), and the same SATA disk
+    with error_policy='stop' is accepted (the bus and the disk are fine)."""
     from lab.arch import profile
 
     def define(bus, target, stop=False):
@@ -321,9 +322,9 @@ def test_retry_is_refused_on_a_bus_other_than_virtio(fault, lab):
             d = fault.disk(target, bus=bus, error_policy="stop", rerror_policy="stop", cache="none", serial=SERIAL)
         else:
             d, _ = retry_disk(fault, "xml", target, RetryPolicy(interval=1000, timeout=0), SERIAL, bus=bus)
-        dom = X.domain(f"acc-ios6-{bus}{'-stop' if stop else ''}", virt_type=lab.cfg.virt_type,
+        dom = X.domain(f"acc-{lab.run_id}-ios6-{bus}{'-stop' if stop else ''}", virt_type=lab.cfg.virt_type,
                        arch=profile(lab.cfg.arch), devices=[d], emulator=lab.emulator)
-        return lab.refusal_to_define(dom)
+        return lab.refusal(dom, "ios6", start=True)
 
     accepted = define("virtio", "vdb")
     assert accepted is None, f"libvirt refused error_policy='retry' on virtio too (the control): {accepted}"
