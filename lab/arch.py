@@ -51,3 +51,35 @@ def profile(arch: str) -> ArchProfile:
         raise ValueError(
             f"unknown guest architecture {arch!r}; known: {', '.join(sorted(ARCHES))}"
         ) from None
+
+
+# ARM CPUs say who made them and which core they are by number only ("CPU implementer",
+# "CPU part" in /proc/cpuinfo): the names certification reports carry.
+ARM_IMPLEMENTERS = {0x41: "ARM", 0x42: "Broadcom", 0x48: "HiSilicon", 0x4e: "NVIDIA", 0x50: "Ampere (APM)",
+                    0x51: "Qualcomm", 0x61: "Apple", 0x70: "Phytium", 0xc0: "Ampere"}
+ARM_PARTS = {
+    (0x48, 0xd01): "Kunpeng 920 (TaiShan v110)",
+    (0x48, 0xd02): "Kunpeng 930 (TaiShan v120)",
+    (0x41, 0xd03): "Cortex-A53", (0x41, 0xd07): "Cortex-A57", (0x41, 0xd08): "Cortex-A72",
+    (0x41, 0xd0c): "Neoverse-N1", (0x41, 0xd40): "Neoverse-V1", (0x41, 0xd49): "Neoverse-N2",
+    (0x41, 0xd4f): "Neoverse-V2", (0xc0, 0xac3): "Ampere-1", (0x70, 0x663): "FT-2000+",
+}
+
+
+def cpu_model(cpuinfo: str) -> str | None:
+    """A readable CPU model from /proc/cpuinfo: x86's "model name", or an ARM core's
+    implementer and part decoded (unknown numbers kept, in hex)."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        k, sep, v = line.partition(":")
+        if sep and k.strip() not in fields:
+            fields[k.strip()] = v.strip()
+    if fields.get("model name"):
+        return fields["model name"]
+    try:
+        impl, part = int(fields["CPU implementer"], 16), int(fields["CPU part"], 16)
+    except (KeyError, ValueError):
+        return None
+    maker = ARM_IMPLEMENTERS.get(impl, f"implementer 0x{impl:02x}")
+    core = ARM_PARTS.get((impl, part), f"part 0x{part:03x}")
+    return f"{maker} {core}"

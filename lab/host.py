@@ -170,6 +170,12 @@ def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> d
         "timeout.factor": str(cfg.timeout_factor),
     }
     out.update(qemu_facts(cfg, conn))
+    if cfg.has_shell:
+        h = cfg.host()
+        out.update(dmi(h))
+        bdfs = [d.bdf for d in (*cfg.inventory.sriov_pfs, *cfg.inventory.pci, *cfg.inventory.hpre)]
+        if bdfs:
+            out.update(device_models(h, bdfs))
     caps = probe(cfg, conn)
     out["fault.backend"] = fault_backend(cfg, caps)
     out["ios.retry_form"] = retry_form(caps)[1]
@@ -194,14 +200,43 @@ def retry_form(caps: dict[str, Capability]) -> tuple[str, str]:
 
 
 def _cpu_model(h=None) -> str:
+    from .arch import cpu_model
     try:
         text = h.read_text("/proc/cpuinfo") if h is not None else open("/proc/cpuinfo").read()
-        for line in text.splitlines():
-            if line.startswith(("model name", "CPU part")):
-                return line.split(":", 1)[1].strip()
+        model = cpu_model(text)
+        if model:
+            return model
     except (OSError, RuntimeError):
         pass
     return platform.processor() or os.uname().machine
+
+
+DMI = (("vendor", "sys_vendor"), ("product", "product_name"), ("version", "product_version"),
+       ("bios_vendor", "bios_vendor"), ("bios_version", "bios_version"), ("bios_date", "bios_date"))
+
+
+def dmi(h) -> dict[str, str]:
+    """The server's make, model and firmware from the lab host's DMI (sysfs; serial numbers
+    and UUIDs are left out): host.dmi.vendor, .product, .version, .bios_*."""
+    out = {}
+    for key, name in DMI:
+        try:
+            v = h.read_text(f"/sys/class/dmi/id/{name}").strip()
+        except (OSError, RuntimeError):
+            continue        # no DMI (a virt board without SMBIOS, some ARM boards): said by absence
+        if v and v.lower() not in ("to be filled by o.e.m.", "default string", "not specified"):
+            out[f"host.dmi.{key}"] = v
+    return out
+
+
+def device_models(h, bdfs) -> dict[str, str]:
+    """lspci's name of each inventory device the run may use (PFs, passthrough functions)."""
+    out = {}
+    for bdf in bdfs:
+        r = h.run("lspci", "-s", bdf, check=False)
+        line = r.stdout.strip().splitlines()[0] if r.ok and r.stdout.strip() else ""
+        out[f"device.{bdf}"] = line.split(" ", 1)[1] if " " in line else "(lspci gave no name)"
+    return out
 
 
 def lab_emulator(cfg: LabConfig, conn=None) -> str:
