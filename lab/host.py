@@ -226,7 +226,7 @@ def dmi(h) -> dict[str, str]:
             continue        # no DMI (a virt board without SMBIOS, some ARM boards): said by absence
         if v and v.lower() not in ("to be filled by o.e.m.", "default string", "not specified"):
             out[f"host.dmi.{key}"] = v
-    return out
+    return out or {"host.dmi": "(none: the lab host's sysfs has no /sys/class/dmi/id)"}
 
 
 def device_models(h, bdfs) -> dict[str, str]:

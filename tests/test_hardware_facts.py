@@ -45,3 +45,9 @@ def test_the_servers_dmi_without_serial_or_placeholders():
     assert got == {"host.dmi.vendor": "Huawei", "host.dmi.product": "TaiShan 200 (Model 2280)",
                    "host.dmi.bios_version": "1.79", "host.dmi.bios_date": "03/24/2022"}
     assert not any("2102311TYBN0KA000123" in v for v in got.values())
+
+
+def test_a_host_without_dmi_says_so():
+    class NoDmi(DmiHost):
+        FILES = {}
+    assert host.dmi(NoDmi("vm")) == {"host.dmi": "(none: the lab host's sysfs has no /sys/class/dmi/id)"}
