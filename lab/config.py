@@ -86,6 +86,9 @@ class LabConfig:
     guest_user: str = "root"   # console login (access = "console-password")
     password_file: str = ""    # where that user's password is read from (never logged)
     password_env: str = ""     # or the environment variable that holds it
+    # [shell] keys the file sets itself: the others come from the user's OpenSSH config
+    # (Host alias, User, Port, IdentityFile, ProxyJump), as they do for libvirt's qemu+ssh
+    shell_given: frozenset = frozenset()
 
     @property
     def private_daemon_dir(self) -> Path:
@@ -106,7 +109,9 @@ class LabConfig:
         """The executor for this lab host's commands and files."""
         from .hostexec import LocalHost, SshHost
         if self.shell_address:
-            return SshHost(self.name, self.shell_address, self.shell_port, self.shell_user, self.shell_key_file,
+            g = self.shell_given
+            return SshHost(self.name, self.shell_address, self.shell_port if "port" in g else None,
+                           self.shell_user if "user" in g else None, self.shell_key_file,
                            known_hosts=self.shell_known_hosts)
         return LocalHost(self.name)
 
@@ -380,6 +385,7 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         emulator=vals["qemu.emulator"], qemu_source=qemu_source, qemu_source_sha256=vals["qemu.source_sha256"],
         guest_user=vals["guest.user"], password_file=vals["guest.password_file"],
         password_env=vals["guest.password_env"],
+        shell_given=frozenset(k for k in (raw.get("shell") or {}) if isinstance(raw.get("shell"), dict)),
     )
 
 

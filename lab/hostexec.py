@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import paramiko
@@ -212,15 +213,61 @@ class LocalHost(Host):
         return socket.create_connection((address, port), timeout=timeout)
 
 
+@dataclass(frozen=True)
+class SshTarget:
+    hostname: str
+    port: int
+    user: str
+    key_file: str
+    known_hosts: str
+    proxy_command: str      # "" : a direct connection
+
+
+def resolve_ssh(address: str, port: int | None, user: str | None, key_file: str, known_hosts: str,
+                config_path: str | None = None) -> SshTarget:
+    """Where `[shell] address` really is, as OpenSSH would see it: the user's ssh config
+    (~/.ssh/config, or `config_path`) gives HostName, Port, User, IdentityFile,
+    UserKnownHostsFile, ProxyJump or ProxyCommand for a Host alias; what the lab config
+    sets itself wins.  A ProxyJump goes through OpenSSH's own `ssh -W`, so the jump host's
+    settings, agent and keys are OpenSSH's."""
+    path = os.path.expanduser(config_path or "~/.ssh/config")
+    cfg = {}
+    if os.path.isfile(path):
+        try:
+            cfg = paramiko.SSHConfig.from_path(path).lookup(address)
+        except (OSError, paramiko.SSHException, ValueError) as e:
+            raise HostCommandFailed(f"the OpenSSH config {path} cannot be read for {address}: {e}") from None
+    hostname = cfg.get("hostname", address)
+    port = port if port is not None else int(cfg.get("port", 22))
+    user = user if user is not None else cfg.get("user", "root")
+    if not key_file and cfg.get("identityfile"):
+        key_file = os.path.expanduser(cfg["identityfile"][0])
+    if not known_hosts and cfg.get("userknownhostsfile"):
+        known_hosts = os.path.expanduser(cfg["userknownhostsfile"].split()[0])
+    proxy = cfg.get("proxycommand", "")
+    if proxy.lower() == "none":
+        proxy = ""
+    jump = cfg.get("proxyjump", "")
+    if jump and jump.lower() != "none" and not proxy:
+        f = ["-F", path] if config_path else []
+        proxy = shlex.join(["ssh", *f, "-W", f"{hostname}:{port}", *(["-J", jump.split(",", 1)[1]] if "," in jump else []),
+                            jump.split(",", 1)[0]])
+    return SshTarget(hostname, port, user, key_file, known_hosts, proxy)
+
+
 class SshHost(Host):
     """A lab host over SSH: one paramiko connection (reconnected when it drops),
     commands as shlex-joined strings, files over SFTP."""
     local = False
 
-    def __init__(self, name: str, address: str, port: int = 22, user: str = "root", key_file: str = "",
-                 known_hosts: str = "", connect_timeout: float = 15):
-        self.name, self.address, self.port, self.user = name, address, port, user
-        self.key_file, self.known_hosts, self.connect_timeout = key_file, known_hosts, connect_timeout
+    def __init__(self, name: str, address: str, port: int | None = 22, user: str | None = "root", key_file: str = "",
+                 known_hosts: str = "", connect_timeout: float = 15, ssh_config: str | None = None):
+        """`port`/`user` None: from the user's OpenSSH config for `address` (else 22/root)."""
+        r = resolve_ssh(address, port, user, key_file, known_hosts, ssh_config)
+        self.name, self.address, self.port, self.user = name, r.hostname, r.port, r.user
+        self.alias = address
+        self.key_file, self.known_hosts, self.connect_timeout = r.key_file, r.known_hosts, connect_timeout
+        self.proxy_command = r.proxy_command
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.RLock()
@@ -243,13 +290,17 @@ class SshHost(Host):
                     raise HostCommandFailed(f"lab host {self.name}: cannot read known_hosts "
                                             f"{self.known_hosts or '~/.ssh/known_hosts'}: {e}") from None
                 c.set_missing_host_key_policy(paramiko.RejectPolicy())
+                via = f" via {self.proxy_command!r}" if self.proxy_command else ""
                 try:
+                    # as OpenSSH: the agent and the default keys when no key file is named
+                    sock = paramiko.ProxyCommand(self.proxy_command) if self.proxy_command else None
                     c.connect(self.address, self.port, self.user, key_filename=self.key_file or None,
                               timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
-                              auth_timeout=self.connect_timeout, allow_agent=False, look_for_keys=not self.key_file)
+                              auth_timeout=self.connect_timeout, allow_agent=not self.key_file,
+                              look_for_keys=not self.key_file, sock=sock)
                 except (OSError, paramiko.SSHException) as e:
                     raise HostCommandFailed(f"cannot reach lab host {self.name} over SSH at "
-                                            f"{self.user}@{self.address}:{self.port}: {e}") from None
+                                            f"{self.user}@{self.address}:{self.port}{via}: {e}") from None
                 c.get_transport().set_keepalive(10)
                 self._client, self._sftp = c, None
             return self._client

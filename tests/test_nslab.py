@@ -63,3 +63,28 @@ def test_stop_ends_every_process_of_the_lab_host_and_start_sweeps_a_crashed_one(
          Deadline(10, "the lab host's first process to be gone", scaled=False), interval=0.1)
     assert nslab.running_pid(lay) is None and not lay.state.exists()
     nslab.start(lay, PORT, ["/var/lib/acc-harness", repo], log=lambda s: None)      # for the fixture's stop
+
+
+def test_the_lab_hosts_shell_goes_through_an_openssh_alias_and_proxyjump(ns_host, tmp_path):
+    """[shell] address = an alias of the user's ssh config that reaches the lab host only
+    through a jump host (here: the lab host itself, whose sshd is on its own 127.0.0.1:22):
+    HostName, Port, User, IdentityFile, UserKnownHostsFile and ProxyJump as OpenSSH takes them."""
+    from lab.hostexec import SshHost
+    lay, _, _, _ = ns_host
+    kind, blob = lay.host_key.with_suffix(".pub").read_text().split()[:2]
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{PORT} {kind} {blob}\n127.0.0.1 {kind} {blob}\n")
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(f"Host acc-jump\n  HostName 127.0.0.1\n  Port {PORT}\n  User root\n  IdentityFile {lay.key}\n"
+                   f"  UserKnownHostsFile {kh}\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
+                   f"Host acc-behind\n  HostName 127.0.0.1\n  Port 22\n  User root\n  IdentityFile {lay.key}\n"
+                   f"  UserKnownHostsFile {kh}\n  ProxyJump acc-jump\n")
+    h = SshHost("behind", "acc-behind", None, None, ssh_config=str(cfg))
+    try:
+        assert h.proxy_command.startswith(f"ssh -F {cfg} -W 127.0.0.1:22 acc-jump")
+        r = h.run("sh", "-c", "echo $SSH_CONNECTION")
+        # the session arrived at the lab host's own sshd from its own loopback: through the jump
+        assert r.stdout.split()[2:] == ["127.0.0.1", "22"], r.stdout
+        assert h.exists("/srv"), "SFTP through the jump"
+    finally:
+        h.close()

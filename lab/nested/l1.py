@@ -85,7 +85,7 @@ class Layout:
         """Root's SSH into the lab host through 127.0.0.1:<port>, its host key pinned."""
         from ..hostexec import SshHost
         return SshHost(name, "127.0.0.1", port, "root", str(self.key), known_hosts=str(self.known_hosts),
-                       connect_timeout=5)
+                       connect_timeout=5, ssh_config=os.devnull)     # the lab's own: no user's ssh config
 
     @property
     def known_hosts(self) -> Path:
