@@ -151,7 +151,7 @@ def _cfg(tmp_path, guest: str):
      "needs exactly one"),
     ('image = "debian12-cloud"\naccess = "nocloud"\npassword_env = "B"\n',
      "guest.password_env' is set with access = 'nocloud'"),
-    ('image = "ubuntu"\n', "must be 'default', one of debian12-cloud, debian12-password or an absolute path"),
+    ('image = "ubuntu"\n', "must be 'default', one of debian12-cloud, debian12-password, an absolute path to a qcow2 image on this machine, or lab-host:/path"),
     ('image = "debian12-password"\naccess = "console-password"\npassword_file = "rel/pw"\n', "must be an absolute path"),
 ])
 def test_guest_login_keys_are_checked_with_the_fix(tmp_path, guest, error):
