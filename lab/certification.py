@@ -114,8 +114,9 @@ def build_multi(outcomes: list[TestOutcome], collected_claims: set[str], facts_b
 def markdown_multi(report: dict) -> str:
     names = list(report["hosts"])
     lines = [f"# Certification report: {', '.join(names)}", "",
-             f"Generated {report['generated']} from lab config {report['lab']}. Each test ran on one lab host "
-             f"(placed by capability); 'not run' means it ran on another host.", "",
+             f"Generated {report['generated']} from lab config {report['lab']}. " + report.get(
+                 "note", "Each test ran on one lab host (placed by capability); 'not run' means it ran on "
+                         "another host."), "",
              "## Claims by lab host", "", "| claim | documented behaviour | " + " | ".join(names) + " |",
              "|---|---|" + "---|" * len(names)]
     for cid, row in report["matrix"].items():

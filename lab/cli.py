@@ -262,10 +262,21 @@ def main(argv=None) -> int:
     sub.add_parser("discover", help="host PCI/SR-IOV/HPRE devices (read-only) and a lab-config snippet")
     sc = sub.add_parser("secrets-scan", help="fail if the lab's console password is in any file under PATHS")
     sc.add_argument("paths", nargs="+")
+    mg = sub.add_parser("merge", help="merge separate runs' outputs (Allure results, JUnit, certification) into OUT")
+    mg.add_argument("out")
+    mg.add_argument("runs", nargs="+", help="the runs' report directories")
     d = sub.add_parser("daemon", help="start or stop the private libvirtd of lab hosts with daemon = 'private'")
     d.add_argument("action", choices=["start", "stop"])
     args = p.parse_args(argv)
     try:
+        if args.cmd == "merge":
+            from .merge import MergeError, merge
+            try:
+                merge(Path(args.out), [Path(r) for r in args.runs])
+                return 0
+            except MergeError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         if args.cmd == "daemon":
             return _each(lambda cfg: cmd_daemon(cfg, args.action))(args)
         if args.cmd == "secrets-scan":
