@@ -422,12 +422,18 @@ def _inventory(vals, err) -> Inventory:
 
 # ------------------------------------------------------------------ several lab hosts
 
+PLACEMENTS = ("split", "every")
+
+
 @dataclass(frozen=True)
 class LabSet:
     """A lab config as given to the harness: one lab host, or several
     (`[[hosts]]` entries, each inline or `include = "other.toml"`)."""
     path: Path
     hosts: tuple
+    # "split": each test on one host that can run it (throughput); "every": every test on
+    # every host (certify each host: a verdict for every claim on every host)
+    placement: str = "split"
 
     @property
     def names(self) -> list[str]:
@@ -460,8 +466,12 @@ def load_set(path: Path | str | None = None) -> LabSet:
         return LabConfigError(f"{path}: key '{key}' {msg}; fix: {fix}")
 
     for k in raw:
-        if k != "hosts":
+        if k not in ("hosts", "placement"):
             raise err(k, "is not allowed beside [[hosts]]", "put it inside a [[hosts]] entry (or the file it includes)")
+    placement = raw.get("placement", "split")
+    if placement not in PLACEMENTS:
+        raise err("placement", f"has value {placement!r}", "'split' (each test on one host) or 'every' "
+                  "(every test on every host)")
     entries = raw["hosts"]
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise err("hosts", "must be a non-empty array of tables", "write one [[hosts]] table per lab host")
@@ -500,4 +510,4 @@ def load_set(path: Path | str | None = None) -> LabSet:
         if b - a < 100:
             raise err(f"hosts[{ib}].ssh.port_base", f"has value {b}, within 100 of hosts[{ia}]'s {a}",
                       "give each lab host its own range of SSH forward ports (100 apart)")
-    return LabSet(path, tuple(cfgs))
+    return LabSet(path, tuple(cfgs), placement)

@@ -79,3 +79,22 @@ def test_two_hosts_run_in_parallel_each_worker_on_its_own_host(tmp_path, pyteste
     b = labs.host("local-b")
     assert not daemon.running(b) or b.name in was_running, \
         "the run stopped the private libvirtd it started, once idle"
+
+
+def test_every_host_placement_puts_each_test_on_each_host(tmp_path, pytester_like, pair):
+    """--placement every (or `placement = "every"` in the lab config): every test once per
+    lab host, so the certification has a verdict for every claim on every host; a host that
+    lacks what a test needs skips it, naming itself and the capability."""
+    r = pytester_like("suites", "--lab", str(PAIR), "--placement", "every", "--collect-only", "-q", timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    ids = [ln for ln in r.stdout.splitlines() if "::" in ln]
+    on_a = {i[:-len("[local]")] for i in ids if i.endswith("[local]")}
+    on_b = {i[:-len("[local-b]")] for i in ids if i.endswith("[local-b]")}
+    assert len(on_a) > 20 and on_a == on_b, f"not on both hosts: {sorted(on_a ^ on_b)[:5]}"
+    r = pytester_like("suites", "--lab", str(PAIR), "--placement", "every", "-k",
+                      "test_read_and_write_error_policies_are_separate and local-b", "-rs",
+                      "--junitxml", str(tmp_path / "j.xml"), timeout=300, env_extra={"ACC_REPORTS_DIR": str(tmp_path)})
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "lab host local-b lacks fault-backend" in r.stdout, r.stdout[-2000:]
+    cert = json.loads((tmp_path / "certification.json").read_text())
+    assert set(cert["matrix"]["IOS-8"]) == {"local", "local-b"}
