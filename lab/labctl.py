@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import argparse
 import signal
+import subprocess
 import sys
 
 from . import config
 from .images import ImageError
+
+
+def suites_process(cmd, **kw) -> subprocess.Popen:
+    """The suites' pytest, able to take the SIGINT it is stopped with: a process started
+    with SIGINT ignored (a background job of a shell without job control, some CI
+    runners) hands that on, and Python then never raises KeyboardInterrupt, so the
+    suites would run on against a dead or stopping lab host."""
+    return subprocess.Popen(cmd, preexec_fn=_sigint_deliverable, **kw)
+
+
+def _sigint_deliverable(_set=signal.signal) -> None:      # bound at import: nothing patches it away
+    _set(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_suites(child, wait=None) -> int:

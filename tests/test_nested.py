@@ -139,6 +139,12 @@ def test_trace_hook_logs_to_the_lab_dir(tmp_path, monkeypatch):
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
+def suites_of(cmd):
+    """What the nested runner starts its suites with (SIGINT made deliverable)."""
+    from lab import labctl
+    return labctl.suites_process(cmd)
+
+
 @pytest.fixture
 def dead_l1(tmp_path, monkeypatch):
     """A nested run whose L1 is never running (no pid file): to watch(), it died."""
@@ -154,7 +160,7 @@ def dead_l1(tmp_path, monkeypatch):
 
         def suites():
             calls.append("suites")
-            return subprocess.Popen(next(children))
+            return suites_of(next(children))
         return nested.run(SimpleNamespace(shell_port=22790, path=DEFAULT_CONFIG), lay, SimpleNamespace(pytest_args=[]),
                           start=lambda *a: calls.append("start") or SimpleNamespace(boot_s=1.0),
                           stop=lambda *a: calls.append("stop"), suites=suites)

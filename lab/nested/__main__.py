@@ -82,7 +82,7 @@ def run(cfg, lay, args, start=l1.start, stop=l1.stop, suites=None) -> int:
     env = dict(os.environ, ACC_REPORTS_DIR=str(reports))
     cmd = [sys.executable, "-m", "pytest", "suites", "--lab", str(cfg.path), "--claims", HARDWARE_CLAIMS,
            *args.pytest_args]
-    suites = suites or (lambda: subprocess.Popen(cmd, cwd=REPO, env=env))
+    suites = suites or (lambda: labctl.suites_process(cmd, cwd=REPO, env=env))
     rc = 1
     try:
         for attempt in range(1, ATTEMPTS + 1):

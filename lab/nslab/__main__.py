@@ -54,7 +54,7 @@ def run(cfg: config.LabConfig, lay: Layout, pytest_args: list[str]) -> int:
         m = start(lay, cfg.shell_port, controller_dirs(cfg), log)
         log(f"[nslab] {' '.join(cmd[1:])}")
         t1 = time.monotonic()
-        child = subprocess.Popen(cmd, cwd=REPO, env=env)
+        child = labctl.suites_process(cmd, cwd=REPO, env=env)
         rc = labctl.wait_suites(child)
         log(f"[nslab] lab host up in {m.up_s:.1f} s; suites {time.monotonic() - t1:.1f} s; "
             f"total {time.monotonic() - t0:.1f} s")
