@@ -381,10 +381,20 @@ class SshHost(Host):
         self.run("rmdir", str(path))
 
     def put(self, local, remote, progress=None):
-        tmp = f"{remote}.part"
-        self.sftp().put(str(local), tmp, callback=progress)
-        self.sftp().chmod(tmp, os.stat(local).st_mode & 0o777)
-        self.run("mv", "-f", tmp, str(remote))
+        # A temporary name of this copy's own: two runs (or xdist workers) copying the same
+        # image at once must not move each other's half-written file (the CI failure
+        # "mv -f ...root.qcow2.part ...root.qcow2 exited 1").
+        tmp = f"{remote}.part-{os.getpid()}-{threading.get_ident()}-{os.urandom(3).hex()}"
+        try:
+            self.sftp().put(str(local), tmp, callback=progress)
+            self.sftp().chmod(tmp, os.stat(local).st_mode & 0o777)
+            self.run("mv", "-f", tmp, str(remote))
+        except BaseException:
+            try:
+                self.run("rm", "-f", tmp, check=False, timeout=30)      # no half copy left behind
+            except Exception:       # the connection that failed the copy may be gone too
+                pass
+            raise
 
     def connect_tcp(self, address, port, timeout=5):
         try:

@@ -88,3 +88,33 @@ def test_the_lab_hosts_shell_goes_through_an_openssh_alias_and_proxyjump(ns_host
         assert h.exists("/srv"), "SFTP through the jump"
     finally:
         h.close()
+
+
+def test_two_copies_of_one_image_at_once_both_land_whole(ns_host, tmp_path):
+    """Two xdist workers copying the same image to the lab host at the same time (CI failed
+    with 'mv -f ...root.qcow2.part ...' when both used one temporary name)."""
+    import threading
+    from lab.hostexec import LabPath
+    lay, _, _, _ = ns_host
+    src = tmp_path / "img"
+    src.write_bytes(os.urandom(8 << 20))
+    hosts = [lay.shell(f"w{i}", PORT) for i in range(2)]
+    errors = []
+
+    def copy(h):
+        try:
+            h.makedirs(LabPath("/srv/acc-put-race"))
+            h.put(src, LabPath("/srv/acc-put-race/img"))
+        except Exception as e:          # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+    ts = [threading.Thread(target=copy, args=(h,)) for h in hosts]
+    [t.start() for t in ts]
+    [t.join(120) for t in ts]
+    try:
+        assert not errors, errors
+        assert hosts[0].run("sha256sum", "/srv/acc-put-race/img").stdout.split()[0] == \
+            __import__("hashlib").sha256(src.read_bytes()).hexdigest()
+        assert hosts[0].listdir(LabPath("/srv/acc-put-race")) == ["img"], "a temporary copy was left behind"
+    finally:
+        hosts[0].run("rm", "-rf", "/srv/acc-put-race", check=False)
+        [h.close() for h in hosts]
