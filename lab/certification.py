@@ -43,8 +43,10 @@ def claim_verdicts(outcomes: list[TestOutcome], collected_claims: set[str]) -> d
         v = ClaimVerdict(cid, c.feature, c.story, "gap" if cid not in collected_claims else "not run")
         if mine:
             kinds = {o.outcome for o in mine}
-            if kinds & {"failed", "error"}:
+            if "failed" in kinds:
                 v.verdict = "failed"
+            elif "error" in kinds:          # the lab, a wait or the harness failed: not proven either way
+                v.verdict = "error"
             elif "passed" in kinds and "deviation" not in kinds:
                 v.verdict = "passed"
             elif "deviation" in kinds:
@@ -85,7 +87,8 @@ def markdown(report: dict) -> str:
     s = report["summary"]
     lines += ["", "## Verdict", "",
               f"{s['passed']} of {len(report['claims'])} documented claims proven on this host; "
-              f"{s['failed'] + s['error']} failed, {s['deviation']} deviate from the guide, "
+              f"{s['failed']} failed (a product defect), {s['error']} not proven (a lab problem, a timeout or a "
+              f"harness error stopped the test), {s['deviation']} deviate from the guide, "
               f"{s['skipped']} skipped, {s['not run']} not run, {s['gap']} without a test.", ""]
     v = report["verdict"]
     lines += [f"- Supported (every claim proven): {', '.join(v['supported']) or 'none'}",

@@ -32,3 +32,16 @@ def test_suites_name_every_claim():
     from lab.config import REPO
     missing = sorted(set(CLAIMS) - claims_with_tests(REPO))
     assert not missing, f"claims without a test: {missing}"
+
+
+def test_a_lab_problem_leaves_a_claim_unproven_not_failed():
+    """Errors from the lab (a helper not answering, a host out of reach), a wait or the harness
+    are no finding about the product: the claim is 'error' (not proven), and one real failure
+    beside them still fails it."""
+    import lab.certification as C
+    only_lab = C.claim_verdicts([C.TestOutcome("suites/a.py::t", ("DISK-4",), "error", "LabUnusable: nbdkit")],
+                                {"DISK-4"})
+    assert only_lab["DISK-4"].verdict == "error"
+    mixed = C.claim_verdicts([C.TestOutcome("suites/a.py::t", ("DISK-4",), "error", "LabUnusable"),
+                              C.TestOutcome("suites/a.py::u", ("DISK-4",), "failed", "AssertionError")], {"DISK-4"})
+    assert mixed["DISK-4"].verdict == "failed"
