@@ -15,8 +15,13 @@ import subprocess
 from pathlib import Path
 
 from .config import LabConfig
+from .errors import LabError
 from .leases import try_lock
 from .timeouts import Deadline, poll
+
+
+class DaemonError(LabError, RuntimeError):
+    """A lab host's private libvirtd could not be prepared or started."""
 
 # Constant scripts; every path reaches them as a positional argument.  They run on this
 # machine for a lab host's private daemon and through a lab host's shell for the
@@ -98,16 +103,16 @@ def ensure(cfg: LabConfig, log=print) -> None:
             return
         for tool in ("unshare", "libvirtd", "virtlogd", "mount"):
             if not shutil.which(tool):
-                raise RuntimeError(f"lab host {cfg.name}: daemon = 'private' needs {tool}, which is not installed")
+                raise DaemonError(f"lab host {cfg.name}: daemon = 'private' needs {tool}, which is not installed")
         r = subprocess.run(["sh", "-c", PREPARE_SCRIPT, "sh", str(d)], capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
-            raise RuntimeError(f"lab host {cfg.name}: preparing the private libvirtd's {d} failed: {r.stderr.strip()}")
+            raise DaemonError(f"lab host {cfg.name}: preparing the private libvirtd's {d} failed: {r.stderr.strip()}")
         (d / "sock" / "libvirt-sock").unlink(missing_ok=True)
         log(f"[lab] starting the private libvirtd of lab host {cfg.name} ({d})")
         r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", START_SCRIPT, "sh", str(d)],
                            capture_output=True, text=True, timeout=60, start_new_session=True)
         if r.returncode != 0:
-            raise RuntimeError(f"lab host {cfg.name}: the private libvirtd did not start: {r.stderr.strip() or r.stdout.strip()}")
+            raise DaemonError(f"lab host {cfg.name}: the private libvirtd did not start: {r.stderr.strip() or r.stdout.strip()}")
         poll(lambda: running(cfg), Deadline(30, f"the private libvirtd of lab host {cfg.name} to listen on "
                                                  f"{d / 'sock' / 'libvirt-sock'}"), interval=0.1)
         from .session import Session

@@ -61,7 +61,7 @@ def lease_port(lease_dir: Path, base: int, span: int = 2000) -> Lease:
             lease.value = port
             return lease
         lease.release()
-    raise RuntimeError(f"no free local port in {base}..{base + span - 1} for guest SSH; "
+    raise PortsExhausted(f"no free local port in {base}..{base + span - 1} for guest SSH; "
                        "fix: change [ssh] port_base in the lab config")
 
 
@@ -73,6 +73,10 @@ def _claim(path: Path, owner: str, value) -> Lease | None:
         os.pwrite(lease._fd, owner.encode(), 0)
         lease.value = value
     return lease
+
+
+class PortsExhausted(LabError, RuntimeError):
+    """Every guest SSH forward port of the lab's range is taken: the lab config's to fix."""
 
 
 class DeviceBusy(LabError, RuntimeError):

@@ -9,8 +9,13 @@ import secrets
 from pathlib import Path
 
 from . import xml as X
+from .errors import LabError
 
 CONFIGFS = Path("/sys/kernel/config/target")
+
+
+class LioMissing(LabError, RuntimeError):
+    """The lab host's kernel has no LIO target (configfs): a lab problem."""
 
 
 class ConfigFS:
@@ -59,7 +64,7 @@ class VhostScsiTarget:
 
     def create(self) -> "VhostScsiTarget":
         if not self.fs.exists("vhost") and not self.fs.exists(""):
-            raise RuntimeError("LIO configfs is not mounted (no vhost_scsi / target_core_mod)")
+            raise LioMissing("LIO configfs is not mounted (no vhost_scsi / target_core_mod)")
         store = f"{self.hba}/{self.name}"
         tpg = f"vhost/{self.wwpn}/tpgt_1"
         try:

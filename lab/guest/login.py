@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 
 from ..config import Secret
+from ..errors import LabError
 
 # The harness's own guest (lab/guest_image/rcS); the whole line, up to its end: the
 # serial log can be read while a slow console is mid-line.
@@ -25,6 +26,10 @@ LOGIN_REFUSED_RE = re.compile(r"Login incorrect|Authentication failure|Permissio
 # cloud-init's own record of the host keys it made (cc_keys_to_console), on the console
 KEYS_BLOCK_RE = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----([\s\S]*?)-----END SSH HOST KEY KEYS-----")
 CLOUD_INIT_DONE_RE = re.compile(r"Cloud-init v\. \S+ finished at [^\r\n]*")
+
+
+class LoginSetupError(LabError, RuntimeError):
+    """This machine could not make the per-run console login (openssl): a lab problem."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,7 @@ def per_run_login() -> tuple[Login, str]:
     pw = secrets.token_urlsafe(18)
     r = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=pw + "\n", capture_output=True, text=True)
     if r.returncode != 0 or not r.stdout.startswith("$6$"):
-        raise RuntimeError(f"openssl passwd -6 failed (exit {r.returncode}): {r.stderr.strip()[-200:]}")
+        raise LoginSetupError(f"openssl passwd -6 failed (exit {r.returncode}): {r.stderr.strip()[-200:]}")
     return Login("root", Secret(pw, "this run's NoCloud seed")), r.stdout.strip()
 
 
