@@ -72,7 +72,9 @@ def load(ledger: Path) -> list[Part]:
     return [Part(**json.loads(line)) for line in ledger.read_text().splitlines() if line.strip()]
 
 
-def table(parts: list[Part]) -> str:
+def table(parts: list[Part], wall: int | None = None) -> str:
+    """`wall`: the run's wall-clock seconds; parts ran beside each other, so it is less
+    than the sum of their times."""
     rows = [("part", "result", "passed", "failed", "errors", "skipped", "time")]
     for p in parts:
         result = "BROKEN" if p.broken else ("ok" if p.rc == 0 else "FAILED")
@@ -83,7 +85,11 @@ def table(parts: list[Part]) -> str:
         rows.append((p.name, result, str(p.passed), str(p.failures), str(p.errors), str(p.skipped),
                      f"{p.seconds // 60}:{p.seconds % 60:02d}"))
     total = sum(p.seconds for p in parts if not p.background)
-    rows.append(("total", "", "", "", "", "", f"{total // 60}:{total % 60:02d}"))
+    if wall is None:
+        rows.append(("total", "", "", "", "", "", f"{total // 60}:{total % 60:02d}"))
+    else:
+        rows.append((f"wall clock (parts summed: {total // 60}:{total % 60:02d})", "", "", "", "", "",
+                     f"{wall // 60}:{wall % 60:02d}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in rows]
@@ -109,8 +115,8 @@ def main(argv: list[str]) -> int:
         with open(ledger, "a") as f:
             f.write(json.dumps(asdict(Part(name, rc, seconds, background=True))) + "\n")
         return 0
-    if len(argv) == 2 and argv[0] == "table":
-        print(table(load(Path(argv[1]))))
+    if len(argv) in (2, 3) and argv[0] == "table":
+        print(table(load(Path(argv[1])), int(argv[2]) if len(argv) == 3 else None))
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -37,3 +37,10 @@ def test_main_appends_to_the_ledger_and_prints_the_table(tmp_path, capsys):
     parts.main(["table", str(ledger)])
     out = capsys.readouterr().out
     assert "FAILED" in out and "BROKEN" in out and "12:05" in out      # 95 + 600 + 30 s
+
+
+def test_the_table_gives_the_wall_clock_beside_the_summed_parts():
+    from lab.parts import Part, table
+    t = table([Part("local", 0, 1200, tests=3), Part("nested", 0, 2400, tests=2)], wall=2460)
+    last = t.splitlines()[-1]
+    assert "wall clock (parts summed: 60:00)" in last and last.endswith("41:00")
