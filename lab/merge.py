@@ -23,6 +23,10 @@ from . import certification
 from .errors import LabError
 
 
+# Allure files of a fixed name that every run writes alike (the failure categories by kind)
+SHARED_FILES = {"categories.json", "executor.json"}
+
+
 class MergeError(LabError):
     pass
 
@@ -102,6 +106,8 @@ def merge_allure(runs: list[RunOutput], out: Path) -> dict[str, int]:
             if f.name == "environment.properties" or not f.is_file():
                 continue
             target = out / f.name
+            if target.exists() and f.name in SHARED_FILES:
+                continue                # the same categories for every run of the harness
             if target.exists():         # Allure names its files by UUID: the same run given twice?
                 raise MergeError(f"{f}: an Allure file of that name came from another run ({target}): "
                                  f"is the same run named twice?")
