@@ -63,6 +63,16 @@ class FaultBackend:
         """The requests the storage saw, with their outcome (None: this backend keeps no record)."""
         return None
 
+    def _log_tail(self) -> str:
+        """The end of nbdkit's log and the last handshake's answer, for a wait that ran out."""
+        try:
+            last = self.host.run("qemu-img", "info", "--image-opts",
+                                 f"driver=nbd,server.type=unix,server.path={self.socket}", check=False, timeout=20)
+            text = self.host.read_text(self.log) if self.host.exists(self.log) else "(no log)"
+            return f"{text[-600:]} | last handshake: rc {last.rc}: {(last.stderr or last.stdout)[-300:]}"
+        except Exception as e:          # noqa: BLE001 - evidence only; the timeout is the error
+            return f"(could not read it: {type(e).__name__}: {e})"
+
     def helper_log(self) -> str:
         """The backend's own helper process output, for the evidence ("" when it has none)."""
         return ""
@@ -195,7 +205,7 @@ exit 0
 
         try:
             poll(up, Deadline(30, f"nbdkit to answer an NBD handshake on {self.socket} on {self.host.name}"),
-                 interval=0.1)
+                 interval=0.1, detail=lambda: "nbdkit's own log: " + self._log_tail())
             self.pid = int(self.host.read_text(self.pidfile).strip())
         except BaseException:
             self.pid = started           # never served: stopped all the same (setsid exec'd it as `started`)
@@ -211,6 +221,16 @@ exit 0
         return self.host.run("qemu-img", "info", "--image-opts",
                              f"driver=nbd,server.type=unix,server.path={self.socket}", check=False,
                              timeout=20).ok
+
+    def _log_tail(self) -> str:
+        """The end of nbdkit's log and the last handshake's answer, for a wait that ran out."""
+        try:
+            last = self.host.run("qemu-img", "info", "--image-opts",
+                                 f"driver=nbd,server.type=unix,server.path={self.socket}", check=False, timeout=20)
+            text = self.host.read_text(self.log) if self.host.exists(self.log) else "(no log)"
+            return f"{text[-600:]} | last handshake: rc {last.rc}: {(last.stderr or last.stdout)[-300:]}"
+        except Exception as e:          # noqa: BLE001 - evidence only; the timeout is the error
+            return f"(could not read it: {type(e).__name__}: {e})"
 
     def helper_log(self) -> str:
         """nbdkit's own output on the lab host, and whether it still runs (evidence)."""
