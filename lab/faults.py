@@ -63,16 +63,6 @@ class FaultBackend:
         """The requests the storage saw, with their outcome (None: this backend keeps no record)."""
         return None
 
-    def _log_tail(self) -> str:
-        """The end of nbdkit's log and the last handshake's answer, for a wait that ran out."""
-        try:
-            last = self.host.run("qemu-img", "info", "--image-opts",
-                                 f"driver=nbd,server.type=unix,server.path={self.socket}", check=False, timeout=20)
-            text = self.host.read_text(self.log) if self.host.exists(self.log) else "(no log)"
-            return f"{text[-600:]} | last handshake: rc {last.rc}: {(last.stderr or last.stdout)[-300:]}"
-        except Exception as e:          # noqa: BLE001 - evidence only; the timeout is the error
-            return f"(could not read it: {type(e).__name__}: {e})"
-
     def helper_log(self) -> str:
         """The backend's own helper process output, for the evidence ("" when it has none)."""
         return ""
@@ -215,18 +205,19 @@ exit 0
         self.state = "healthy"
         return self
 
-    def answers(self) -> bool:
-        """nbdkit completes an NBD handshake on its socket (qemu-img on the lab host connects
-        as QEMU will, reads nothing)."""
+    def _handshake(self):
+        """An NBD handshake with nbdkit on its socket (qemu-img on the lab host connects as
+        QEMU will, reads nothing)."""
         return self.host.run("qemu-img", "info", "--image-opts",
-                             f"driver=nbd,server.type=unix,server.path={self.socket}", check=False,
-                             timeout=20).ok
+                             f"driver=nbd,server.type=unix,server.path={self.socket}", check=False, timeout=20)
+
+    def answers(self) -> bool:
+        return self._handshake().ok
 
     def _log_tail(self) -> str:
         """The end of nbdkit's log and the last handshake's answer, for a wait that ran out."""
         try:
-            last = self.host.run("qemu-img", "info", "--image-opts",
-                                 f"driver=nbd,server.type=unix,server.path={self.socket}", check=False, timeout=20)
+            last = self._handshake()
             text = self.host.read_text(self.log) if self.host.exists(self.log) else "(no log)"
             return f"{text[-600:]} | last handshake: rc {last.rc}: {(last.stderr or last.stdout)[-300:]}"
         except Exception as e:          # noqa: BLE001 - evidence only; the timeout is the error

@@ -298,15 +298,12 @@ def probe_retry_policy(conn, cfg: LabConfig, emulator: str = "") -> tuple[bool, 
     same domain with error_policy='stop' must define first, so a refusal is about
     'retry'.  Whether the schema validation also takes it (`virsh define --validate`)
     is said beside, as a finding for users who validate."""
-    def define(policy, retry, flags=0):
-        return _define_probe(conn, cfg, emulator, policy, retry, flags)
-
     try:
-        define("stop", False)
+        _define_probe(conn, cfg, emulator, "stop", False)
     except libvirt.libvirtError as e:
         return False, f"probe inconclusive: libvirt refused even error_policy='stop' ({e.get_error_message().splitlines()[0]})"
     try:
-        back = define("retry", True)
+        back = _define_probe(conn, cfg, emulator, "retry", True)
     except libvirt.libvirtError as e:
         return False, f"libvirt's parser refuses error_policy='retry' (upstream libvirt; the openEuler extension " \
                       f"is absent): {e.get_error_message().splitlines()[0]}"
@@ -330,7 +327,7 @@ def schema_verdict(conn, cfg: LabConfig, emulator: str = "") -> str:
                 f"are refused ({e.get_error_message().splitlines()[0]})")
 
 
-def _define_probe(conn, cfg: LabConfig, emulator: str, policy: str, retry: bool, flags: int):
+def _define_probe(conn, cfg: LabConfig, emulator: str, policy: str, retry: bool, flags: int = 0):
     """Define a tagged one-disk probe domain, read back its inactive XML, undefine it."""
     import secrets
 
