@@ -170,8 +170,12 @@ def cmd_sweep(cfg) -> int:
     timeouts.set_factor(cfg.timeout_factor)
     daemon.ensure(cfg)
     s = Session(cfg.libvirt_uri)
-    undone = sweep(s.conn, cfg.work_dir, log=print, host=cfg.host() if cfg.has_shell else None,
-                   host_work_dir=cfg.host_work_dir)
+    host = cfg.host()
+    try:
+        undone = sweep(s.conn, cfg.work_dir, log=print, host=host, host_work_dir=cfg.host_work_dir)
+    finally:
+        host.close()
+        s.close()
     print(f"swept {len(undone)} leftover(s)")
     return 0
 

@@ -133,8 +133,10 @@ def stop_if_idle(cfg: LabConfig) -> list[str]:
     on this host or the daemon still has domains (then it is left, and said so)."""
     if cfg.daemon != "private" or not running(cfg):
         return []
-    from .leases import is_locked
-    held = [p.name for p in sorted((cfg.work_dir / "slots").glob("slot-*.lock")) if is_locked(p)]
+    from .hostexec import LocalHost
+    from .hostleases import lease_states
+    held = [n for n, st in lease_states(LocalHost(), cfg.host_work_dir / "leases").items()
+            if n.startswith("slot-") and st.held]
     if held:
         return [f"left the private libvirtd of {cfg.name} running: {len(held)} slot(s) held by other runs"]
     import libvirt

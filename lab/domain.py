@@ -176,7 +176,8 @@ class VM:
                 cmdline += f" acc.sshkey={run.key.public_blob}"
             if self.spec.extra_cmdline:
                 cmdline += " " + self.spec.extra_cmdline
-        meta = X.harness_metadata(run.run_id, os.getpid(), self.spec.role, [self.hdir], work_dir=run.work_dir)
+        meta = X.harness_metadata(run.run_id, os.getpid(), self.spec.role, [self.hdir], work_dir=run.work_dir,
+                                  hostdir=run.cfg.host_work_dir)
         return X.domain(self.name, virt_type=run.cfg.virt_type, arch=arch,
                         memory_mib=self.spec.memory_mib or run.cfg.memory_mib, vcpus=self.spec.vcpus,
                         kernel=img.kernel, initrd=img.initrd, cmdline=cmdline, metadata=meta, devices=devices,

@@ -86,6 +86,10 @@ class Host:
     def close(self) -> None:
         pass
 
+    def start(self, *argv, what: str = "") -> "HostProcess":
+        """A long-lived process on the lab host, spoken to line by line (see HostProcess)."""
+        raise NotImplementedError
+
     # file operations, overridden where a transport can do better
     def read_bytes(self, path) -> bytes: raise NotImplementedError
     def write_text(self, path, text: str) -> None: raise NotImplementedError
@@ -139,6 +143,59 @@ def _check_paths(cls) -> None:
 _check_paths(Host)
 
 
+class HostProcess:
+    """A long-lived process on the lab host, spoken to line by line.  Its stdin stays open
+    while this object lives; at close(), and when this controller dies however it dies
+    (SIGKILL too), the pipe or the SSH channel closes and the process reads end-of-file.
+    A process that must end with its controller (a lease holder) ends there."""
+
+    def __init__(self, host_name: str, what: str, write, shut, lines):
+        import queue
+        self.host_name, self.what = host_name, what
+        self._write, self._shut = write, shut
+        self._q: "queue.Queue[str | None]" = queue.Queue()
+        self.ended = False
+
+        def read():
+            try:
+                for line in lines:
+                    self._q.put(line.rstrip("\n"))
+            except (OSError, ValueError, EOFError, paramiko.SSHException):
+                pass
+            self._q.put(None)
+        threading.Thread(target=read, daemon=True, name=f"{what} on {host_name}").start()
+
+    def ask(self, line: str, timeout: float = 30) -> str:
+        """Send one line, return the process's one-line answer."""
+        import queue
+        if self.ended:
+            raise HostProcessEnded(f"{self.what} on lab host {self.host_name} has ended")
+        try:
+            self._write(line + "\n")
+            got = self._q.get(timeout=timeout)
+        except queue.Empty:
+            raise HostProcessEnded(f"{self.what} on lab host {self.host_name} did not answer {line.split()[0]!r} "
+                                   f"within {timeout:.0f} s") from None
+        except (OSError, ValueError, paramiko.SSHException) as e:
+            got, self.ended = None, True
+            raise HostProcessEnded(f"{self.what} on lab host {self.host_name} cannot be reached: {e}") from None
+        if got is None:
+            self.ended = True
+            raise HostProcessEnded(f"{self.what} on lab host {self.host_name} has ended")
+        return got
+
+    def close(self) -> None:
+        self.ended = True
+        try:
+            self._shut()
+        except (OSError, paramiko.SSHException):
+            pass
+
+
+class HostProcessEnded(LabError):
+    """A long-lived helper on the lab host ended or stopped answering (its connection dropped)."""
+
+
 class LocalHost(Host):
     local = True
 
@@ -156,6 +213,28 @@ class LocalHost(Host):
 
     def which(self, prog):
         return shutil.which(prog) is not None
+
+    def start(self, *argv, what=""):
+        argv = tuple(str(a) for a in argv)
+        # its own session: a Ctrl-C to the controller's process group does not end it; the
+        # closed pipe does, once the controller is done (or dead)
+        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, bufsize=1, start_new_session=True)
+
+        def write(line):
+            p.stdin.write(line)
+            p.stdin.flush()
+
+        def shut():
+            try:
+                p.stdin.close()
+            finally:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        return HostProcess(self.name, what or argv[0], write, shut, p.stdout)
 
     def read_bytes(self, path):
         return Path(path).read_bytes()
@@ -317,6 +396,26 @@ class SshHost(Host):
             if self._client:
                 self._client.close()
             self._client = self._sftp = None
+
+    def start(self, *argv, what=""):
+        """On a connection of its own: closing or reconnecting this host's connection (or a
+        copy made in between) leaves the process alone; it ends with its own channel."""
+        import copy
+        own = copy.copy(self)
+        own._client = own._sftp = None
+        own._lock = threading.RLock()
+        argv = tuple(str(a) for a in argv)
+        chan = own.client().get_transport().open_session(timeout=self.connect_timeout)
+        chan.exec_command(shlex.join(argv))
+        lines = chan.makefile("r")
+
+        def shut():
+            try:
+                chan.shutdown_write()
+                chan.close()
+            finally:
+                own.close()
+        return HostProcess(self.name, what or argv[0], lambda line: chan.sendall(line.encode()), shut, lines)
 
     def run(self, *argv, check=True, input=None, timeout=120) -> Result:
         argv = tuple(str(a) for a in argv)

@@ -30,6 +30,7 @@ class Bridge:
     """An isolated Linux bridge on the lab host (the documented `br0`, when the lab names none)."""
 
     def __init__(self, run_id: str, host, name: str | None = None, work_dir: Path | str = ""):
+        """`work_dir`: the run's work dir on the lab host (its lease is found there)."""
         self.name = name or f"accbr{secrets.token_hex(3)}"
         self.run_id = run_id
         self.work_dir = str(work_dir)
@@ -58,9 +59,9 @@ class Bridge:
         return [a["local"] for i in json.loads(out or "[]") for a in i.get("addr_info", [])]
 
 
-def harness_bridges(host, work_dir: Path | str | None = None) -> dict[str, str]:
-    """bridge name -> run id, for every bridge a harness run made on the lab host (with
-    the given work dir only, when one is given: runs of other work dirs are not ours)."""
+def harness_bridges(host, work_dir: Path | str | None = None) -> dict[str, tuple[str, str]]:
+    """bridge name -> (run id, the lab host work dir of that run), for every bridge a harness
+    run made on the lab host (with the given lab host work dir only, when one is given)."""
     out = host_run(host, "ip", "-j", "link", "show", "type", "bridge", check=False).stdout
     res = {}
     for link in json.loads(out or "[]"):
@@ -69,7 +70,7 @@ def harness_bridges(host, work_dir: Path | str | None = None) -> dict[str, str]:
             continue
         run_id, _, rest = alias[len(ALIAS_PREFIX):].partition(" dir=")
         if work_dir is None or rest == str(work_dir):
-            res[link["ifname"]] = run_id
+            res[link["ifname"]] = (run_id, rest)
     return res
 
 

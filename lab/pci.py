@@ -144,7 +144,7 @@ class HostState:
         self.sys = sys if sys is not None else sys_root(self.host)
         self.writer = writer or self._write
         self.record = HostStateRecord()
-        self.save_to = save_to       # kept on disk, so a crashed run's changes are restored by the sweeper
+        self.save_to = save_to       # on the lab host, so a crashed run's changes are restored by the sweeper
 
     def _write(self, path, value: str) -> None:
         """A sysfs write on the lab host (`path`: a path object of self.sys's kind, or a string)."""
@@ -155,12 +155,14 @@ class HostState:
 
     def _save(self) -> None:
         if self.save_to:
-            self.save_to.write_text(json.dumps(self.record.__dict__))
+            self.host.write_text(self.save_to, json.dumps(self.record.__dict__))
 
     @classmethod
-    def restore_saved(cls, path: Path, host=None) -> list[str]:
+    def restore_saved(cls, path, host=None) -> list[str]:
+        """Put back what a dead run saved on its lab host (`path` there): whichever
+        controller sweeps it can, as the state lives beside what it describes."""
         st = cls(host=host)
-        st.record = HostStateRecord(**json.loads(path.read_text()))
+        st.record = HostStateRecord(**json.loads(st.host.read_text(path)))
         return st.restore()
 
     def remember_device(self, bdf: str) -> None:

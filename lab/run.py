@@ -19,7 +19,8 @@ from .config import LabConfig
 from .domain import VM, VMSpec
 from .guest.ssh import RunKey
 from .hostexec import sys_root
-from .leases import Lease, lease_port, try_lock
+from .hostleases import HostLease, LeaseHolder, controller_identity, run_lease
+from .leases import Lease, try_lock
 from .network import Bridge, OvsBridge, vhostuser_socket_dir
 from .session import Session
 from .timeouts import Deadline
@@ -34,29 +35,45 @@ BOOT_BUDGET = FIRST_BOOT_BUDGET["kernel"]
 
 
 class Run:
-    def __init__(self, cfg: LabConfig, log=print):
+    def __init__(self, cfg: LabConfig, log=print, host=None, leases=None):
+        """`host`/`leases`: the lab host and the lease holder there, when the caller opened
+        them already (to take a slot first); the run closes them with itself."""
         self.cfg = cfg
         self.log = log
         timeouts.set_factor(cfg.timeout_factor)
         self.arch = profile(cfg.arch)
         self.work_dir = cfg.work_dir
-        self.run_id = time.strftime("%H%M%S") + secrets.token_hex(2)
+        # unique across the controllers that share a lab host: its time and 24 random bits
+        self.run_id = time.strftime("%H%M%S") + secrets.token_hex(3)
         runs = self.work_dir / "runs"
         self.lock: Lease = try_lock(runs / f"{self.run_id}.lock")
         self.dir = runs / self.run_id
         self.dir.mkdir(parents=True)
         os.chmod(self.dir, 0o755)
+        try:
+            self._start(cfg, log, host, leases)
+        except BaseException:
+            self._abandon()
+            raise
+
+    def _start(self, cfg: LabConfig, log, host, leases) -> None:
         self.vms: list[VM] = []
         self._undo: list[tuple[str, object]] = []     # host changes, undone in reverse at close
         self._counter = 0
         self._bridge = None
         self._device_leases: dict = {}
         # The lab host's commands and files: this machine, or SSH to a remote lab host.
-        self.host = cfg.host()
+        self.host = host or cfg.host()
         self.sys = sys_root(self.host)
+        # Alive on the lab host while this lease is held, for every controller that uses it
+        self.leases = leases or LeaseHolder(self.host, cfg.host_work_dir / "leases",
+                                            controller_identity(self.work_dir), log=log)
+        self.leases.owner = controller_identity(self.work_dir, self.run_id)
+        self.lease = self.leases.wait_take(run_lease(cfg.host_work_dir, self.run_id).name,
+                                           f"the new lease of run {self.run_id}", Deadline(10, "a new run lease"))
         self.session = Session(cfg.libvirt_uri)
-        self.swept = sweep(self.session.conn, self.work_dir, log, host=self.host if cfg.has_shell else None,
-                           host_work_dir=cfg.host_work_dir)
+        self.swept = sweep(self.session.conn, self.work_dir, log, host=self.host,
+                           host_work_dir=cfg.host_work_dir, leases=self.leases)
         # Where QEMU finds this run's files, on the lab host (on this machine: the run's dir).
         self.hdir = cfg.host_work_dir / "runs" / self.run_id
         self.host.makedirs(self.hdir)
@@ -67,6 +84,25 @@ class Run:
         self.boot_seconds: list[float] = []      # measured boots of this run's image (start to ready)
         # The QEMU every domain of this run uses ("" : libvirt's default for the arch).
         self.emulator = qemu_build.emulator_of(cfg, build=True, log=log)
+
+    def _abandon(self) -> None:
+        """Undo what a failed start did (the sweeper would find it, but a failed start must
+        not keep a lease, a connection or a lock until the process ends)."""
+        if getattr(self, "hdir", None) is not None:
+            try:
+                self.host.rmtree(self.hdir)
+            except Exception:            # the start's own error is the one to report
+                pass
+        for what in ("session", "leases", "host"):
+            obj = getattr(self, what, None)
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:        # the start's own error is the one to report
+                    pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.lock.release()
+        (self.work_dir / "runs" / f"{self.run_id}.lock").unlink(missing_ok=True)
 
     def _image(self) -> images.GuestImage:
         if self.cfg.builtin_image:
@@ -122,7 +158,7 @@ class Run:
         if self.cfg.bridge:
             return Bridge(self.run_id, self.host, self.cfg.bridge)
         if self._bridge is None:
-            b = Bridge(self.run_id, self.host, work_dir=self.work_dir).create()
+            b = Bridge(self.run_id, self.host, work_dir=self.cfg.host_work_dir).create()
             self.push_undo(f"removed bridge {b.name}", b.remove)
             self._bridge = b
         return self._bridge
@@ -164,7 +200,8 @@ class Run:
         if dom.find("metadata") is None:
             from lxml import etree
             etree.SubElement(dom, "metadata").append(
-                X.harness_metadata(self.run_id, os.getpid(), role, work_dir=self.work_dir))
+                X.harness_metadata(self.run_id, os.getpid(), role, work_dir=self.work_dir,
+                                   hostdir=self.cfg.host_work_dir))
         try:
             d = self.session.conn.defineXML(X.to_string(dom))
         except libvirt.libvirtError as e:
@@ -183,19 +220,17 @@ class Run:
     def lease_device(self, kind: str, ident: str, wait_s: float = 0) -> Lease:
         """Hold a scarce host device for this run (released at close); a device this
         run already holds is its own (a second test of the run takes it again at once)."""
-        from .leases import lease_device
-        from .timeouts import Deadline
         held = self._device_leases.get((kind, ident))
         if held is not None:
             return held
-        lease = lease_device(self.work_dir / "leases", kind, ident, f"run {self.run_id} (pid {os.getpid()})",
-                             Deadline(wait_s, f"{kind} {ident} to be free") if wait_s else None)
+        lease = self.leases.device(kind, ident, Deadline(wait_s, f"{kind} {ident} to be free") if wait_s else None)
         self._device_leases[(kind, ident)] = lease
         self.push_undo(f"released lease on {kind} {ident}", lease.release)
         return lease
 
-    def lease_port(self) -> Lease:
-        return lease_port(self.work_dir / "leases", self.cfg.ssh_port_base)
+    def lease_port(self) -> HostLease:
+        """A port on the lab host's loopback for a guest's SSH forward, leased there."""
+        return self.leases.port(self.cfg.ssh_port_base)
 
     def new_vm(self, spec: VMSpec) -> VM:
         """Define (not start) a harness-owned VM."""
@@ -234,6 +269,7 @@ class Run:
                 undone.append(f"removed {self.hdir}{self.host.on}")
         except Exception as e:
             undone.append(f"FAILED to remove {self.hdir}{self.host.on}: {e}")
+        self.leases.close()          # the run lease last: until here, no sweeper touches this run
         self.host.close()
         shutil.rmtree(self.dir, ignore_errors=True)
         self.lock.release()

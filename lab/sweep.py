@@ -1,9 +1,14 @@
 """Find and remove a crashed run's leftovers, and nothing else.
 
-A leftover is a domain whose name has the harness prefix AND whose
-`<metadata>` carries the harness tag of a run that is no longer alive (its run
-lock is free), plus that run's directory under the work dir.  A domain with the
-prefix but without the tag, or of a live run, is never touched.
+A leftover is a domain whose name has the harness prefix AND whose `<metadata>`
+carries the harness tag of a run that is no longer alive, plus that run's files,
+bridges, device-mapper and loop devices, helpers and saved host state on the lab host.
+A run is alive while its lease on the lab host is held (lab/hostleases.py), whatever
+controller started it: the sweeper takes a dead run's lease before it removes anything
+of it, so it never touches a live run of another controller, and two sweepers never
+sweep one run.  A domain with the prefix but without the tag, or of a live run, is
+never touched.  (A tag of an older harness, without the lab host's work dir, is judged
+by the run lock in the controller's work dir, as that harness did.)
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from lxml import etree
 from . import loopdev, migration, network
 from .hostexec import LabPath
 from .hostproc import host_processes, kernel_has_device_mapper
+from .hostleases import run_lease
 from .leases import is_locked
 from .xml import META_NS
 
@@ -45,11 +51,10 @@ def undefine(dom: libvirt.virDomain) -> None:
                 raise
 
 
-def dm_leftovers(host, runs: Path, locks: Path | None = None) -> list[tuple[str, str]]:
+def dm_leftovers(host, runs, dead) -> list[tuple[str, str]]:
     """Device-mapper devices a dead run of this work dir made on the lab host: named
     acc-<run>-*, and mapped onto a loop device whose backing file lies in that run's
-    directory (`runs` on the lab host; `locks`: where the runs' locks are, default `runs`)."""
-    locks = locks or runs
+    directory (`runs` on the lab host; `dead(run_id)`: the run is dead)."""
     try:
         if not kernel_has_device_mapper(text=host.read_text("/proc/misc")) or not host.which("dmsetup"):
             return []
@@ -64,12 +69,11 @@ def dm_leftovers(host, runs: Path, locks: Path | None = None) -> list[tuple[str,
         if not name.startswith(PREFIX) or name.count("-") < 2:
             continue
         run_id = name.split("-")[1]
-        if is_locked(locks / f"{run_id}.lock"):
-            continue
         table = host.run("dmsetup", "table", name, check=False).stdout.split()
         majmin = table[3] if len(table) > 3 and table[2] == "linear" else None
         back = f"/sys/dev/block/{majmin}/loop/backing_file" if majmin else None
-        if back is not None and host.exists(back) and _inside(Path(host.read_text(back).strip()), runs / run_id):
+        if back is not None and host.exists(back) and _inside(Path(host.read_text(back).strip()), runs / run_id) \
+                and dead(run_id):
             out.append((name, run_id))
     return out
 
@@ -83,10 +87,9 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def helper_leftovers(host, runs: Path, locks: Path | None = None) -> list[tuple[int, str]]:
+def helper_leftovers(host, runs, dead) -> list[tuple[int, str]]:
     """Helper processes (nbdkit) on the lab host serving files of a dead run: they run
     detached from the harness, so when a run dies only the sweeper ends them."""
-    locks = locks or runs
     found = []
     for pid, argv in host_processes(host):
         if Path(argv[0]).name != "nbdkit":
@@ -95,13 +98,53 @@ def helper_leftovers(host, runs: Path, locks: Path | None = None) -> list[tuple[
             rel = a.split(str(runs) + "/", 1)        # --unix RUNS/<run>/... or error-*-file=RUNS/<run>/...
             if len(rel) == 2:
                 run_id = rel[1].split("/", 1)[0]
-                if run_id and not is_locked(locks / f"{run_id}.lock"):
+                if run_id and dead(run_id):
                     found.append((pid, run_id))
                 break
     return found
 
 
-def _sweep_domains(conn, work_dir: Path, runs: Path, files_root: Path, host) -> list[str]:
+class DeadRuns:
+    """Which runs are dead on the lab host, decided once per run: a run is dead when this
+    sweeper can take its lease (then it holds it until the sweep ends, and removes it)."""
+
+    def __init__(self, leases, host_work_dir, owners: dict):
+        self.leases, self.hwd, self.owners = leases, LabPath(str(host_work_dir)), owners
+        self._verdict: dict[str, bool] = {}
+        self.claimed = []
+
+    def __call__(self, run_id: str, hostdir=None) -> bool:
+        path = run_lease(hostdir or self.hwd, run_id)
+        if self.leases.holds(path) and str(path) not in self._verdict:
+            return False                  # this sweeper's own run
+        if str(path) not in self._verdict:
+            lease = self.leases.take(path, owner=f"sweeper: {self.leases.owner}")
+            if lease is not None:
+                self.claimed.append(lease)
+            self._verdict[str(path)] = lease is not None
+        return self._verdict[str(path)]
+
+    def whose(self, run_id: str) -> str:
+        owner = self.owners.get(f"run-{run_id}.lock", "")
+        return f" (its lease said: {owner})" if owner else ""
+
+    def release(self) -> None:
+        for lease in self.claimed:
+            lease.release(remove=True)
+        self.claimed = []
+
+
+def _tag_is_dead(tag, dead: DeadRuns, work_dir: Path, runs: Path) -> bool:
+    run_id = tag.get("run", "")
+    if not run_id:
+        return False
+    if tag.get("hostdir"):
+        return dead(run_id, tag.get("hostdir"))
+    # an older harness's tag: its controller's run lock, if that controller is this work dir
+    return tag.get("dir") == str(work_dir) and not is_locked(runs / f"{run_id}.lock")
+
+
+def _sweep_domains(conn, work_dir: Path, runs: Path, dead: DeadRuns, host) -> list[str]:
     undone: list[str] = []
     for dom in conn.listAllDomains():
         name = dom.name()
@@ -110,44 +153,63 @@ def _sweep_domains(conn, work_dir: Path, runs: Path, files_root: Path, host) -> 
         tag = harness_tag(dom)
         if tag is None:
             continue                      # has our prefix but is not ours: never touch
-        run_id = tag.get("run", "")
-        if tag.get("dir") != str(work_dir):
-            continue                      # a run with another work dir (another lab config) owns it
-        if not run_id or is_locked(runs / f"{run_id}.lock"):
-            continue                      # a live run (this one or a concurrent one)
+        if not _tag_is_dead(tag, dead, work_dir, runs):
+            continue                      # a live run (of any controller), or another lab config's old run
+        run_id = tag.get("run")
         try:
             if dom.isActive():
                 dom.destroy()
-                undone.append(f"destroyed leftover domain {name} of dead run {run_id}")
+                undone.append(f"destroyed leftover domain {name} of dead run {run_id}{dead.whose(run_id)}")
             undefine(dom)
             undone.append(f"undefined leftover domain {name} of dead run {run_id}")
         except libvirt.libvirtError as e:
             undone.append(f"could not remove leftover domain {name}: {e.get_error_message()}")
+        files_root = LabPath(tag.get("hostdir") or str(dead.hwd)) / "runs" / run_id
         for f in tag.iter("{*}file"):
             p = LabPath(f.get("path", ""))
-            if _inside(p, files_root) and len(p.parts) > len(files_root.parts) + 1 and host.exists(p):
+            if _inside(p, files_root) and len(p.parts) > len(files_root.parts) and host.exists(p):
                 host.rmtree(p)
-                undone.append(f"removed {p}" + ("" if str(files_root) == str(work_dir) else f" on {host.name}"))
+                undone.append(f"removed {p}{host.on}")
     return undone
 
 
-def sweep(conn: libvirt.virConnect, work_dir: Path, log=print, host=None, host_work_dir=None) -> list[str]:
-    """The leftovers of this work dir's dead runs.  `host`: the lab host (None: this
+def sweep(conn: libvirt.virConnect, work_dir: Path, log=print, host=None, host_work_dir=None,
+          leases=None) -> list[str]:
+    """The leftovers of dead runs on this lab host.  `host`: the lab host (None: this
     machine), where its files, bridges, dm and loop devices and helpers are swept;
-    `host_work_dir`: the harness's work dir there.  The runs' locks stay in this
-    machine's `work_dir`."""
+    `host_work_dir`: the harness's work dir there; `leases`: the run's LeaseHolder there
+    (None: one for this sweep).  This machine's own run directories (`work_dir`/runs) go
+    by their controller-side run locks."""
     from .hostexec import LocalHost
+    from .hostleases import LeaseHolder, controller_identity, lease_states
     host = host or LocalHost()
+    hwd = LabPath(str(host_work_dir or work_dir))
+    own = leases is None
+    if own:
+        leases = LeaseHolder(host, hwd / "leases", controller_identity(work_dir) + " (sweep)")
+    dead = DeadRuns(leases, hwd, {n: st.owner for n, st in lease_states(host, hwd / "leases").items()})
+    try:
+        undone = _sweep(conn, work_dir, host, hwd, dead)
+    finally:
+        dead.release()
+        if own:
+            leases.close()
+    for line in undone:
+        log(f"sweep: {line}")
+    return undone
+
+
+def _sweep(conn, work_dir: Path, host, hwd: LabPath, dead: DeadRuns) -> list[str]:
     runs = work_dir / "runs"
-    host_runs = LabPath(host_work_dir or work_dir) / "runs"
-    dead = lambda run_id: not is_locked(runs / f"{run_id}.lock")     # noqa: E731
-    on = "" if str(host_runs) == str(runs) else f" on {host.name}"
-    undone = _sweep_domains(conn, work_dir, runs, host_runs.parent, host)
-    for br, run_id in network.harness_bridges(host, work_dir).items():
-        if dead(run_id):
+    host_runs = hwd / "runs"
+    ctl_dead = lambda run_id: not is_locked(runs / f"{run_id}.lock")     # noqa: E731
+    on = host.on
+    undone = _sweep_domains(conn, work_dir, runs, dead, host)
+    for br, (run_id, hostdir) in network.harness_bridges(host).items():
+        if dead(run_id, hostdir):
             host.run("ip", "link", "del", br, check=False)
             undone.append(f"removed leftover bridge {br} of dead run {run_id}{on}")
-    for name, run_id in dm_leftovers(host, host_runs, locks=runs):
+    for name, run_id in dm_leftovers(host, host_runs, dead):
         host.run("dmsetup", "remove", "--force", name, check=False)
         undone.append(f"removed leftover device-mapper device {name} of dead run {run_id}{on}")
     for dev, back in loopdev.list_loops(host):
@@ -156,34 +218,35 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print, host=None, host_w
                 and dead(parts[len(host_runs.parts)]):
             loopdev.detach(host, dev)
             undone.append(f"detached leftover loop device {dev} ({back}){on}")
-    for pid, run_id in helper_leftovers(host, host_runs, locks=runs):
+    for pid, run_id in helper_leftovers(host, host_runs, dead):
         if host.run("kill", "-9", str(pid), check=False).ok:
             undone.append(f"killed leftover nbdkit {pid} of dead run {run_id}{on}")
-    if runs.is_dir():
-        for saved in sorted(runs.glob("*/host-state-*.json")):
-            if dead(saved.parent.name):
-                from .pci import HostState
-                undone += [f"{line} (left by dead run {saved.parent.name})"
-                           for line in HostState.restore_saved(saved, host=host)]
-                saved.unlink()
     try:
         entries = host.listdir(host_runs)
     except FileNotFoundError:
         entries = []
     for name in entries:
         if host.is_dir(host_runs / name) and dead(name):
+            from .pci import HostState
+            for saved in sorted(n for n in host.listdir(host_runs / name) if n.startswith("host-state-")):
+                undone += [f"{line} (left by dead run {name})"
+                           for line in HostState.restore_saved(host_runs / name / saved, host=host)]
             undone += [f"{line} (left by dead run {name})"
                        for line in migration.stop(host, host_runs / name / migration.DIR_NAME)]
             host.rmtree(host_runs / name)
-            undone.append(f"removed leftover run directory {host_runs / name}{on}")
+            undone.append(f"removed leftover run directory {host_runs / name}{on}{dead.whose(name)}")
+    for lease_name in list(dead.owners):
+        if lease_name.startswith("run-") and lease_name.endswith(".lock") and dead(lease_name[4:-5]) \
+                and not any(lease_name[4:-5] in u for u in undone):
+            undone.append(f"released the lease of dead run {lease_name[4:-5]}, which had left nothing else"
+                          f"{on}{dead.whose(lease_name[4:-5])}")
     if runs.is_dir():
         for entry in sorted(runs.iterdir()):
-            if entry.is_dir() and dead(entry.name):
+            # this machine's own run dirs, when the lab host's are elsewhere (else: swept above, by lease)
+            if entry.is_dir() and str(runs) != str(host_runs) and ctl_dead(entry.name):
                 shutil.rmtree(entry, ignore_errors=True)
                 undone.append(f"removed leftover run directory {entry}")
         for lock in runs.glob("*.lock"):
             if not (runs / lock.stem).exists() and not is_locked(lock):
                 lock.unlink(missing_ok=True)
-    for line in undone:
-        log(f"sweep: {line}")
     return undone

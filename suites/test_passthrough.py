@@ -18,7 +18,7 @@ from lab.timeouts import Deadline, poll
 def host_state(lab):
     # Tests ask for host_state before vms: teardown runs in reverse, so their VMs are
     # gone (devices released) before the host state is put back.
-    st = pci.HostState(save_to=lab.dir / f"host-state-{secrets.token_hex(3)}.json", host=lab.host)
+    st = pci.HostState(save_to=lab.hdir / f"host-state-{secrets.token_hex(3)}.json", host=lab.host)
     lab.push_undo("restored host PCI state", st.restore)
     yield st
     lab.undo_now(st.restore)

@@ -90,21 +90,23 @@ def leftovers_of_dead_runs(cfg):
 
     from lab import loopdev, network
     from lab.hostexec import LocalHost
-    from lab.leases import is_locked
+    from lab.hostleases import lease_states
     from lab.sweep import harness_tag
     runs = cfg.work_dir / "runs"
-    dead = lambda rid: not is_locked(runs / f"{rid}.lock")          # noqa: E731
+    held = {n for n, st in lease_states(LocalHost(), cfg.host_work_dir / "leases").items() if st.held}
+    dead = lambda rid: f"run-{rid}.lock" not in held          # noqa: E731
     found = []
     conn = libvirt.open(cfg.libvirt_uri)
     try:
         for d in conn.listAllDomains():
             tag = harness_tag(d) if d.name().startswith("acc-") else None
-            if tag is not None and tag.get("dir") == str(cfg.work_dir) and dead(tag.get("run")):
+            if tag is not None and tag.get("hostdir") == str(cfg.host_work_dir) and dead(tag.get("run")):
                 found.append(f"domain {d.name()}")
     finally:
         conn.close()
     found += [f"run dir {p}" for p in runs.iterdir() if p.is_dir() and dead(p.name)] if runs.exists() else []
-    found += [f"bridge {b}" for b, rid in network.harness_bridges(LocalHost(), cfg.work_dir).items() if dead(rid)]
+    found += [f"bridge {b}" for b, rid in network.harness_bridges(LocalHost(), cfg.host_work_dir).items()
+              if dead(rid[0])]
     found += [f"loop {d} ({b})" for d, b in loopdev.list_loops(LocalHost()) if str(runs) in b]
     ps = subprocess.run(["pgrep", "-af", "nbdkit"], capture_output=True, text=True).stdout
     found += [f"process {line}" for line in ps.splitlines() if str(runs) in line]
@@ -142,7 +144,7 @@ def test_sigkill_at_random_points_is_swept_by_the_next_run(tmp_path):
 def test_two_runs_at_once_do_not_collide_and_share_no_device():
     import threading
 
-    from lab.leases import DeviceBusy
+    from lab.hostleases import DeviceBusy
     cfg = config.load()
     a, b = Run(cfg), Run(cfg)
     try:
@@ -166,7 +168,7 @@ def test_two_runs_at_once_do_not_collide_and_share_no_device():
         assert len({v.mac for v in vms}) == 2 and len({v.guest.boot_id() for v in vms}) == 2
         a.lease_device("usb", "0781:5567@1-3")
         t = time.monotonic()
-        with pytest.raises(DeviceBusy, match=f"leased by run {a.run_id}"):
+        with pytest.raises(DeviceBusy, match=f"is held by controller .* run {a.run_id}"):
             b.lease_device("usb", "0781:5567@1-3", wait_s=1)
         assert time.monotonic() - t < 5
     finally:

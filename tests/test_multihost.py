@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from lab import certification as C
 from lab import config
-from lab.leases import HostBusy, lease_host_slot
+from lab.hostleases import HostBusy, LeaseHolder
 from lab.schedule import plan
 from lab.timeouts import Deadline
 
@@ -117,16 +117,21 @@ def test_a_module_stays_on_one_host_and_modules_are_balanced():
 def test_host_slots_hold_against_more_workers_and_name_the_holders(tmp_path):
     cfg = config.load(write(tmp_path, "a.toml", HOST.format(name="a", port=22200).replace(
         "/tmp/a", str(tmp_path / "w")).replace("[ssh]", "slots = 2\n[ssh]")))
-    one = lease_host_slot(cfg, "worker gw0", Deadline(1))
-    two = lease_host_slot(cfg, "worker gw1", Deadline(1))
-    assert {one.value, two.value} == {0, 1}
-    with pytest.raises(HostBusy, match=r"all 2 slot\(s\) are held \(worker gw0; worker gw1\).*raise \[host\] slots"):
-        lease_host_slot(cfg, "worker gw2", Deadline(0.5, scaled=False))
-    one.release()
-    three = lease_host_slot(cfg, "worker gw2", Deadline(1))
-    assert three.value == 0
-    two.release()
-    three.release()
+    # one lease holder per worker, as each worker's run has its own on the lab host
+    workers = [LeaseHolder(cfg.host(), cfg.host_work_dir / "leases", f"worker gw{i}") for i in range(3)]
+    try:
+        one = workers[0].slot(cfg.slots, cfg.path.name, Deadline(1))
+        two = workers[1].slot(cfg.slots, cfg.path.name, Deadline(1))
+        assert {one.value, two.value} == {0, 1}
+        with pytest.raises(HostBusy, match=r"every one of the 2 slot\(s\) of lab host a .* is held by "
+                                           r"worker gw0; worker gw1; fix: .*raise \[host\] slots in a.toml"):
+            workers[2].slot(cfg.slots, cfg.path.name, Deadline(0.5, scaled=False))
+        workers[0].close()                     # the worker ends (or dies): its slot is free
+        three = workers[2].slot(cfg.slots, cfg.path.name, Deadline(1))
+        assert three.value == 0
+    finally:
+        for w in workers:
+            w.close()
 
 
 # ------------------------------------------------------------------ per-host report

@@ -88,7 +88,7 @@ def test_harness_bridge_is_isolated_and_swept(tmp_path):
     br = network.Bridge("deadrun1", LocalHost(), work_dir=work).create()
     try:
         assert br.host_addresses() == []
-        assert network.harness_bridges(LocalHost(), work).get(br.name) == "deadrun1"
+        assert network.harness_bridges(LocalHost(), work).get(br.name) == ("deadrun1", str(work))
         assert br.name not in network.harness_bridges(LocalHost(), tmp_path / "other-work-dir")
         conn = libvirt.open("test:///default")
         undone = sweep(conn, work, log=lambda m: None)

@@ -111,7 +111,8 @@ def test_host_state_is_restored(sys_tree):
 
 def test_saved_host_state_survives_the_process(sys_tree, tmp_path):
     saved = tmp_path / "host-state-1.json"
-    st = pci.HostState(sys_tree, writer=lambda p, v: None, save_to=saved)
+    from lab.hostexec import LabPath
+    st = pci.HostState(sys_tree, writer=lambda p, v: None, save_to=LabPath(str(saved)))
     st.remember_device("0000:04:10.0")
     rec = json.loads(saved.read_text())
     assert rec["drivers"] == {"0000:04:10.0": "ixgbe"}

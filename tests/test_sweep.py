@@ -7,8 +7,18 @@ from tests.fakehost import FakeHost
 
 from lab import xml as X
 from lab.arch import profile
+from lab.hostexec import LocalHost
+from lab.hostleases import LeaseHolder, run_lease
 from lab.leases import try_lock
 from lab.sweep import sweep
+
+
+def live_run(host_work_dir, run_id, who="controller B"):
+    """A live run as any controller makes one: its lease held on the lab host (here: this
+    machine) by a holder process."""
+    holder = LeaseHolder(LocalHost(), host_work_dir / "leases", f"{who} run {run_id}")
+    assert holder.take(run_lease(host_work_dir, run_id)) is not None
+    return holder
 
 
 @pytest.fixture
@@ -18,8 +28,9 @@ def conn():
     c.close()
 
 
-def define(conn, name, run_id=None, files=(), work=None):
-    meta = X.harness_metadata(run_id, 1, "t", files, work_dir=work) if run_id else None
+def define(conn, name, run_id=None, files=(), work=None, hostdir=None):
+    meta = X.harness_metadata(run_id, 1, "t", files, work_dir=work, hostdir=hostdir if hostdir is not None else work) \
+        if run_id else None
     el = X.domain(name, virt_type="test", arch=profile("x86_64"), metadata=meta)
     el.find("os/type").attrib.pop("machine")
     dom = conn.defineXML(X.to_string(el))
@@ -36,28 +47,35 @@ def test_sweeps_dead_runs_only(conn, tmp_path):
     leftover_dir = work / "runs" / "dead1" / "acc-dead1-t-1"
     leftover_dir.mkdir(parents=True)
     (leftover_dir / "root.qcow2").write_text("overlay")
-    live_lock = try_lock(work / "runs" / "live1.lock")
+    live_lock = live_run(work, "live1")
     (work / "runs" / "live1").mkdir()
+    other = tmp_path / "another-work-dir"        # another controller's (or lab config's) work dir
+    other_live = live_run(other, "live2", "controller C")
     outside = tmp_path / "not-ours.img"
     outside.write_text("keep")
 
     define(conn, "acc-dead1-t-1", "dead1", [leftover_dir, outside], work=work)
     define(conn, "acc-live1-t-1", "live1", work=work)
-    define(conn, "acc-otherdir-t-1", "dead2", work=tmp_path / "another-work-dir")   # another lab's run
+    define(conn, "acc-otherdir-t-1", "live2", work=other)      # a live run of another controller
+    define(conn, "acc-dead3-t-1", "dead3", work=other)         # a dead one: swept, whoever made it
+    define(conn, "acc-old-t-1", "dead4", work=tmp_path / "old", hostdir="")   # an older harness's tag, elsewhere
     define(conn, "acc-lookalike", None)          # our prefix, no harness tag
     define(conn, "someone-elses-vm", None)
     try:
         undone = sweep(conn, work, log=lambda m: None)
-        assert "acc-dead1-t-1" not in names(conn)
-        assert {"acc-live1-t-1", "acc-otherdir-t-1", "acc-lookalike", "someone-elses-vm", "test"} <= names(conn)
+        assert "acc-dead1-t-1" not in names(conn) and "acc-dead3-t-1" not in names(conn)
+        assert {"acc-live1-t-1", "acc-otherdir-t-1", "acc-old-t-1", "acc-lookalike", "someone-elses-vm",
+                "test"} <= names(conn)
         assert not leftover_dir.exists() and not (work / "runs" / "dead1").exists()
         assert outside.exists(), "a file outside the work dir is never removed"
         assert (work / "runs" / "live1").exists()
         assert any("destroyed leftover domain acc-dead1-t-1" in u for u in undone)
         assert sweep(conn, work, log=lambda m: None) == [], "a second sweep finds nothing"
+        assert not (work / "leases" / "run-dead1.lock").exists(), "the sweeper removes the dead run's lease"
     finally:
-        live_lock.release()
-        for n in ("acc-live1-t-1", "acc-otherdir-t-1", "acc-lookalike", "someone-elses-vm"):
+        live_lock.close()
+        other_live.close()
+        for n in ("acc-live1-t-1", "acc-otherdir-t-1", "acc-old-t-1", "acc-lookalike", "someone-elses-vm"):
             d = conn.lookupByName(n)
             d.destroy()
             d.undefine()
@@ -67,7 +85,7 @@ def test_dm_leftovers_only_of_dead_runs_of_this_work_dir(tmp_path):
     from lab.sweep import dm_leftovers
     runs = tmp_path / "runs"
     (runs / "dead1").mkdir(parents=True)
-    live = try_lock(runs / "live1.lock")
+    alive = {"live1"}
     sysdev = tmp_path / "sys/dev/block"
     for majmin, back in (("7:1", runs / "dead1/faults/x.img"), ("7:2", runs / "live1/faults/y.img"),
                          ("7:3", tmp_path / "elsewhere/z.img")):
@@ -92,10 +110,7 @@ def test_dm_leftovers_only_of_dead_runs_of_this_work_dir(tmp_path):
         def exists(self, path):
             return super().exists(self._local(path))
 
-    try:
-        assert dm_leftovers(RecordedHost(answer), runs) == [("acc-dead1-aa", "dead1")]
-    finally:
-        live.release()
+    assert dm_leftovers(RecordedHost(answer), runs, lambda rid: rid not in alive) == [("acc-dead1-aa", "dead1")]
 
 
 def test_a_dead_runs_orphaned_nbdkit_is_killed_and_a_live_runs_is_left(conn, tmp_path):
@@ -108,7 +123,7 @@ def test_a_dead_runs_orphaned_nbdkit_is_killed_and_a_live_runs_is_left(conn, tmp
         pytest.skip("nbdkit is not installed")
     work = tmp_path
     runs = work / "runs"
-    live = try_lock(runs / "live1.lock")
+    live = live_run(work, "live1")
     procs = {}
     for rid in ("dead1", "live1"):
         (runs / rid).mkdir(parents=True)
@@ -126,4 +141,4 @@ def test_a_dead_runs_orphaned_nbdkit_is_killed_and_a_live_runs_is_left(conn, tmp
         for p in procs.values():
             p.kill()
             p.wait()
-        live.release()
+        live.close()

@@ -107,11 +107,15 @@ def qemu_override(dom: etree._Element, overrides: dict) -> None:
                              value=str(value).lower() if isinstance(value, bool) else str(value))
 
 
-def harness_metadata(run_id: str, pid: int, role: str, files=(), work_dir: str = "") -> etree._Element:
-    """Tag that marks a domain as the harness's own; the sweeper reads it back."""
+def harness_metadata(run_id: str, pid: int, role: str, files=(), work_dir: str = "",
+                     hostdir: str = "") -> etree._Element:
+    """Tag that marks a domain as the harness's own; the sweeper reads it back.  `work_dir`:
+    the controller's; `hostdir`: the run's work dir on the lab host, where its lease is."""
     m = etree.Element(f"{{{META_NS}}}harness", nsmap={"acc": META_NS})
     m.set("run", run_id)
     m.set("dir", str(work_dir))
+    if hostdir:
+        m.set("hostdir", str(hostdir))
     m.set("pid", str(pid))
     m.set("role", role)
     for f in files:
