@@ -18,6 +18,8 @@ class Need:
 NEEDS = (
     Need("qemu-img", "qemu-img; qemu-utils", "overlays, scratch disks, image hashes", "every claim (no VM starts)"),
     Need("sh", "bash; dash", "every host command's shell", "every claim"),
+    Need("bash", "bash; bash", "the run's lease holder (a run is alive on the lab host while it runs)", "every claim"),
+    Need("flock", "util-linux; util-linux", "run, port, device and slot leases on the lab host", "every claim"),
     Need("ip", "iproute; iproute2", "bridges, taps, VLANs, link state", "NIC-1..9 (no test bridge)"),
     Need("dmsetup", "device-mapper; dmsetup", "dm-error storage faults", "IOS-2..5, IOS-7..9 with [faults] backend dm-error"),
     Need("losetup", "util-linux; mount", "loop devices under dm faults and block-device disks",
