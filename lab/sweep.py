@@ -159,9 +159,9 @@ def _sweep_domains(conn, work_dir: Path, runs: Path, dead: DeadRuns, host) -> li
         try:
             if dom.isActive():
                 dom.destroy()
-                undone.append(f"destroyed leftover domain {name} of dead run {run_id}{dead.whose(run_id)}")
+                undone.append(f"destroyed leftover domain {name} of dead run {run_id}")
             undefine(dom)
-            undone.append(f"undefined leftover domain {name} of dead run {run_id}")
+            undone.append(f"undefined leftover domain {name} of dead run {run_id}{dead.whose(run_id)}")
         except libvirt.libvirtError as e:
             undone.append(f"could not remove leftover domain {name}: {e.get_error_message()}")
         files_root = LabPath(tag.get("hostdir") or str(dead.hwd)) / "runs" / run_id
