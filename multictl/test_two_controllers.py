@@ -111,8 +111,10 @@ def sweep_lines(log: Path) -> list[str]:
 def test_two_controllers_run_at_once_and_neither_touches_the_other(controllers):
     ctl, host = controllers
     a_cfg = ctl["A"][2]
-    subprocess.run([sys.executable, "-m", "lab", "--lab", str(ctl["A"][1]), "sweep"], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)        # whatever earlier parts left: not this test's
+    for w in "AB":          # whatever earlier runs left (on the lab host and in each work dir): not this test's
+        root = ctl[w][0]
+        subprocess.run([str(root / ".venv" / "bin" / "python"), "-m", "lab", "--lab", str(ctl[w][1]), "sweep"],
+                       cwd=root, check=True, capture_output=True, timeout=300)
     t = time.monotonic()
     procs = {w: start(ctl, w, BOTH_CLAIMS, "both") for w in "AB"}
     seen: dict[str, set[str]] = {"A": set(), "B": set()}
@@ -131,8 +133,11 @@ def test_two_controllers_run_at_once_and_neither_touches_the_other(controllers):
             "\n".join(log.read_text(errors="replace").splitlines()[-40:])
     assert seen["A"] and seen["B"], f"a controller's run never held a lease on the lab host: {seen}"
     assert together > 0, "the two runs never overlapped: nothing was shown"
+    alive = seen["A"] | seen["B"]
     for w, (_, log) in procs.items():
-        assert sweep_lines(log) == [], f"controller {w}'s sweeper removed something of a live run: {sweep_lines(log)}"
+        touched = [ln for ln in sweep_lines(log) if any(rid in ln for rid in alive)]
+        assert not touched, f"controller {w}'s sweeper removed something of a live run: {touched}"
+        assert sweep_lines(log) == [], f"controller {w}'s sweeper found leftovers after a clean sweep: {sweep_lines(log)}"
     say(f"both controllers passed {BOTH_CLAIMS} at once in {wall:.0f} s (runs of both alive together for "
         f"~{together:.0f} s; runs A {sorted(seen['A'])}, B {sorted(seen['B'])}); neither's sweeper removed anything")
 
