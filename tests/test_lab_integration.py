@@ -128,6 +128,13 @@ def test_sigkill_mid_suite_is_swept_next_run_and_foreign_domains_survive(cfg):
         run_dir = cfg.work_dir / "runs" / run_id
         assert run_dir.exists()
 
+        from lab.hostexec import LocalHost
+        from lab.hostleases import lease_states
+        # its lease holder reads end-of-file when the killed process's pipe closes: then the run is dead
+        def lease_free():
+            st = lease_states(LocalHost(), cfg.host_work_dir / "leases").get(f"run-{run_id}.lock")
+            return st is None or not st.held
+        poll(lease_free, Deadline(10, f"the killed run {run_id}'s lease to be free"), interval=0.1)
         sweeper = Run(cfg)       # a new run sweeps at start
         try:
             assert not [d for d in conn.listAllDomains() if (harness_tag(d) is not None and
