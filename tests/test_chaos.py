@@ -116,6 +116,9 @@ def leftovers_of_dead_runs(cfg):
 def test_sigkill_at_random_points_is_swept_by_the_next_run(tmp_path):
     import json
     import random
+
+    from lab.hostexec import LocalHost
+    from lab.hostleases import lease_states
     cfg = config.load()
     seed = int(os.environ.get("ACC_CHAOS_SEED", time.time()))
     rng = random.Random(seed)
@@ -129,6 +132,10 @@ def test_sigkill_at_random_points_is_swept_by_the_next_run(tmp_path):
         time.sleep(delay)                    # a random point of the suite, not a wait for anything
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        # its lease holders read end-of-file a moment after the kill: then its runs are dead
+        poll(lambda: not [s for s in lease_states(LocalHost(), cfg.host_work_dir / "leases").values()
+                          if s.held and f" pid {proc.pid} " in s.owner],
+             Deadline(10, f"the killed run's leases (pid {proc.pid}) to be free"), interval=0.1)
         Run(cfg).close()                     # the next run: it sweeps at start
         left = leftovers_of_dead_runs(cfg)
         for f in results.glob("*.json") if results.exists() else []:
