@@ -50,7 +50,8 @@ def test_the_sweeper_stops_a_dead_runs_target():
         run.close()
         pytest.skip(f"no {target.missing_tools()} on this machine")
     target.start()
-    run.lock.release()         # the run dies without its teardown: its lock is free, its target runs
+    run.leases.close()         # the run dies without its teardown: its lease is free, its target runs
+    run.lock.release()
     try:
         undone = sweep(run.session.conn, cfg.work_dir, log=lambda m: None)
         assert any(u.startswith("stopped libvirtd") and "the migration target" in u for u in undone), undone
