@@ -282,7 +282,7 @@ class VM:
         """The end of this domain's QEMU log on the lab host (None: there is none)."""
         try:
             return self.host.read_text(f"/var/log/libvirt/qemu/{self.name}.log")[-n:]
-        except (OSError, RuntimeError):
+        except (OSError, LabError):
             return None
 
     def _check_alive(self) -> None:
@@ -511,7 +511,7 @@ class VM:
         for pid, argv in host_processes(self.host):
             if "-name" in argv[:-1] and argv[argv.index("-name") + 1].startswith(f"guest={self.name},"):
                 return pid
-        raise RuntimeError(f"no QEMU process of {self.name} on lab host {self.host.name}")
+        raise QemuProcessNotFound(f"no QEMU process of {self.name} on lab host {self.host.name}")
 
     def qemu_open_flags(self, path) -> list[int]:
         """The open flags of each descriptor this domain's QEMU holds on `path` (on the lab host)."""
@@ -650,3 +650,7 @@ def device_key(d: etree._Element) -> tuple:
 
 class AttachRefused(AssertionError):
     """libvirt (or QEMU) refused a device attach; the message is libvirt's."""
+
+
+class QemuProcessNotFound(LabError):
+    """The domain's QEMU process is not on the lab host (no pid file, no process named for it)."""

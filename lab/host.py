@@ -14,6 +14,7 @@ from pathlib import Path
 import libvirt
 
 from .config import LabConfig
+from .errors import LabError
 from .hostproc import kernel_has_device_mapper  # noqa: F401  (also public here: a host fact)
 
 
@@ -47,7 +48,7 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     else:
         try:
             _probe_host(cfg, h, sysroot, add)
-        except (OSError, RuntimeError) as e:
+        except (OSError, LabError) as e:
             for name in HOST_PROBED:
                 add(name, False, f"probing lab host {cfg.name} failed: {e}")
     inv = cfg.inventory
@@ -206,7 +207,7 @@ def _cpu_model(h=None) -> str:
         model = cpu_model(text)
         if model:
             return model
-    except (OSError, RuntimeError):
+    except (OSError, LabError):
         pass
     return platform.processor() or os.uname().machine
 
@@ -222,7 +223,7 @@ def dmi(h) -> dict[str, str]:
     for key, name in DMI:
         try:
             v = h.read_text(f"/sys/class/dmi/id/{name}").strip()
-        except (OSError, RuntimeError):
+        except (OSError, LabError):
             continue        # no DMI (a virt board without SMBIOS, some ARM boards): said by absence
         if v and v.lower() not in ("to be filled by o.e.m.", "default string", "not specified"):
             out[f"host.dmi.{key}"] = v
