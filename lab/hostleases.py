@@ -52,6 +52,7 @@ while IFS= read -r line; do
        exec {fd}>&-; unset "fds[$path]"
      fi
      echo ok ;;
+  T) if (exec 3<>"/dev/tcp/127.0.0.1/$rest") 2>/dev/null; then echo listening; else echo ok; fi ;;
   P) echo ok ;;
   *) echo "err unknown request $op" ;;
   esac
@@ -231,10 +232,8 @@ class LeaseHolder:
             lease = self.take(f"port-{port}.lock", value=port)
             if lease is None:
                 continue
-            try:
-                self.host.connect_tcp("127.0.0.1", port, timeout=2).close()
-            except OSError:
-                return lease                     # nothing listens there: free
+            if self._ask(f"T {port}") == "ok":      # nothing listens there (asked on the lab host)
+                return lease
             lease.release()
         raise PortsExhausted(f"no free port on lab host {self.host.name}'s loopback in {base}..{base + span - 1} "
                              "for guest SSH; fix: change [ssh] port_base in the lab config")

@@ -137,14 +137,14 @@ class HostStateRecord:
 
 
 class HostState:
-    def __init__(self, sys=None, writer=None, save_to: Path | None = None, host=None):
+    def __init__(self, sys=None, writer=None, save_to=None, host=None):
         """`host`: the lab host (None: this machine); `sys`: its /sys (default: the host's)."""
         from .hostexec import LocalHost, sys_root
         self.host = host or LocalHost()
         self.sys = sys if sys is not None else sys_root(self.host)
         self.writer = writer or self._write
         self.record = HostStateRecord()
-        self.save_to = save_to       # on the lab host, so a crashed run's changes are restored by the sweeper
+        self.save_to = save_to       # a LabPath on the lab host, so a crashed run's changes are restored by the sweeper
 
     def _write(self, path, value: str) -> None:
         """A sysfs write on the lab host (`path`: a path object of self.sys's kind, or a string)."""
@@ -249,7 +249,7 @@ class HostState:
             raise HostStateError("could not restore host state: " + "; ".join(failed)
                                  + (f" (restored: {'; '.join(done)})" if done else ""))
         if self.save_to:
-            self.save_to.unlink(missing_ok=True)
+            self.host.unlink(self.save_to)
         return done
 
 

@@ -116,6 +116,8 @@ def test_saved_host_state_survives_the_process(sys_tree, tmp_path):
     st.remember_device("0000:04:10.0")
     rec = json.loads(saved.read_text())
     assert rec["drivers"] == {"0000:04:10.0": "ixgbe"}
+    st.restore()                        # put back (nothing changed): the saved record goes with it
+    assert not saved.exists()
 
 
 IP_LINK_PF = """\
