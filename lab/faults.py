@@ -186,14 +186,15 @@ exit 0
         # nbdkit on the namespace lab host has been seen to vanish without a word right after it
         # started (about 1 start in 10 under load: no log, pid file and socket left, no process);
         # a helper that died before it served is started again, twice at most, and said so.
-        for attempt in (1, 2, 3):
+        starts = 3
+        for n in range(1, starts + 1):
             try:
                 return self._start_once()
             except NbdkitVanished as e:
-                if attempt == 3:
-                    raise FaultError(f"{e} (3 starts)") from None
-                print(f"[lab] {e}; starting it again", file=sys.stderr, flush=True)
-        raise AssertionError("unreachable")
+                vanished = e
+                if n < starts:
+                    print(f"[lab] {e}; starting it again", file=sys.stderr, flush=True)
+        raise FaultError(f"{vanished} ({starts} starts)")
 
     def _start_once(self) -> "NbdkitBackend":
         r = self.host.run("sh", "-c", self._START, "sh", str(self.log), *self.command(), check=False)

@@ -211,18 +211,16 @@ class LeaseHolder:
 
     # ---------------------------------------------------------------- scarce things
 
-    def wait_take(self, name: str, what: str, deadline, value=None, log=None) -> HostLease:
-        said = False
+    def wait_take(self, name: str, what: str, deadline, value=None,
+                  fix: str = "run again when that run ends, or give this run another device in the lab config"
+                  ) -> HostLease:
+        """`take`, polled until `deadline` (None: one try); then DeviceBusy naming the holder."""
         while True:
             lease = self.take(name, value=value)
             if lease is not None:
                 return lease
             if deadline is None or deadline.expired:
-                raise DeviceBusy(what + (f" (waited {deadline.budget:.0f}s)" if deadline else ""), self.last_busy,
-                                 "run again when that run ends, or give this run another device in the lab config")
-            if log and not said:
-                log(f"[lab] waiting for {what} (held by {self.last_busy})")
-                said = True
+                raise DeviceBusy(what + (f" (waited {deadline.budget:.0f}s)" if deadline else ""), self.last_busy, fix)
             time.sleep(0.3)
 
     def port(self, base: int, span: int = 2000) -> HostLease:
@@ -242,11 +240,8 @@ class LeaseHolder:
         """An exclusive lease on a scarce device of the lab host (a PF, a USB device, an HPRE),
         across runs, workers and controllers; waits until `deadline`, then names the holder."""
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in ident)
-        try:
-            return self.wait_take(f"dev-{kind}-{safe}.lock", f"{kind} {ident} on lab host {self.host.name}",
-                                  deadline, value=ident)
-        except DeviceBusy:
-            raise
+        return self.wait_take(f"dev-{kind}-{safe}.lock", f"{kind} {ident} on lab host {self.host.name}",
+                              deadline, value=ident)
 
     def slot(self, slots: int, config_name: str, deadline, log=None) -> HostLease:
         """One of the lab host's `slots` (how many workers may drive it at once, across runs and

@@ -69,8 +69,10 @@ class Run:
         self.leases = leases or LeaseHolder(self.host, cfg.host_work_dir / "leases",
                                             controller_identity(self.work_dir), log=log)
         self.leases.owner = controller_identity(self.work_dir, self.run_id)
+        # (polled: a sweeper's look at the lease files locks each one for an instant)
         self.lease = self.leases.wait_take(run_lease(cfg.host_work_dir, self.run_id).name,
-                                           f"the new lease of run {self.run_id}", Deadline(10, "a new run lease"))
+                                           f"the new lease of run {self.run_id}", Deadline(10, "a new run lease"),
+                                           fix="start the run again (a new run id)")
         self.session = Session(cfg.libvirt_uri)
         self.swept = sweep(self.session.conn, self.work_dir, log, host=self.host,
                            host_work_dir=cfg.host_work_dir, leases=self.leases)
@@ -217,7 +219,7 @@ class Run:
         finally:
             undefine(d)
 
-    def lease_device(self, kind: str, ident: str, wait_s: float = 0) -> Lease:
+    def lease_device(self, kind: str, ident: str, wait_s: float = 0) -> HostLease:
         """Hold a scarce host device for this run (released at close); a device this
         run already holds is its own (a second test of the run takes it again at once)."""
         held = self._device_leases.get((kind, ident))

@@ -114,15 +114,20 @@ class DeadRuns:
         self.claimed = []
 
     def __call__(self, run_id: str, hostdir=None) -> bool:
-        path = run_lease(hostdir or self.hwd, run_id)
-        if self.leases.holds(path) and str(path) not in self._verdict:
-            return False                  # this sweeper's own run
-        if str(path) not in self._verdict:
-            lease = self.leases.take(path, owner=f"sweeper: {self.leases.owner}")
-            if lease is not None:
-                self.claimed.append(lease)
-            self._verdict[str(path)] = lease is not None
-        return self._verdict[str(path)]
+        key = str(run_lease(hostdir or self.hwd, run_id))
+        if key not in self._verdict:
+            if self.leases.holds(key):
+                self._verdict[key] = False        # this sweeper's own run
+            else:
+                lease = self.leases.take(key, owner=f"sweeper: {self.leases.owner}")
+                if lease is not None:
+                    self.claimed.append(lease)
+                self._verdict[key] = lease is not None
+        return self._verdict[key]
+
+    def judged(self, run_id: str) -> bool:
+        """Something of this run (on this lab host work dir) was already found and judged."""
+        return str(run_lease(self.hwd, run_id)) in self._verdict
 
     def whose(self, run_id: str) -> str:
         owner = self.owners.get(f"run-{run_id}.lock", "")
@@ -235,11 +240,10 @@ def _sweep(conn, work_dir: Path, host, hwd: LabPath, dead: DeadRuns) -> list[str
                        for line in migration.stop(host, host_runs / name / migration.DIR_NAME)]
             host.rmtree(host_runs / name)
             undone.append(f"removed leftover run directory {host_runs / name}{on}{dead.whose(name)}")
-    for lease_name in list(dead.owners):
-        if lease_name.startswith("run-") and lease_name.endswith(".lock") and dead(lease_name[4:-5]) \
-                and not any(lease_name[4:-5] in u for u in undone):
-            undone.append(f"released the lease of dead run {lease_name[4:-5]}, which had left nothing else"
-                          f"{on}{dead.whose(lease_name[4:-5])}")
+    lone = [n[4:-5] for n in dead.owners if n.startswith("run-") and n.endswith(".lock")]
+    for run_id in lone:
+        if not dead.judged(run_id) and dead(run_id):
+            undone.append(f"released the lease of dead run {run_id}, which had left nothing else{on}{dead.whose(run_id)}")
     if runs.is_dir():
         for entry in sorted(runs.iterdir()):
             # this machine's own run dirs, when the lab host's are elsewhere (else: swept above, by lease)

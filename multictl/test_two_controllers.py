@@ -87,9 +87,10 @@ def controllers():
 def start(ctl, who: str, claims: str, tag: str) -> tuple[subprocess.Popen, Path]:
     root, lab, _ = ctl[who]
     log = OUT / f"{tag}-{who}.log"
-    p = subprocess.Popen([str(root / "harness"), "acceptance", "--claims", claims],
-                         cwd=root, env=env(lab, OUT / f"{tag}-{who}"), stdout=log.open("w"),
-                         stderr=subprocess.STDOUT, start_new_session=True)
+    with log.open("w") as out:          # the child keeps its own copy
+        p = subprocess.Popen([str(root / "harness"), "acceptance", "--claims", claims],
+                             cwd=root, env=env(lab, OUT / f"{tag}-{who}"), stdout=out,
+                             stderr=subprocess.STDOUT, start_new_session=True)
     return p, log
 
 
