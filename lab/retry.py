@@ -200,12 +200,12 @@ def failed_attempts(requests, op: str | None = None, since: float = 0.0) -> Atte
     return Attempts(tuple(r.at for r in requests if (op is None or r.op == op) and r.failed and r.at >= since))
 
 
-def most_retried(requests) -> Attempts:
-    """The failed attempts of the one request (kind, offset, length) tried most often:
-    many requests failing once each is no retry."""
+def most_retried(requests, since: float = 0.0) -> Attempts:
+    """The failed attempts (since a time) of the one request (kind, offset, length) tried
+    most often: many requests failing once each is no retry."""
     by: dict = {}
     for r in requests:
-        if r.failed:
+        if r.failed and r.at > since:
             by.setdefault((r.op, r.offset, r.count), []).append(r.at)
     return Attempts(tuple(max(by.values(), key=len, default=[])))
 

@@ -47,6 +47,10 @@ def test_retries_are_the_same_request_failing_again_not_many_requests_failing_on
     assert again.count == 3 and again.gaps == pytest.approx([1.0, 1.0])
     assert again.per_second == pytest.approx(1.0)
     assert "3 failed attempts" in again.summary()
+    # a second fault on the same disk is judged on its own attempts, not the first fault's
+    first_write = min(r.at for r in reqs if r.op == "Write")
+    assert most_retried(reqs, since=first_write).times == tuple(r.at for r in reqs if r.op == "Write")[1:]
+    assert most_retried(reqs, since=max(r.at for r in reqs)).count == 0
 
 
 def test_nbdkit_backend_logs_outside_the_error_filter_and_delays_inside(tmp_path):
