@@ -440,7 +440,9 @@ class VM:
         for con in self.consoles:
             con.close()
         self.consoles = []
-        if self.dom is not None:
+        if self._dom is not None and self.run.session.unanswered:
+            undone += self._stop_without_libvirt()
+        if self._dom is not None and not self.run.session.unanswered:
             if self.is_active():
                 self.destroy()
                 undone.append(f"destroyed domain {self.name}")
@@ -457,6 +459,28 @@ class VM:
             self.host.rmtree(self.hdir)
             undone.append(f"removed {self.hdir}{self.host.on}")
         self.port_lease.release()
+        return undone
+
+    def _stop_without_libvirt(self) -> list[str]:
+        """libvirt's daemon stopped answering: this VM's QEMU is killed through the lab host
+        (it may be what floods the daemon), then the daemon gets a while to answer again.
+        If it does not, the definition stays for the next run's sweeper (this run's lease
+        ends at close, so the run is dead to it) and nothing else waits on libvirt."""
+        undone = []
+        try:
+            pid = self.qemu_pid()
+        except QemuProcessNotFound:
+            pid = None
+        if pid is not None:
+            self.host.run("kill", "-KILL", str(pid), check=False)
+            poll(lambda: not self.host.exists(f"/proc/{pid}"), Deadline(10, f"QEMU {pid} of {self.name} to end"),
+                 interval=0.2)
+            undone.append(f"killed QEMU {pid} of {self.name} through lab host {self.host.name} "
+                          "(libvirt's daemon did not answer)")
+        if not self.run.session.answers(20):
+            undone.append(f"left domain {self.name} defined: libvirt's daemon still does not answer; the next "
+                          "run's sweeper undefines it")
+            self._dom = None
         return undone
 
     # ------------------------------------------------------------ XML views
@@ -614,10 +638,13 @@ class VM:
                 out[f"console transcript {con.transcript.name}"] = con.transcript.read_bytes().decode(errors="replace")
             except OSError:
                 pass
-        try:
-            out["live domain XML"] = self.dom.XMLDesc(0) if self.dom else "(no domain)"
-        except libvirt.libvirtError as e:
-            out["live domain XML"] = f"(unavailable: {e.get_error_message()})"
+        if self.run.session.unanswered:          # asking would wait out a reconnect per VM
+            out["live domain XML"] = "(unavailable: libvirt's daemon stopped answering)"
+        else:
+            try:
+                out["live domain XML"] = self.dom.XMLDesc(0) if self.dom else "(no domain)"
+            except (libvirt.libvirtError, LabError, AssertionError) as e:
+                out["live domain XML"] = f"(unavailable: {e})"
         qlog = self._qemu_log_tail(200000)
         if qlog is not None:
             out["QEMU log"] = qlog

@@ -5,7 +5,7 @@ own processes (the sweeper's helpers)."""
 from __future__ import annotations
 
 import os
-
+from dataclasses import dataclass
 from pathlib import Path
 
 def pid_by_file(pidfile: Path, is_ours) -> int | None:
@@ -138,3 +138,70 @@ def kernel_has_device_mapper(proc_misc: Path = Path("/proc/misc"), text: str | N
     except OSError:
         return False
     return any(line.split()[-1] == "device-mapper" for line in text.splitlines() if line.split())
+
+
+# Samples "<pid>\t<state>\t<utime+stime ticks>" of pids $2.. twice, $1 seconds apart, then
+# prints the clock's ticks per second: what a process is doing, read from /proc/<pid>/stat.
+_STATES = r'''
+t=$1; shift
+sample() { for p in "$@"; do
+  s=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+  s=${s##*) }; set -- $s; printf '%s\t%s\t%s\n' "$p" "$1" "$(( ${12} + ${13} ))"
+done; }
+sample "$@"; echo --; sleep "$t"; sample "$@"; echo "-- $(getconf CLK_TCK 2>/dev/null || echo 100)"
+'''
+
+
+@dataclass(frozen=True)
+class ProcState:
+    pid: int
+    what: str            # "libvirtd", "QEMU of acc-...-ios-1"
+    state: str           # /proc/<pid>/stat's state letter at the second sample ("" if gone)
+    cpu: float           # share of one CPU between the samples
+
+    def describe(self) -> str:
+        if not self.state:
+            return f"{self.what} (pid {self.pid}) is gone"
+        return f"{self.what} (pid {self.pid}) state {self.state} ({STATE_NAMES.get(self.state, '?')}), {self.cpu:.0%} of a CPU"
+
+
+STATE_NAMES = {"R": "running", "S": "sleeping", "D": "waiting on I/O", "T": "stopped", "t": "stopped by a tracer",
+               "Z": "zombie", "I": "idle"}
+
+
+def parse_states(text: str, names: dict[int, str], seconds: float) -> list[ProcState]:
+    """ProcStates from _STATES's output (processes that vanished have state '')."""
+    first, second, hz = {}, {}, 100
+    part = first
+    for line in text.splitlines():
+        if line.startswith("--"):
+            tail = line[2:].strip()
+            if part is second and tail.isdigit():
+                hz = int(tail)
+            part = second
+            continue
+        f = line.split("\t")
+        if len(f) == 3 and f[0].isdigit() and f[2].isdigit():
+            part[int(f[0])] = (f[1], int(f[2]))
+    out = []
+    for pid, what in names.items():
+        st, t1 = second.get(pid, ("", 0))
+        t0 = first.get(pid, ("", t1))[1]
+        out.append(ProcState(pid, what, st, max(t1 - t0, 0) / hz / seconds if st else 0.0))
+    return out
+
+
+def daemon_and_qemu_states(host, qemu_prefix: str, seconds: float = 1.0) -> list[ProcState]:
+    """The lab host's libvirt daemons (libvirtd, virtqemud) and the QEMU processes whose
+    guest name starts with `qemu_prefix`, each with its state and CPU use over `seconds`."""
+    names: dict[int, str] = {}
+    for pid, argv in host_processes(host):
+        exe = os.path.basename(argv[0])
+        if exe in ("libvirtd", "virtqemud"):
+            names[pid] = exe
+        elif "-name" in argv[:-1] and argv[argv.index("-name") + 1].startswith(f"guest={qemu_prefix}"):
+            names[pid] = "QEMU of " + argv[argv.index("-name") + 1].split(",")[0].removeprefix("guest=")
+    if not names:
+        return []
+    r = host.run("sh", "-c", _STATES, "sh", str(seconds), *map(str, names), check=False, timeout=10 + seconds)
+    return parse_states(r.stdout, names, seconds)

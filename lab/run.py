@@ -16,13 +16,15 @@ from . import xml as X
 from .guest import login
 from .arch import profile
 from .config import LabConfig
+from .errors import LabError
 from .domain import VM, VMSpec
 from .guest.ssh import RunKey
 from .hostexec import sys_root
 from .hostleases import HostLease, LeaseHolder, controller_identity, run_lease
 from .leases import Lease, try_lock
 from .network import Bridge, OvsBridge, vhostuser_socket_dir
-from .session import Session
+from .hostproc import daemon_and_qemu_states
+from .session import LabUnreachable, Session, judge_unanswered
 from .timeouts import Deadline
 from .sweep import PREFIX, sweep
 
@@ -74,6 +76,7 @@ class Run:
                                            f"the new lease of run {self.run_id}", Deadline(10, "a new run lease"),
                                            fix="start the run again (a new run id)")
         self.session = Session(cfg.libvirt_uri)
+        self.session.judge = self.libvirt_stopped_answering
         self.swept = sweep(self.session.conn, self.work_dir, log, host=self.host,
                            host_work_dir=cfg.host_work_dir, leases=self.leases)
         # Where QEMU finds this run's files, on the lab host (on this machine: the run's dir).
@@ -86,6 +89,32 @@ class Run:
         self.boot_seconds: list[float] = []      # measured boots of this run's image (start to ready)
         # The QEMU every domain of this run uses ("" : libvirt's default for the arch).
         self.emulator = qemu_build.emulator_of(cfg, build=True, log=log)
+
+    def libvirt_stopped_answering(self, message: str) -> Exception:
+        """What to raise when libvirt's daemon stopped answering during the run, judged by
+        its processes on the lab host: one that runs (busy or waiting) and does not answer
+        is a finding about the product (a QEMU flooding it with events, a deadlock); one
+        that is stopped (SIGSTOP, a debugger) or gone is the lab's problem.  Either way
+        the message has the daemon's and this run's QEMU processes' state and CPU use."""
+        try:
+            states = daemon_and_qemu_states(self.host, f"{PREFIX}{self.run_id}-")
+        except (LabError, OSError) as e:    # the host itself may not answer: then it is the lab's
+            return LabUnreachable(f"{message}; the lab host {self.host.name} could not be asked about its "
+                                  f"processes either: {e}")
+        return judge_unanswered(states, self._daemon_pids(), self.host.name, message)
+
+    def _daemon_pids(self) -> set[int]:
+        """The pids in the pid files of the daemon this run's URI reaches (a private daemon's
+        own, else the system's libvirtd or virtqemud)."""
+        files = ([self.cfg.private_daemon_dir / "libvirtd.pid"] if self.cfg.daemon == "private"
+                 else ["/run/libvirtd.pid", "/run/virtqemud.pid", "/var/run/libvirtd.pid"])
+        pids = set()
+        for f in files:
+            try:
+                pids.add(int(self.host.read_text(str(f)).strip()))
+            except (OSError, ValueError):
+                continue
+        return pids
 
     def _abandon(self) -> None:
         """Undo what a failed start did (the sweeper would find it, but a failed start must

@@ -44,6 +44,28 @@ LIFECYCLE_NAMES = {
 }
 
 
+class LibvirtdStoppedAnswering(AssertionError):
+    """libvirt's daemon runs and does not answer (its keepalive ran out, and a new
+    connection got no answer): a finding about the product under test (a QEMU that floods
+    it with events, a deadlock), with the daemon's and the run's QEMU processes' state."""
+
+
+def judge_unanswered(states, serving: set[int], host: str, message: str) -> Exception:
+    """Whose problem a daemon that stopped answering is, by its processes (hostproc.ProcState):
+    one that runs (busy, sleeping or waiting on I/O) and answers nobody is a finding about the
+    product; one that is stopped (SIGSTOP, a debugger) or gone is the lab's.  `serving`: the
+    pids the daemon's pid files name (judged alone when among the daemons found)."""
+    daemons = [s for s in states if not s.what.startswith("QEMU")]
+    if {s.pid for s in daemons} & serving:
+        daemons = [s for s in daemons if s.pid in serving]
+    seen = "; ".join(s.describe() for s in states) or "no libvirtd or virtqemud process"
+    if any(s.state in ("R", "S", "D") for s in daemons):
+        return LibvirtdStoppedAnswering(f"libvirt's daemon on {host} stopped answering during the test (a "
+                                        f"product finding: it runs but answers nobody): {message}. Processes: {seen}")
+    return LabUnreachable(f"{message}. libvirt's daemon on {host} is stopped or gone, which is not the product's "
+                          f"doing: {seen}")
+
+
 @dataclass
 class Event:
     kind: str            # lifecycle | device-removed | device-removal-failed | device-added | io-error
@@ -145,6 +167,10 @@ class Session:
         self.uri = uri
         self.timeout_s = timeout_s
         self.closed_reason: str | None = None
+        self.unanswered = False           # the daemon's keepalive ran out: it stopped answering
+        # judge(message) -> the exception to raise when the daemon stopped answering and a
+        # new connection gets no answer either (the run sets it: it can look at the lab host)
+        self.judge = None
         self.generation = 0
         self.reconnects = 0
         self._conn = self._open(timeout_s)
@@ -204,14 +230,30 @@ class Session:
                 pass
             self.events.bind(conn)
             self.closed_reason = None
+            self.unanswered = False
             self.generation += 1
             self.reconnects += 1
             return
-        raise LabUnreachable(f"lost the libvirt connection to {self.uri} and could not reconnect "
-                             f"within {deadline.budget:.0f}s: {last}")
+        msg = (f"lost the libvirt connection to {self.uri} ({self.closed_reason or 'not alive'}) and could not "
+               f"reconnect within {deadline.budget:.0f}s: {last}")
+        if self.unanswered and self.judge is not None:
+            raise self.judge(msg)
+        raise LabUnreachable(msg)
+
+    def answers(self, seconds: float) -> bool:
+        """Whether the daemon answers (again) within `seconds`: a reconnect if needed."""
+        if self.closed_reason is None and self._alive():
+            return True
+        try:
+            self.reconnect(Deadline(seconds, f"libvirt at {self.uri} to answer again", scaled=False))
+            return True
+        except (LabUnreachable, LibvirtdStoppedAnswering):
+            return False
 
     def _on_close(self, conn, reason, opaque):
         self.closed_reason = {0: "error", 1: "end-of-file", 2: "keepalive timeout", 3: "client closed"}.get(reason, str(reason))
+        if reason == 2:
+            self.unanswered = True
 
     def versions(self) -> dict:
         def fmt(v):

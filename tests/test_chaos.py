@@ -186,3 +186,63 @@ def test_two_runs_at_once_do_not_collide_and_share_no_device():
         b2.lease_device("usb", "0781:5567@1-3")       # free again once the holder closed
     finally:
         b2.close()
+
+
+def test_a_libvirtd_that_stops_answering_is_judged_and_its_qemu_killed_through_the_host():
+    """libvirt's daemon stops answering under a running VM (SIGSTOP of local-b's private
+    libvirtd: no other part of CI talks to it).  The test's libvirt call ends at the
+    keepalive, not never; the run names the daemon's state and the VM's QEMU (a stopped
+    daemon is the lab's problem; a running one that answers nobody, as a QEMU flooding it
+    with events leaves it, is a finding: tests/test_hostproc.py); teardown kills the QEMU
+    through the lab host without waiting on libvirt; once the daemon answers again the
+    domain is undefined and the next run starts clean."""
+    import threading
+
+    import libvirt
+
+    from lab import daemon
+    from lab.errors import LabError
+    from lab.sweep import PREFIX
+    cfg = config.load(config.REPO / "labs" / "local-b.toml")
+    was_running = daemon.running(cfg)
+    daemon.ensure(cfg)
+    pidfile = cfg.private_daemon_dir / "libvirtd.pid"
+    run = Run(cfg)
+    stopped = None
+    try:
+        vm = run.new_vm(VMSpec("chaos-mute"))
+        vm.start()
+        qemu = vm.qemu_pid()
+        stopped = int(pidfile.read_text().strip())
+        os.kill(stopped, signal.SIGSTOP)
+        t0 = time.monotonic()
+        with pytest.raises(libvirt.libvirtError):
+            vm.dom.state()
+        waited = time.monotonic() - t0
+        assert waited < 40, f"the call waited {waited:.0f} s for a daemon that does not answer (keepalive 5 s x 3)"
+        assert run.session.unanswered
+        judged = run.libvirt_stopped_answering("a test's call failed")
+        assert isinstance(judged, LabError), f"a SIGSTOPped daemon is the lab's problem, not a finding: {judged}"
+        assert f"libvirtd (pid {stopped}) state T" in str(judged) and f"QEMU of {vm.name} (pid {qemu})" in str(judged)
+
+        def wake_after_the_kill():       # the flooding QEMU gone, the daemon answers again
+            poll(lambda: not os.path.exists(f"/proc/{qemu}"), Deadline(60, f"QEMU {qemu} to be killed"), interval=0.1)
+            os.kill(stopped, signal.SIGCONT)
+        waker = threading.Thread(target=wake_after_the_kill, daemon=True)
+        waker.start()
+        undone = run.release(vm)
+        waker.join(5)
+        assert any(f"killed QEMU {qemu}" in u for u in undone), undone
+        assert any(f"undefined domain {vm.name}" in u for u in undone), undone
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        run.close()
+    nxt = Run(cfg)
+    try:
+        left = [d.name() for d in nxt.session.conn.listAllDomains() if d.name().startswith(PREFIX + run.run_id)]
+        assert not left and not nxt.swept, f"left after the run: {left}; swept by the next run: {nxt.swept}"
+    finally:
+        nxt.close()
+        if not was_running:
+            daemon.stop(cfg)

@@ -14,3 +14,35 @@ def test_each_aio_rings_completion_counter_is_read_from_its_header():
 
 def test_a_process_without_aio_rings_has_none():
     assert parse_aio_tails("") == []
+
+
+# _STATES's output from a lab host: libvirtd busy (R), a QEMU of the run spinning, one gone
+STATES_TEXT = "812\tR\t1000\n4242\tS\t500\n--\n812\tR\t1098\n4242\tR\t600\n-- 100\n"
+
+
+def test_process_states_and_cpu_are_read_from_two_samples():
+    from lab.hostproc import parse_states
+    st = parse_states(STATES_TEXT, {812: "libvirtd", 4242: "QEMU of acc-x-ios-1", 77: "QEMU of acc-x-ios-2"}, 1.0)
+    by = {s.pid: s for s in st}
+    assert (by[812].state, round(by[812].cpu, 2)) == ("R", 0.98)
+    assert (by[4242].state, round(by[4242].cpu, 2)) == ("R", 1.0)
+    assert by[77].state == "" and "gone" in by[77].describe()
+    assert "state R (running), 98% of a CPU" in by[812].describe()
+
+
+def test_a_daemon_that_runs_and_answers_nobody_is_a_finding_a_stopped_one_the_labs():
+    from lab.errors import LabError, kind
+    from lab.hostproc import ProcState
+    from lab.session import LibvirtdStoppedAnswering, judge_unanswered
+    qemu = ProcState(4242, "QEMU of acc-x-ios-1", "R", 1.0)
+    busy = judge_unanswered([ProcState(812, "libvirtd", "R", 0.98), qemu], set(), "lab1", "keepalive timeout")
+    assert isinstance(busy, LibvirtdStoppedAnswering) and kind(busy) == "product defect"
+    assert "QEMU of acc-x-ios-1 (pid 4242) state R" in str(busy) and "lab1" in str(busy)
+    stopped = judge_unanswered([ProcState(812, "libvirtd", "T", 0.0), qemu], set(), "lab1", "keepalive timeout")
+    assert isinstance(stopped, LabError) and "stopped or gone" in str(stopped)
+    gone = judge_unanswered([qemu], set(), "lab1", "keepalive timeout")
+    assert isinstance(gone, LabError)
+    # two daemons on one host (a private one beside the system's): the one the pid file names is judged
+    two = [ProcState(812, "libvirtd", "T", 0.0), ProcState(900, "libvirtd", "S", 0.01), qemu]
+    assert isinstance(judge_unanswered(two, {812}, "lab1", "m"), LabError)
+    assert isinstance(judge_unanswered(two, {900}, "lab1", "m"), LibvirtdStoppedAnswering)
