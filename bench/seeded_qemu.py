@@ -36,8 +36,11 @@ DEFECTS = {
     "timeout_ignored": (BB, "if (!blk->retry_timeout) {", "if (1 || !blk->retry_timeout) {", {"longer_than"}),
     "interval_ignored": (BB, "    blk->retry_interval = interval;", "    blk->retry_interval = 1000;",
                          {"excludes"}),
-    # (an interval that ends up 0 or less retries in a busy loop and floods libvirtd with
-    # BLOCK_IO_ERROR events until it stops answering: not a defect to seed on a shared lab)
+    # An interval of 0 retries in a busy loop and floods libvirtd with BLOCK_IO_ERROR events
+    # until it answers nobody: the tests must end with that finding (keepalive, then the
+    # daemon's and QEMU's state), and teardown must kill the QEMU through the lab host.
+    "interval_zero": (BB, "    blk->retry_interval = interval;", "    blk->retry_interval = 0;",
+                      {"short_fault", "defaults"}),
     "interval_shortened": (BB, "    blk->retry_interval = interval;", "    blk->retry_interval = interval * 6 / 10;",
                            {"excludes", "defaults"}),
     "rerror_follows_werror": (BB, "return is_read ? blk->on_read_error : blk->on_write_error;",
