@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import claims, config, daemon, host, images, labhost_needs, timeouts
 from .arch import profile
+from .errors import LabError
 from .session import LabUnreachable, Session
 from .sweep import sweep
 
@@ -287,7 +288,7 @@ def main(argv=None) -> int:
             return _each(lambda cfg: cmd_secrets_scan(cfg, args.paths))(args)
         return _each({"doctor": cmd_doctor, "image": cmd_image, "qemu": cmd_qemu, "sweep": cmd_sweep,
                       "discover": cmd_discover}[args.cmd])(args)
-    except (config.LabConfigError, images.ImageError, LabUnreachable, RuntimeError) as e:   # QemuBuildError too
+    except LabError as e:          # a bad config, an image, an unreachable host, a QEMU build: said, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
 

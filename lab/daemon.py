@@ -20,7 +20,7 @@ from .leases import try_lock
 from .timeouts import Deadline, poll
 
 
-class DaemonError(LabError, RuntimeError):
+class DaemonError(LabError):
     """A lab host's private libvirtd could not be prepared or started."""
 
 # Constant scripts; every path reaches them as a positional argument.  They run on this

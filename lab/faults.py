@@ -30,7 +30,7 @@ from .errors import LabError
 KINDS = ("all", "read", "write")
 
 
-class FaultError(LabError, RuntimeError):
+class FaultError(LabError):
     pass
 
 

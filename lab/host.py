@@ -77,7 +77,7 @@ def _probe_retry(cfg: LabConfig, conn, h, add) -> None:
     device properties (qemu-retry), each asked of the thing itself."""
     try:
         emulator = lab_emulator(cfg, conn)
-    except (RuntimeError, libvirt.libvirtError) as e:
+    except (LabError, libvirt.libvirtError) as e:
         add("error-policy-retry", False, f"no QEMU to probe: {e}")
         add("qemu-retry", False, f"no QEMU to probe: {e}")
         return
@@ -279,7 +279,7 @@ def qemu_facts(cfg: LabConfig, conn) -> dict[str, str]:
     out = {}
     try:
         emu = lab_emulator(cfg, conn)
-    except (RuntimeError, libvirt.libvirtError) as e:
+    except (LabError, libvirt.libvirtError) as e:
         return {"qemu.emulator": f"unavailable: {e}"}
     out["qemu.emulator"] = emu or "(libvirt's default)"
     if emu and cfg.has_shell:

@@ -27,7 +27,7 @@ from .errors import LabError
 from .result import ExecTimeout, Result, ssh_exec
 
 
-class HostCommandFailed(LabError, RuntimeError):
+class HostCommandFailed(LabError):
     pass
 
 

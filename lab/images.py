@@ -56,7 +56,7 @@ HOST_PACKAGES = ["busybox-static", "cpio", "e2fsprogs", "qemu-utils", "kmod",
 ROOT_SIZE = "1G"
 
 
-class ImageError(LabError, RuntimeError):
+class ImageError(LabError):
     pass
 
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from .errors import LabError
 
 
-class LoopError(LabError, RuntimeError):
+class LoopError(LabError):
     pass
 
 

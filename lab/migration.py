@@ -36,7 +36,7 @@ if [ -d /run/dbus ]; then mkdir -p "$d/no-dbus"; mount --bind "$d/no-dbus" /run/
 ''' + START_SCRIPT
 
 
-class MigrationTargetError(LabError, RuntimeError):
+class MigrationTargetError(LabError):
     """The second libvirt endpoint could not be set up: a lab problem, not a finding."""
 
 

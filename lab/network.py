@@ -14,7 +14,7 @@ from .errors import LabError
 ALIAS_PREFIX = "acc-harness run="
 
 
-class HostCommandError(LabError, RuntimeError):
+class HostCommandError(LabError):
     pass
 
 

@@ -91,7 +91,7 @@ def hpre_devices(sys: Path = SYS) -> list[dict]:
     return out
 
 
-class UnsafeDevice(LabError, RuntimeError):
+class UnsafeDevice(LabError):
     pass
 
 
@@ -253,7 +253,7 @@ class HostState:
         return done
 
 
-class HostStateError(LabError, RuntimeError):
+class HostStateError(LabError):
     pass
 
 

@@ -66,7 +66,7 @@ _KEYMAP_STUB = {
 _FP_TESTS_SKIPPED = "# left out by the harness: needs the berkeley-softfloat-3/testfloat-3 subprojects\nsubdir_done()\n"
 
 
-class QemuBuildError(LabError, RuntimeError):
+class QemuBuildError(LabError):
     """The QEMU source or its build is unusable: a lab problem, said in one line with the fix."""
 
 

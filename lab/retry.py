@@ -210,8 +210,9 @@ def most_retried(requests, since: float = 0.0) -> Attempts:
     return Attempts(tuple(max(by.values(), key=len, default=[])))
 
 
-class QemuStartError(RuntimeError):
-    """QEMU refused its command line or did not answer: the message is QEMU's."""
+class QemuStartError(AssertionError):
+    """QEMU refused a command line (the guide's, in IOS-7) or did not answer: a finding
+    about the product, in QEMU's own words."""
 
 
 def qemu_oneshot(host, emulator: str, arch, args, commands: list[dict], timeout: float = 60) -> list[dict]:

@@ -31,7 +31,7 @@ def _ensure_event_loop() -> None:
         _loop_started = True
 
 
-class LabUnreachable(LabError, RuntimeError):
+class LabUnreachable(LabError):
     pass
 
 

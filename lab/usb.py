@@ -93,7 +93,7 @@ def host_devices_sysfs(root: Path = Path("/sys/bus/usb/devices")) -> list[HostUs
     return out
 
 
-class InventoryError(LabError, RuntimeError):
+class InventoryError(LabError):
     pass
 
 

@@ -14,7 +14,7 @@ from .errors import LabError
 CONFIGFS = Path("/sys/kernel/config/target")
 
 
-class LioMissing(LabError, RuntimeError):
+class LioMissing(LabError):
     """The lab host's kernel has no LIO target (configfs): a lab problem."""
 
 

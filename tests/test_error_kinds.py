@@ -44,3 +44,15 @@ def test_lab_errors_are_not_assertion_errors():
     """pytest and Allure would report a lab problem as a failed claim otherwise."""
     bad = [t.__name__ for t in reporting._lab_error_types() if issubclass(t, AssertionError)]
     assert bad == []
+
+
+def test_no_lab_error_is_also_a_runtime_error():
+    """A catch of RuntimeError would take lab problems and harness bugs alike."""
+    import importlib
+    import pkgutil
+
+    import lab
+    for m in pkgutil.walk_packages(lab.__path__, "lab."):
+        importlib.import_module(m.name)
+    both = [c.__qualname__ for c in errors.subclasses(errors.LabError) if issubclass(c, RuntimeError)]
+    assert not both, f"LabErrors that are also RuntimeErrors: {both}"

@@ -25,7 +25,7 @@ def test_dm_backend_swaps_tables_and_always_heals(tmp_path, monkeypatch):
     monkeypatch.setattr(faults.loopdev, "detach", lambda host, d: None)
     run = dm_host()
     b = faults.DmErrorBackend(run, tmp_path, "r1")
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(RuntimeError, match="boom"):       # the test's own error, not the backend's
         with b:
             assert b.healthy()
             b.fail()

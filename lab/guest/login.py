@@ -28,7 +28,7 @@ KEYS_BLOCK_RE = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----([\s\S]*?)-----END
 CLOUD_INIT_DONE_RE = re.compile(r"Cloud-init v\. \S+ finished at [^\r\n]*")
 
 
-class LoginSetupError(LabError, RuntimeError):
+class LoginSetupError(LabError):
     """This machine could not make the per-run console login (openssl): a lab problem."""
 
 
