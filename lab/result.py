@@ -57,7 +57,10 @@ def ssh_exec(transport: paramiko.Transport, command: str, stdin: bytes | None = 
 
         def give_up(chan=chan, gave_up=gave_up):
             gave_up.set()
-            chan.close()
+            try:
+                chan.close()
+            except (EOFError, OSError, paramiko.SSHException):
+                pass        # the connection is gone already: the exec request waits no more either
 
         unanswered = threading.Timer(max(0.1, min(open_timeout, end - time.monotonic())), give_up)
         unanswered.daemon = True
