@@ -28,6 +28,8 @@ NEEDS = (
     Need("nbdkit", "nbdkit; nbdkit", "one-direction faults and the storage's request log (error, log, delay filters)",
          "IOS-4's interval test, IOS-5, IOS-8's split-policy test ([faults] backend nbdkit)"),
     Need("lspci", "pciutils; pciutils", "PCI discovery", "PCI-1..3, SRIOV-1..4, HPRE-1..3"),
+    Need("ping", "iputils; iputils-ping", "a ping flood between two VFs in the harness's network namespaces",
+         "SRIOV-3's measured VF rate"),
     Need("modprobe", "kmod; kmod", "host drivers (vfio-pci, vhost, hisi_hpre)", "PCI, SRIOV, HPRE, DISK-3, NIC-2"),
     Need("ovs-vsctl", "openvswitch; openvswitch-switch", "Open vSwitch bridges and vhost-user ports", "NIC-5, NIC-8"),
     Need("unshare", "util-linux; util-linux", "USB-9's second libvirt endpoint on the lab host", "USB-9"),

@@ -19,7 +19,7 @@ from pathlib import Path
 import libvirt
 from lxml import etree
 
-from . import loopdev, migration, network
+from . import loopdev, migration, netns, network
 from .hostexec import LabPath
 from .hostproc import host_processes, kernel_has_device_mapper
 from .hostleases import run_lease
@@ -214,6 +214,11 @@ def _sweep(conn, work_dir: Path, host, hwd: LabPath, dead: DeadRuns) -> list[str
         if dead(run_id, hostdir):
             host.run("ip", "link", "del", br, check=False)
             undone.append(f"removed leftover bridge {br} of dead run {run_id}{on}")
+    for name, run_id in netns.leftovers(host, PREFIX):
+        # this work dir's runs only (its run directory is there until swept, below)
+        if host.is_dir(host_runs / run_id) and dead(run_id):
+            host.run("ip", "netns", "del", name, check=False)
+            undone.append(f"removed leftover network namespace {name} of dead run {run_id}{on}")
     for name, run_id in dm_leftovers(host, host_runs, dead):
         host.run("dmsetup", "remove", "--force", name, check=False)
         undone.append(f"removed leftover device-mapper device {name} of dead run {run_id}{on}")

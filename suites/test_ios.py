@@ -18,7 +18,7 @@ import allure
 import libvirt
 import pytest
 
-from fixtures.api import capabilities, claims, proven_with, reported_fact
+from fixtures.api import capabilities, claims, measured, proven_with, reported_fact
 from lab import host as lab_host_facts
 from lab import xml as X
 from lab.domain import VMSpec
@@ -44,12 +44,6 @@ def assert_no_guest_io_errors(guest):
     dmesg = guest.check_output("dmesg")
     bad = [line for line in dmesg.splitlines() if any(p in line for p in IO_ERROR_LINES)]
     assert not bad, f"the guest saw I/O errors: {bad[:5]}"
-
-
-def measured(request, name, value, text):
-    """A figure the test measured: a JUnit property and an Allure attachment."""
-    request.node.user_properties.append((name, value))
-    allure.attach(text, name=name, attachment_type=allure.attachment_type.TEXT)
 
 
 @claims("IOS-8", "IOS-9")

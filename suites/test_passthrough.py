@@ -9,10 +9,11 @@ import allure
 
 import pytest
 
-from fixtures.api import claims
-from lab import pci
+from fixtures.api import claims, deviation, measured
+from lab import netns, pci
 from lab.domain import AttachRefused, DomainError, VMSpec, random_mac
-from lab.timeouts import Deadline, poll
+from lab.sweep import PREFIX
+from lab.timeouts import Deadline, WaitTimeout, poll
 
 @pytest.fixture
 def host_state(lab):
@@ -169,6 +170,52 @@ def test_ip_link_sets_vf_mac_and_rate(lab, pf, host_state):
                   interval=0.3)[0]
     own = lab.host.read_text(f"/sys/class/net/{vf_net}/address").strip()
     assert own == mac, f"VF {vf} ({vf_net}) has MAC {own} on its own netdev, not the {mac} set through the PF"
+
+
+@claims("SRIOV-3")
+def test_vf_rate_limits_the_vfs_own_traffic(lab, pf, host_state, request):
+    """The rate set through the PF holds the VF's traffic to it, measured on the wire: VF 0
+    and VF 1 of the PF, each in a network namespace the harness made, exchange a ping
+    flood through the PF's switch, first unlimited (the control: fast enough to show a
+    limit), then with VF 0's rate at a quarter of that (at most 100 Mbit/s)."""
+    if pf.totalvfs < 2:
+        pytest.skip(f"PF {pf.bdf} offers {pf.totalvfs} VF(s) (capability: two VFs to measure a VF's rate between)")
+    host_state.set_numvfs(pf.bdf, max(2, pf.numvfs))
+    net = pf.netdevs[0]
+    pf_link_up(lab, net)
+    vfs = pci.read_device(pf.bdf, lab.sys).virtfns[:2]
+    for vf in vfs:
+        if not pci.read_device(vf, lab.sys).driver:
+            pytest.skip(f"VF {vf} has no host driver on {lab.cfg.name} (capability: host VF driver, e.g. igbvf/iavf): "
+                        "its traffic cannot be measured on the host")
+    nets = [poll(lambda vf=vf: pci.read_device(vf, lab.sys).netdevs, Deadline(30, f"VF {vf}'s netdev"),
+                 interval=0.3)[0] for vf in vfs]
+    lab.host.run("ip", "link", "set", net, "vf", "0", "rate", "0")
+    sender, receiver = (netns.NetNamespace(lab.host, f"{PREFIX}{lab.run_id}-vf{i}") for i in "ab")
+    for ns, vf_net, addr in ((sender, nets[0], "169.254.77.1/24"), (receiver, nets[1], "169.254.77.2/24")):
+        ns.create()
+        lab.push_undo(f"removed network namespace {ns.name}", ns.remove)
+        ns.take(vf_net, addr)
+    try:
+        poll(lambda: sender.run("ping", "-c", "1", "-W", "1", "-I", nets[0], "169.254.77.2", check=False).ok,
+             Deadline(20, "an echo between VF 0 and VF 1"), interval=0.5)
+    except WaitTimeout:
+        pytest.skip(f"no echo between VF 0 ({nets[0]}) and VF 1 ({nets[1]}) of {net} within 20 s (capability: "
+                    "traffic between two VFs through the PF's switch)")
+    free = netns.flood(sender, nets[0], "169.254.77.2", 3)
+    rate = min(100, int(free.mbps / 4))
+    measured(request, "SRIOV-3 VF 0 unlimited (Mbit/s)", round(free.mbps, 1), free.describe())
+    if rate < 2:
+        pytest.skip(f"VF traffic on {lab.cfg.name} runs at {free.mbps:.1f} Mbit/s unlimited (capability: VF traffic "
+                    "fast enough to show a limit of 2 Mbit/s or more)")
+    lab.host.run("ip", "link", "set", net, "vf", "0", "rate", str(rate))
+    vf0 = pci.parse_vf_links(lab.host.run("ip", "link", "show", net).stdout).get(0)
+    assert vf0 is not None and vf0.rate == rate, f"ip link show {net}: VF 0 has rate {vf0 and vf0.rate}, not {rate}"
+    limited = netns.flood(sender, nets[0], "169.254.77.2", 3)
+    measured(request, f"SRIOV-3 VF 0 at rate {rate} (Mbit/s)", round(limited.mbps, 1), limited.describe())
+    if limited.mbps > rate * 1.3 + 0.5:
+        deviation("SRIOV-3", f"VF 0 of {net} sent at {limited.mbps:.1f} Mbit/s with its rate set to {rate} Mbit/s "
+                             f"({free.mbps:.1f} unlimited): the rate is accepted and shown but not enforced")
 
 
 @claims("SRIOV-4")

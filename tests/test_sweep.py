@@ -142,3 +142,29 @@ def test_a_dead_runs_orphaned_nbdkit_is_killed_and_a_live_runs_is_left(conn, tmp
             p.kill()
             p.wait()
         live.close()
+
+
+def test_a_dead_runs_network_namespaces_are_removed_and_a_live_runs_kept(conn, tmp_path):
+    work = tmp_path / "work"
+    (work / "runs" / "dead1").mkdir(parents=True)
+    (work / "runs" / "live1").mkdir()
+    live = live_run(work, "live1")
+    listing = "acc-dead1-vfa\nacc-live1-vfa\nacc-elsewhere-vfa\nblue\n"
+
+    def answer(argv, inp):
+        if argv[:3] == ["ip", "netns", "list"]:
+            return 0, listing
+        return (0, "[]") if "-j" in argv else (0, "")
+
+    class Host(FakeHost):
+        def read_text(self, path):
+            return "" if str(path) == "/proc/misc" else super().read_text(path)
+
+    host = Host(answer, which=False)
+    try:
+        undone = sweep(conn, work, log=lambda m: None, host=host, host_work_dir=work)
+    finally:
+        live.close()
+    deleted = [argv[3] for argv, _ in host.calls if argv[:3] == ["ip", "netns", "del"]]
+    assert deleted == ["acc-dead1-vfa"], f"only the dead run's namespace of this work dir: {deleted}"
+    assert any("network namespace acc-dead1-vfa of dead run dead1" in u for u in undone), undone
