@@ -31,6 +31,8 @@ PACKAGES = [
     "procps", "util-linux", "netcat-openbsd", "libvirt-daemon-system", "libvirt-clients",
     "qemu-system-x86", "qemu-utils", "dmsetup", "openvswitch-switch", "targetcli-fb", "pciutils",
     "usbutils", "pci.ids", "ethtool", "coreutils", "e2fsprogs",
+    # a ping flood between two VFs measures SRIOV-3's rate (a lab host needs ping: lab/labhost_needs.py)
+    "iputils-ping",
     # OVS-DPDK, the vhost-user backend (NIC-8); DPDK finds no mempool driver without the ring one
     "openvswitch-switch-dpdk", "librte-mempool-ring23",
 ]
