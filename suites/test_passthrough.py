@@ -197,7 +197,8 @@ def test_vf_rate_limits_the_vfs_own_traffic(lab, pf, host_state, request):
     sender, receiver = (netns.NetNamespace(lab.host, f"{PREFIX}{lab.run_id}-vf{i}") for i in "ab")
     for ns, vf_net, addr in ((sender, nets[0], "169.254.77.1/24"), (receiver, nets[1], "169.254.77.2/24")):
         ns.create()
-        lab.push_undo(f"removed network namespace {ns.name}", ns.remove)
+        lab.push_undo(f"removed network namespace {ns.name}", ns.remove)     # (also after a crash of the test)
+        request.addfinalizer(lambda ns=ns: lab.undo_now(ns.remove))        # the VFs back before numvfs is restored
         ns.take(vf_net, addr)
     try:
         poll(lambda: sender.run("ping", "-c", "1", "-W", "1", "-I", nets[0], "169.254.77.2", check=False).ok,
