@@ -168,6 +168,7 @@ class Session:
         self.timeout_s = timeout_s
         self.closed_reason: str | None = None
         self.unanswered = False           # the daemon's keepalive ran out: it stopped answering
+        self._gave_up_at: float | None = None     # when answers() last found no answer
         # judge(message) -> the exception to raise when the daemon stopped answering and a
         # new connection gets no answer either (the run sets it: it can look at the lab host)
         self.judge = None
@@ -241,13 +242,18 @@ class Session:
         raise LabUnreachable(msg)
 
     def answers(self, seconds: float) -> bool:
-        """Whether the daemon answers (again) within `seconds`: a reconnect if needed."""
+        """Whether the daemon answers (again) within `seconds`: a reconnect if needed.  Once
+        it did not, the next asks within a minute wait 2 s at most (a teardown asks per VM)."""
         if self.closed_reason is None and self._alive():
             return True
+        if self._gave_up_at is not None and time.monotonic() - self._gave_up_at < 60:
+            seconds = min(seconds, 2.0)
         try:
             self.reconnect(Deadline(seconds, f"libvirt at {self.uri} to answer again", scaled=False))
+            self._gave_up_at = None
             return True
         except (LabUnreachable, LibvirtdStoppedAnswering):
+            self._gave_up_at = time.monotonic()
             return False
 
     def _on_close(self, conn, reason, opaque):

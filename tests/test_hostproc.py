@@ -46,3 +46,27 @@ def test_a_daemon_that_runs_and_answers_nobody_is_a_finding_a_stopped_one_the_la
     two = [ProcState(812, "libvirtd", "T", 0.0), ProcState(900, "libvirtd", "S", 0.01), qemu]
     assert isinstance(judge_unanswered(two, {812}, "lab1", "m"), LabError)
     assert isinstance(judge_unanswered(two, {900}, "lab1", "m"), LibvirtdStoppedAnswering)
+
+
+def test_a_teardown_asks_a_silent_daemon_long_once_then_briefly():
+    """Teardown asks per VM whether libvirt's daemon answers again: after one long ask found
+    no answer, the next asks within a minute take 2 s at most, not 20 s each."""
+    import time
+
+    from lab.session import LabUnreachable, Session
+    s = Session("test:///default")
+    try:
+        s.closed_reason, s.unanswered = "keepalive timeout", True
+
+        def silent(timeout_s):
+            raise LabUnreachable("no answer")
+        s._open = silent
+        t0 = time.monotonic()
+        assert s.answers(3) is False
+        first = time.monotonic() - t0
+        t1 = time.monotonic()
+        assert s.answers(20) is False
+        second = time.monotonic() - t1
+        assert first >= 2.9 and second < 3.0, (first, second)
+    finally:
+        s.close()
