@@ -531,9 +531,9 @@ class VM:
             return int(self.host.read_text(f"/run/libvirt/qemu/{self.name}.pid").strip())
         except (OSError, ValueError):
             pass
-        from .hostproc import host_processes
+        from .hostproc import host_processes, qemu_guest
         for pid, argv in host_processes(self.host):
-            if "-name" in argv[:-1] and argv[argv.index("-name") + 1].startswith(f"guest={self.name},"):
+            if qemu_guest(argv) == self.name:
                 return pid
         raise QemuProcessNotFound(f"no QEMU process of {self.name} on lab host {self.host.name}")
 

@@ -70,6 +70,14 @@ exit 0
 '''
 
 
+def qemu_guest(argv: list[str]) -> str | None:
+    """The guest name a QEMU process was started with (`-name guest=NAME,...`), if any."""
+    if "-name" not in argv[:-1]:
+        return None
+    arg = argv[argv.index("-name") + 1]
+    return arg.split(",")[0].removeprefix("guest=") if arg.startswith("guest=") else None
+
+
 def host_processes(host):
     """(pid, argv) of every process on the lab host."""
     for line in host.run("sh", "-c", _PROCESSES, check=False).stdout.splitlines():
@@ -199,8 +207,8 @@ def daemon_and_qemu_states(host, qemu_prefix: str, seconds: float = 1.0) -> list
         exe = os.path.basename(argv[0])
         if exe in ("libvirtd", "virtqemud"):
             names[pid] = exe
-        elif "-name" in argv[:-1] and argv[argv.index("-name") + 1].startswith(f"guest={qemu_prefix}"):
-            names[pid] = "QEMU of " + argv[argv.index("-name") + 1].split(",")[0].removeprefix("guest=")
+        elif (qemu_guest(argv) or "").startswith(qemu_prefix):
+            names[pid] = f"QEMU of {qemu_guest(argv)}"
     if not names:
         return []
     r = host.run("sh", "-c", _STATES, "sh", str(seconds), *map(str, names), check=False, timeout=10 + seconds)

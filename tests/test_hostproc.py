@@ -70,3 +70,10 @@ def test_a_teardown_asks_a_silent_daemon_long_once_then_briefly():
         assert first >= 2.9 and second < 3.0, (first, second)
     finally:
         s.close()
+
+
+def test_a_qemu_process_is_known_by_its_guest_name():
+    from lab.hostproc import qemu_guest
+    assert qemu_guest(["qemu-system-x86_64", "-name", "guest=acc-1-ios-2,debug-threads=on", "-S"]) == "acc-1-ios-2"
+    assert qemu_guest(["qemu-system-x86_64", "-name", "other"]) is None
+    assert qemu_guest(["qemu-system-x86_64", "-name"]) is None and qemu_guest(["sleep", "9"]) is None
