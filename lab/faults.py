@@ -37,6 +37,9 @@ class FaultError(LabError):
 class FaultBackend:
     name = "?"
     state = "new"                     # new -> healthy <-> failing -> removed
+    # hands a file the backend made on the lab host to QEMU's user (libvirt labels only
+    # the disks it is given): lab.host.grant_to_qemu bound to the lab host and QEMU's user
+    grant = None
 
     def setup(self) -> "FaultBackend":
         raise NotImplementedError
@@ -220,7 +223,8 @@ exit 0
             self.pid = started           # never served: stopped all the same (setsid exec'd it as `started`)
             self.remove()
             raise
-        self.host.run("chmod", "0666", str(self.socket))       # QEMU runs as another user
+        if self.grant:                       # QEMU runs as another user: the socket becomes its own
+            self.grant(str(self.socket))
         self.state = "healthy"
         return self
 
@@ -389,9 +393,10 @@ class DmErrorBackend(FaultBackend):
         return f"device-mapper {self.dm_name}: linear over {self.loop} swapped with an error table"
 
     def qemu_file(self) -> str:
-        # QEMU started from its own command line gets no relabelling from libvirt: the node
-        # is the harness's own (removed with the backend), so QEMU's user may open it.
-        self.host.run("chmod", "0666", self.path, check=False)
+        # QEMU started from its own command line gets no ownership or label from libvirt:
+        # the node (the harness's own, removed with the backend) is handed to QEMU's user.
+        if self.grant:
+            self.grant(self.path)
         return self.path
 
     def failing_now(self) -> str:
@@ -401,13 +406,19 @@ class DmErrorBackend(FaultBackend):
         return f"device-mapper {self.dm_name} live table: {table}"
 
 
-def make_backend(name: str, host, workdir, run_id: str, write_delay_ms: int = 0) -> FaultBackend:
-    """The backend on the lab host `host`; `workdir` is a path there."""
+def make_backend(name: str, host, workdir, run_id: str, write_delay_ms: int = 0, grant=None) -> FaultBackend:
+    """The backend on the lab host `host`; `workdir` is a path there; `grant(path)` hands
+    a file it makes to QEMU's user."""
     if name == "nbdkit":
-        return NbdkitBackend(host, workdir, write_delay_ms=write_delay_ms)
-    if write_delay_ms:
+        b = NbdkitBackend(host, workdir, write_delay_ms=write_delay_ms)
+    elif write_delay_ms:
         raise FaultError(f"fault backend {name} cannot delay writes (nbdkit's delay filter can)")
-    if name == "dm-error":
-        return DmErrorBackend(host, workdir, run_id)
+    elif name == "dm-error":
+        b = DmErrorBackend(host, workdir, run_id)
+    else:
+        b = None
+    if b is not None:
+        b.grant = grant
+        return b
     raise FaultError(f"no fault backend on this lab host (faults.backend = {name!r}); "
                      "install nbdkit or use a host with device-mapper")

@@ -347,3 +347,55 @@ def _define_probe(conn, cfg: LabConfig, emulator: str, policy: str, retry: bool,
         return X.parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
     finally:
         undefine(dom)
+
+
+@dataclass(frozen=True)
+class QemuUser:
+    """Who QEMU runs as under libvirt on the lab host, as libvirt's capabilities say it
+    (<secmodel>: the DAC base label, and whether SELinux labels QEMU's files)."""
+    uid: int
+    gid: int
+    selinux: bool = False
+    apparmor: bool = False
+
+    def describe(self) -> str:
+        drivers = [d for d, on in (("SELinux", self.selinux), ("AppArmor", self.apparmor)) if on]
+        return f"uid {self.uid}, gid {self.gid}" + (f", {' and '.join(drivers)}" if drivers else "")
+
+
+# The type libvirt's SELinux driver gives a VM's disk images (security_selinux.c's image
+# label from the policy's virt contexts); s0 without categories: any VM's MCS pair dominates it.
+SVIRT_IMAGE_TYPE = "svirt_image_t"
+
+
+def qemu_user(caps_xml: str, virt_type: str) -> QemuUser:
+    """libvirt's word on QEMU's identity for `virt_type` domains, from its capabilities XML."""
+    from lxml import etree
+    root = etree.fromstring(caps_xml.encode())
+    models = {m.findtext("model"): m for m in root.findall("host/secmodel")}
+    uid = gid = 0
+    dac = models.get("dac")
+    if dac is not None:
+        label = next((b.text for b in dac.findall("baselabel") if b.get("type") == virt_type),
+                     dac.findtext("baselabel") or "+0:+0")
+        try:
+            uid, gid = (int(x.strip().lstrip("+")) for x in label.split(":"))
+        except ValueError:
+            raise LabError(f"libvirt's DAC base label for {virt_type} domains is {label!r}, not +UID:+GID") from None
+    return QemuUser(uid, gid, selinux="selinux" in models, apparmor="apparmor" in models)
+
+
+def grant_to_qemu(h, path: str, who: QemuUser) -> None:
+    """A file the harness made on the lab host, handed to QEMU the way libvirt hands it a
+    disk: owned by QEMU's user and group (mode 0600: nobody else), and with SELinux
+    labelled as a VM image.  For files libvirt itself does not label (a socket of a fault
+    helper, a device on QEMU's own command line); removed with the file."""
+    steps = [("chown", f"{who.uid}:{who.gid}", path), ("chmod", "0600", path)]
+    if who.selinux:
+        steps.append(("chcon", "-t", SVIRT_IMAGE_TYPE, path))
+    for argv in steps:
+        r = h.run(*argv, check=False)
+        if not r.ok:
+            raise LabError(f"lab host {h.name}: {' '.join(argv)} failed: {r.stderr.strip()}; QEMU "
+                           f"({who.describe()}) could not open {path}. Fix: run the harness's [shell] as root "
+                           f"on the lab host")

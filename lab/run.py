@@ -41,6 +41,7 @@ class Run:
         """`host`/`leases`: the lab host and the lease holder there, when the caller opened
         them already (to take a slot first); the run closes them with itself."""
         self.cfg = cfg
+        self._qemu_user = None
         self.log = log
         timeouts.set_factor(cfg.timeout_factor)
         self.arch = profile(cfg.arch)
@@ -199,6 +200,13 @@ class Run:
         the guest architecture."""
         from .host import lab_emulator
         return self.emulator or lab_emulator(self.cfg, self.session.conn)
+
+    def qemu_user(self):
+        """Who QEMU runs as on the lab host (libvirt's capabilities; asked once per run)."""
+        from .host import qemu_user
+        if self._qemu_user is None:
+            self._qemu_user = qemu_user(self.session.conn.getCapabilities(), self.cfg.virt_type)
+        return self._qemu_user
 
     @contextlib.contextmanager
     def ovs_bridge(self, datapath: str = "system"):
