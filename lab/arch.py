@@ -25,6 +25,13 @@ class ArchProfile:
     tcg_cpu: str | None = None   # libvirt CPU mode for TCG guests (None: the machine default)
     pci_root_bus: str = "pcie.0"  # QEMU's id of the machine's root PCI bus (the guide's pc machine: pci.0)
     o_direct: int = 0o40000       # the O_DIRECT open flag of the host kernel (asm-generic: 0o40000)
+    # Building a guest root of this architecture on another one (lab/debroot.py): QEMU's user
+    # mode emulator, and the ELF header (magic, mask) binfmt_misc hands to it.
+    qemu_user: str = ""
+    elf_magic: bytes = b""
+    elf_mask: bytes = b""
+    grub_efi: str = ""            # GRUB's platform for UEFI (grub-mkimage -O), and its package
+    efi_boot_file: str = ""       # the removable-media boot file UEFI looks for on the ESP
 
 
 ARCHES = {
@@ -33,6 +40,10 @@ ARCHES = {
         console_tty="ttyS0", kernel_package="linux-image-amd64", firmware="bios",
         ld_so="/lib64/ld-linux-x86-64.so.2", lib_dir="/lib/x86_64-linux-gnu",
         usb_controllers=("piix3-uhci", "ehci", "nec-xhci", "qemu-xhci"),
+        qemu_user="x86_64",
+        elf_magic=b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x3e\x00",
+        elf_mask=b"\xff\xff\xff\xff\xff\xfe\xfe\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+        grub_efi="x86_64-efi", efi_boot_file="BOOTX64.EFI",
     ),
     "aarch64": ArchProfile(
         name="aarch64", deb_arch="arm64", machine="virt", emulator_hint="qemu-system-aarch64",
@@ -40,6 +51,10 @@ ARCHES = {
         ld_so="/lib/ld-linux-aarch64.so.1", lib_dir="/lib/aarch64-linux-gnu",
         usb_controllers=("qemu-xhci", "nec-xhci", "ehci"), acpi=False, tcg_cpu="maximum",
         o_direct=0o200000,
+        qemu_user="aarch64",
+        elf_magic=b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00",
+        elf_mask=b"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
+        grub_efi="arm64-efi", efi_boot_file="BOOTAA64.EFI",
     ),
 }
 
