@@ -4,7 +4,8 @@ compared from run to run (diff two outputs):
 
   boot.*     start -> SSH ready of fresh guests (bench/boot.py), median and max of N
   image.*    the same for each guest image the harness knows (its own, the Debian cloud image,
-             the password-only variant), side by side (the local lab only)
+             the password-only variant; aarch64: its own and the UEFI-booted password image),
+             side by side (the local lab only)
   hotplug.*  attach -> visible / detach -> gone in the guest, disk and NIC (bench/hotplug.py)
   tests.*    harness overhead per test (setup + teardown, boots included) of the full run
   run.*      the acceptance suites' wall time with -n 0 and -n W, and the xdist speed-up
@@ -75,13 +76,17 @@ def suites(lab: str | None, workers: int, extra: list[str]) -> dict:
 
 # The guest images the harness knows, each through its local lab config.
 IMAGE_LABS = {"default": "labs/local.toml", "debian12-cloud": "labs/local-cloud-image.toml",
-              "debian12-password": "labs/local-password-image.toml"}
+              "debian12-password": "labs/local-password-image.toml",
+              # aarch64 (Kunpeng-class) under TCG: the harness's own guest (direct kernel boot) and
+              # the distribution image booted by UEFI (AAVMF, GRUB EFI); half the boots, they are slow
+              "default-aarch64": "labs/local-aarch64.toml",
+              "debian12-password-aarch64-efi": "labs/local-aarch64-image.toml"}
 
 
 def images(n: int) -> None:
     """Boot-to-SSH of every known image, side by side (the first boot of a run included)."""
     for name, lab in IMAGE_LABS.items():
-        b = script(["bench/boot.py", "-n", str(n), "--lab", lab])
+        b = script(["bench/boot.py", "-n", str(max(1, n // 2) if "aarch64" in name else n), "--lab", lab])
         out(f"image.{name}.start_to_ssh.median_s", grab(r"start -> SSH ready: median ([\d.]+)s", b))
         out(f"image.{name}.start_to_ssh.max_s", grab(r"start -> SSH ready: median [\d.]+s, max ([\d.]+)s", b))
         out(f"image.{name}.start_to_boot_done.median_s", grab(r"start -> console says boot done: median ([\d.]+)s", b))

@@ -46,8 +46,11 @@ def cmd_doctor(cfg) -> int:
         v = s.versions()
         print(f"libvirt      {cfg.libvirt_uri}: reachable, libvirt {v['libvirt']}, {v['hypervisor']}")
         try:
-            conn.getDomainCapabilities(None, cfg.arch, None, cfg.virt_type, 0)
+            dcaps = conn.getDomainCapabilities(cfg.emulator or None, cfg.arch, profile(cfg.arch).machine,
+                                               cfg.virt_type, 0)
             print(f"virt type    {cfg.virt_type} on {cfg.arch}: offered by libvirt")
+            if not cfg.uses_default_image and (cfg.firmware or profile(cfg.arch).firmware) == "efi":
+                print(f"firmware     {host.uefi_offered(dcaps)}")
         except Exception as e:        # libvirtError, but keep doctor going on anything
             print(f"virt type    {cfg.virt_type} on {cfg.arch}: NOT offered ({e}); fix [host] virt_type")
     except LabUnreachable as e:
@@ -142,7 +145,8 @@ def inventory_check(cfg, h) -> list[tuple[bool, str]]:
 def cmd_image(cfg) -> int:
     if cfg.builtin_image:
         from . import cloud_image
-        img = cloud_image.image(cfg.work_dir / "images", cfg.image)
+        arch = profile(cfg.arch)
+        img = cloud_image.image(cfg.work_dir / "images", cfg.image, arch=arch, firmware=cfg.firmware or arch.firmware)
         print(f"guest image {cfg.image} {img.digest}: {img.root.parent}")
         return 0
     if not cfg.uses_default_image:

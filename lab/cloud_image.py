@@ -2,8 +2,13 @@
 engineer brings instead of the harness's own guest.
 
 Two variants of one Debian 12 image, both booted by firmware like any cloud
-image (SeaBIOS, GRUB on an MBR disk, Debian's generic kernel and initramfs,
-systemd, udev, OpenSSH, systemd-networkd, predictable interface names):
+image (GRUB on an MBR disk, Debian's generic kernel and initramfs, systemd, udev,
+OpenSSH, systemd-networkd, predictable interface names).  On x86_64 the image boots
+through the BIOS by default, or through UEFI (`[guest] firmware = "efi"`); on
+aarch64 (Kunpeng-class guests) always through UEFI.  A UEFI image has an EFI system
+partition first with GRUB at the removable-media path (EFI/BOOT/BOOTAA64.EFI or
+BOOTX64.EFI), as distribution images do.  A foreign architecture's root is built
+here under QEMU's user-mode emulator (lab/debroot.py).
 
 - `debian12-cloud`: cloud-init with the NoCloud data source, no password, no
   SSH host keys until first boot (cloud-init makes them and prints them on the
@@ -15,9 +20,9 @@ systemd, udev, OpenSSH, systemd-networkd, predictable interface names):
   beyond DHCP on the first Ethernet port, and no key for the harness.
 
 The disk is assembled without loop devices: the root file system is made from a
-folder (`mkfs.ext4 -d`), put behind an MBR partition table, and GRUB's boot
-sector and core image are written by `grub-bios-setup` from inside the image's
-own root.  Cached by the hash of its inputs like the default image.
+folder (`mkfs.ext4 -d`), the EFI system partition with mtools, both put behind an
+MBR partition table; for the BIOS, GRUB's boot sector and core image are embedded
+as `grub-bios-setup` would.  Cached by the hash of its inputs like the default image.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from pathlib import Path
 
 from . import debroot
 from . import images
+from .arch import ARCHES, ArchProfile
 from .images import GuestImage, ImageError, prune_lru, sha256_file
 
 BUILDER_VERSION = "1"
@@ -46,12 +52,29 @@ SUITE = "bookworm"
 PACKAGES = ["systemd", "systemd-sysv", "udev", "dbus", "openssh-server", "iproute2", "kmod", "procps",
             "util-linux", "e2fsprogs", "pciutils", "usbutils", "ethtool", "pci.ids", "sudo", "less", "netbase",
             "iputils-ping"]
-BOOT_PACKAGES = ["linux-image-amd64", "initramfs-tools", "grub-pc-bin", "grub2-common"]
 DISK_MIB = 2048
 PART_START = 2048                      # sectors: the first partition at 1 MiB, as partitioners put it
+ESP_MIB = 64                           # the EFI system partition of a UEFI image
 # Debian's cloud images' kernel command line (console on the serial port after GRUB).
 CMDLINE = "ro console=tty0 console=ttyS0,115200 earlyprintk=ttyS0,115200 consoleblank=0"
 HOSTNAME = "debian"
+FIRMWARES = ("bios", "efi")
+
+
+def boot_packages(arch: ArchProfile, firmware: str) -> list[str]:
+    grub = "grub-pc-bin" if firmware == "bios" else f"grub-efi-{arch.deb_arch}-bin"
+    return [arch.kernel_package, "initramfs-tools", grub, "grub2-common"]
+
+
+def cmdline(arch: ArchProfile) -> str:
+    if arch.name == "x86_64":
+        return CMDLINE
+    return f"ro console=tty0 console={arch.console_tty},115200 consoleblank=0"
+
+
+def cache_key(variant: str, arch: ArchProfile, firmware: str) -> str:
+    """The image's name in the cache: x86_64 BIOS images keep the plain variant name."""
+    return variant if (arch.name, firmware) == ("x86_64", "bios") else f"{variant}-{arch.deb_arch}-{firmware}"
 
 
 @dataclass(frozen=True)
@@ -83,42 +106,68 @@ def _password(cache_dir: Path, variant: str) -> str:
     return p.read_text().strip()
 
 
-def inputs(v: Variant, password: str | None) -> dict:
+def inputs(v: Variant, password: str | None, arch: ArchProfile | None = None, firmware: str = "bios") -> dict:
+    arch = arch or ARCHES["x86_64"]
     here = Path(__file__).read_bytes()
+    foreign = "" if arch.name == "x86_64" else f":{arch.deb_arch}"
     return {"builder": BUILDER_VERSION, "suite": SUITE, "variant": v.name, "packages": PACKAGES,
-            "boot": {p: debroot.candidate(p) for p in BOOT_PACKAGES},
+            "arch": arch.deb_arch, "firmware": firmware,
+            "boot": {p: _candidate(p, foreign) for p in boot_packages(arch, firmware)},
             "cloud-init": debroot.candidate("cloud-init") if v.cloud_init else None,
-            "cmdline": CMDLINE, "disk_mib": DISK_MIB, "source": hashlib.sha256(here).hexdigest()[:16],
+            "cmdline": cmdline(arch), "disk_mib": DISK_MIB, "source": hashlib.sha256(here).hexdigest()[:16],
             # a salted hash, so a new password means a new image (the password itself is never stored here)
             "password": hashlib.sha256(b"acc-image-password:" + password.encode()).hexdigest()[:16]
             if password else None}
 
 
-def image(cache_dir: Path, variant: str, log=print) -> GuestImage:
-    """The cached image of `variant`, built first when its inputs changed."""
+def _candidate(pkg: str, foreign: str) -> str:
+    """apt's candidate of `pkg` for the image's architecture (an architecture-independent
+    package has no foreign name)."""
+    if foreign:
+        try:
+            return debroot.candidate(pkg + foreign)
+        except ImageError:
+            pass
+    return debroot.candidate(pkg)
+
+
+def image(cache_dir: Path, variant: str, log=print, arch: ArchProfile | None = None,
+          firmware: str | None = None) -> GuestImage:
+    """The cached image of `variant` for `arch` booted by `firmware` (None: the
+    architecture's own: BIOS on x86_64, UEFI on aarch64), built first when its inputs changed."""
     if variant not in VARIANTS:
         raise ImageError(f"no built-in guest image {variant!r}; known: {', '.join(VARIANTS)}")
+    arch = arch or ARCHES["x86_64"]
+    firmware = firmware or arch.firmware
+    if firmware not in FIRMWARES or (firmware == "bios" and arch.name != "x86_64"):
+        raise ImageError(f"guest image {variant} cannot boot {arch.name} through {firmware!r}: "
+                         f"{'only x86_64 has a BIOS' if firmware == 'bios' else 'use bios or efi'}")
     v = VARIANTS[variant]
     password = None if v.cloud_init else _password(cache_dir, variant)
-    inp = inputs(v, password)
+    inp = inputs(v, password, arch, firmware)
     digest = hashlib.sha256(json.dumps(inp, sort_keys=True).encode()).hexdigest()[:16]
-    final = cache_dir / f"{variant}-{digest}"
-    img = GuestImage(root=final / "disk.qcow2", digest=digest, access=v.access, console_tty="ttyS0")
+    key = cache_key(variant, arch, firmware)
+    final = cache_dir / f"{key}-{digest}"
+    img = GuestImage(root=final / "disk.qcow2", digest=digest, access=v.access, console_tty=arch.console_tty,
+                     firmware=firmware)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with open(cache_dir / f".{variant}-{digest}.lock", "w") as lock:
+    with open(cache_dir / f".{key}-{digest}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if images._complete(final, IMAGE_FILES):
             os.utime(final / "manifest.json")
             return img
         shutil.rmtree(final, ignore_errors=True)
-        for stale in cache_dir.glob(f".build-{variant}-*"):
-            shutil.rmtree(stale, ignore_errors=True)          # a killed build's leftovers
+        for stale in cache_dir.glob(f".build-{key}-*"):
+            if _key_of(stale.name[len(".build-"):]) == key:
+                shutil.rmtree(stale, ignore_errors=True)          # a killed build's leftovers
         t0 = time.monotonic()
-        log(f"building guest image {final.name} (Debian {SUITE}, linux-image-amd64 {inp['boot']['linux-image-amd64']}, "
-            f"{'cloud-init ' + inp['cloud-init'] if v.cloud_init else 'root password, no cloud-init'}); about 2 minutes")
-        tmp = Path(tempfile.mkdtemp(prefix=f".build-{variant}-{digest}-", dir=cache_dir))
+        kpkg = arch.kernel_package
+        log(f"building guest image {final.name} (Debian {SUITE} {arch.deb_arch}, {firmware.upper()}, {kpkg} "
+            f"{inp['boot'][kpkg]}, {'cloud-init ' + inp['cloud-init'] if v.cloud_init else 'root password, no cloud-init'})"
+            f"; about {2 if arch.name == 'x86_64' else 8} minutes")
+        tmp = Path(tempfile.mkdtemp(prefix=f".build-{key}-{digest}-", dir=cache_dir))
         try:
-            _build(tmp, v, password, log)
+            _build(tmp, v, password, log, arch, firmware)
             files = {f: sha256_file(tmp / f) for f in IMAGE_FILES}
             (tmp / "manifest.json").write_text(json.dumps({"digest": digest, "files": files, "inputs": inp}, indent=1))
             os.chmod(tmp, 0o755)
@@ -126,9 +175,11 @@ def image(cache_dir: Path, variant: str, log=print) -> GuestImage:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         log(f"built {final.name} in {time.monotonic() - t0:.0f} s")
-    prune_lru((d for d in cache_dir.glob(f"{variant}-*") if d.is_dir()), 2, "manifest.json",
+    prune_lru((d for d in cache_dir.glob(f"{key}-*") if d.is_dir() and _key_of(d.name) == key), 2, "manifest.json",
               lambda d: cache_dir / f".{d.name}.lock", "guest image", log)
-    for lock_file in cache_dir.glob(f".{variant}-*.lock"):        # locks of images that are gone
+    for lock_file in cache_dir.glob(f".{key}-*.lock"):        # locks of images that are gone
+        if _key_of(lock_file.name[1:-len(".lock")]) != key:
+            continue
         if not (cache_dir / lock_file.name[1:-len(".lock")]).exists():
             with open(lock_file, "w") as lk:
                 try:
@@ -139,32 +190,66 @@ def image(cache_dir: Path, variant: str, log=print) -> GuestImage:
     return img
 
 
-def _build(out: Path, v: Variant, password: str | None, log) -> None:
-    what = f"guest image {v.name}"
+def _key_of(name: str) -> str:
+    """`<key>-<16 hex digest>[-tmp suffix]` -> key (so x86's `debian12-password-*` never
+    takes `debian12-password-arm64-efi-*` for one of its own)."""
+    parts = name.split("-")
+    for i in range(len(parts) - 1, 0, -1):
+        if len(parts[i]) == 16 and all(c in "0123456789abcdef" for c in parts[i]):
+            return "-".join(parts[:i])
+    return name
+
+
+def _build(out: Path, v: Variant, password: str | None, log, arch: ArchProfile, firmware: str) -> None:
+    what = f"guest image {cache_key(v.name, arch, firmware)}"
     root = out / "root"
-    log(f"  [1/5] debootstrap {SUITE} ({len(PACKAGES)} packages)")
-    debroot.debootstrap(root, SUITE, PACKAGES, what)
+    emu = debroot.Emulator.for_arch(arch, out.parent, what)
+    log(f"  [1/5] debootstrap {SUITE} {arch.deb_arch} ({len(PACKAGES)} packages"
+        f"{', emulated by ' + emu.interpreter.name if emu else ''})")
+    debroot.debootstrap(root, SUITE, PACKAGES, what, arch=arch, emulator=emu)
     log(f"  [2/5] kernel, GRUB{' and cloud-init' if v.cloud_init else ''}")
-    debroot.install(root, BOOT_PACKAGES + (["cloud-init"] if v.cloud_init else []), what)
+    debroot.install_kernel(root, boot_packages(arch, firmware) + (["cloud-init"] if v.cloud_init else []), what,
+                           emulator=emu)
     log("  [3/5] configuring")
-    part_uuid = f"{secrets.randbits(32):08x}"
+    disk_id = f"{secrets.randbits(32):08x}"
+    root_part = f"{disk_id}-{'01' if firmware == 'bios' else '02'}"
     fs_uuid = str(uuid.uuid4())
-    _configure(root, v, password, part_uuid, what)
-    _grub(root, part_uuid, fs_uuid, what)
+    _configure(root, v, password, root_part, what, emu, esp=f"{disk_id}-01" if firmware == "efi" else None)
+    if firmware == "bios":
+        _grub(root, root_part, fs_uuid, what)
+    else:
+        _grub_efi(root, out / arch.efi_boot_file, arch, root_part, fs_uuid, what, emu)
     debroot.prune_docs(root)
-    log("  [4/5] file system and disk")
+    log("  [4/5] file systems and disk")
+    start = PART_START
+    parts = []                       # (type, file)
+    if firmware == "efi":
+        esp = out / "esp.raw"
+        debroot.sh(["mkfs.vfat", "-F", "32", "-n", "ESP", "-C", str(esp), str(ESP_MIB * 1024)], f"{what}: mkfs.vfat")
+        debroot.sh(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], f"{what}: mmd")
+        debroot.sh(["mcopy", "-i", str(esp), str(out / arch.efi_boot_file), f"::/EFI/BOOT/{arch.efi_boot_file}"],
+                   f"{what}: mcopy")
+        parts.append((0xEF, esp))
     part = out / "part.raw"
-    part_mib = DISK_MIB - PART_START * 512 // (1 << 20)
+    part_mib = DISK_MIB - PART_START * 512 // (1 << 20) - (ESP_MIB if firmware == "efi" else 0)
     debroot.sh(["mkfs.ext4", "-q", "-U", fs_uuid, "-L", "root", "-d", str(root), str(part), f"{part_mib}M"],
                f"{what}: mkfs.ext4 -d")
+    parts.append((0x83, part))
     disk = out / "disk.raw"
-    with open(disk, "wb") as f, open(part, "rb") as p:
-        f.write(mbr(int(part_uuid, 16), PART_START, part.stat().st_size // 512).ljust(PART_START * 512, b"\0"))
-        shutil.copyfileobj(p, f, 1 << 20)
-    part.unlink()
-    log("  [5/5] GRUB boot sector, qcow2")
-    grub_dir = root / "boot/grub/i386-pc"
-    embed_grub(disk, (grub_dir / "boot.img").read_bytes(), (grub_dir / "core.img").read_bytes())
+    table = []
+    for ptype, f in parts:
+        table.append((ptype, start, f.stat().st_size // 512))
+        start += f.stat().st_size // 512
+    with open(disk, "wb") as f:
+        f.write(mbr_table(int(disk_id, 16), table, boot=len(table) - 1).ljust(PART_START * 512, b"\0"))
+        for _ptype, pf in parts:
+            with open(pf, "rb") as p:
+                shutil.copyfileobj(p, f, 1 << 20)
+            pf.unlink()
+    log(f"  [5/5] {'GRUB boot sector, ' if firmware == 'bios' else ''}qcow2")
+    if firmware == "bios":
+        grub_dir = root / "boot/grub/i386-pc"
+        embed_grub(disk, (grub_dir / "boot.img").read_bytes(), (grub_dir / "core.img").read_bytes())
     debroot.sh(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(out / "disk.qcow2")],
                f"{what}: qemu-img convert")
     shutil.rmtree(root)
@@ -207,15 +292,30 @@ def mbr(disk_id: int, start: int, sectors: int) -> bytes:
     """A DOS partition table with one bootable Linux partition (what `sfdisk` writes
     for `start=S, size=N, type=83, bootable`); Linux names it PARTUUID=<id>-01.
     CHS fields hold the 'beyond CHS' marker: everything boots by LBA."""
-    entry = struct.pack("<B3sB3sII", 0x80, b"\xfe\xff\xff", 0x83, b"\xfe\xff\xff", start, sectors)
-    return bytes(440) + struct.pack("<IH", disk_id, 0) + entry + bytes(48) + b"\x55\xaa"
+    return mbr_table(disk_id, [(0x83, start, sectors)], boot=0)
 
 
-def _configure(root: Path, v: Variant, password: str | None, part_uuid: str, what: str) -> None:
+def mbr_table(disk_id: int, parts: list[tuple[int, int, int]], boot: int | None) -> bytes:
+    """A DOS partition table of up to four primary partitions [(type, start, sectors)]
+    (0x83 Linux, 0xEF EFI system); partition `boot` gets the bootable flag.  Linux names
+    partition n PARTUUID=<id>-0n."""
+    if len(parts) > 4:
+        raise ValueError("an MBR holds four primary partitions")
+    entries = b"".join(struct.pack("<B3sB3sII", 0x80 if i == boot else 0, b"\xfe\xff\xff", ptype,
+                                   b"\xfe\xff\xff", start, sectors)
+                       for i, (ptype, start, sectors) in enumerate(parts))
+    return bytes(440) + struct.pack("<IH", disk_id, 0) + entries.ljust(64, b"\0") + b"\x55\xaa"
+
+
+def _configure(root: Path, v: Variant, password: str | None, root_part: str, what: str,
+               emu: "debroot.Emulator | None" = None, esp: str | None = None) -> None:
     w = debroot.write
     w(root, "/etc/hostname", f"{HOSTNAME}\n")
     w(root, "/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {HOSTNAME}\n")
-    w(root, "/etc/fstab", f"PARTUUID={part_uuid}-01 / ext4 rw,discard,errors=remount-ro 0 1\n")
+    w(root, "/etc/fstab", f"PARTUUID={root_part} / ext4 rw,discard,errors=remount-ro 0 1\n"
+      + (f"PARTUUID={esp} /boot/efi vfat umask=0077,nofail 0 1\n" if esp else ""))
+    if esp:
+        (root / "boot/efi").mkdir(parents=True, exist_ok=True)
     # systemd makes a machine id at first boot, as in every distribution image
     w(root, "/etc/machine-id", "")
     units = ["systemd-networkd", "ssh"]
@@ -235,19 +335,51 @@ def _configure(root: Path, v: Variant, password: str | None, part_uuid: str, wha
     debroot.chroot(root, "sh", "-c",
                    f"systemctl enable {' '.join(units)} >/dev/null 2>&1; "
                    "systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer "
-                   "man-db.timer >/dev/null 2>&1; apt-get clean", what=f"{what}: enabling services")
+                   "man-db.timer >/dev/null 2>&1; apt-get clean", what=f"{what}: enabling services", emulator=emu)
     if password is not None:
         # through stdin: the password is never on a command line
-        debroot.chroot(root, "chpasswd", what=f"{what}: setting root's password", input=f"root:{password}\n")
+        debroot.chroot(root, "chpasswd", what=f"{what}: setting root's password", input=f"root:{password}\n",
+                       emulator=emu)
 
 
-def _grub(root: Path, part_uuid: str, fs_uuid: str, what: str) -> None:
-    """GRUB for BIOS: modules under /boot/grub, a core image that finds them on the
-    first partition, and a menu like the one grub-mkconfig writes on a cloud image."""
+def _kernel_version(root: Path, what: str) -> str:
     kernels = sorted(p.name for p in (root / "boot").glob("vmlinuz-*"))
     if not kernels:
-        raise ImageError(f"{what}: no kernel in /boot after installing {BOOT_PACKAGES[0]}")
-    kver = kernels[-1].removeprefix("vmlinuz-")
+        raise ImageError(f"{what}: no kernel in /boot after installing the kernel package")
+    return kernels[-1].removeprefix("vmlinuz-")
+
+
+def _grub_efi(root: Path, boot_file: Path, arch: ArchProfile, root_part: str, fs_uuid: str, what: str,
+              emu: "debroot.Emulator | None") -> None:
+    """GRUB for UEFI: modules under /boot/grub/<platform>, a GRUB EFI program (the ESP's
+    removable-media boot file, written to `boot_file`) that finds them on the root
+    partition, and a menu on UEFI's own console (which the firmware puts on the serial port)."""
+    kver = _kernel_version(root, what)
+    mods = root / "boot/grub" / arch.grub_efi
+    mods.mkdir(parents=True, exist_ok=True)
+    for f in (root / "usr/lib/grub" / arch.grub_efi).iterdir():
+        if f.suffix in (".mod", ".lst"):
+            shutil.copy2(f, mods / f.name)
+    debroot.chroot(root, "grub-mkimage", "-O", arch.grub_efi, "-o", "/boot/grub/boot.efi",
+                   "-p", "(hd0,msdos2)/boot/grub", "part_msdos", "ext2", "fat", "search_fs_uuid", "normal", "linux",
+                   what=f"{what}: grub-mkimage", emulator=emu)
+    shutil.move(root / "boot/grub/boot.efi", boot_file)
+    debroot.write(root, "/boot/grub/grub.cfg", f"""\
+set timeout=1
+insmod part_msdos
+insmod ext2
+search --no-floppy --fs-uuid --set=root {fs_uuid}
+menuentry 'Debian GNU/Linux, with Linux {kver}' {{
+    linux /boot/vmlinuz-{kver} root=PARTUUID={root_part} {cmdline(arch)}
+    initrd /boot/initrd.img-{kver}
+}}
+""")
+
+
+def _grub(root: Path, root_part: str, fs_uuid: str, what: str) -> None:
+    """GRUB for BIOS: modules under /boot/grub, a core image that finds them on the
+    first partition, and a menu like the one grub-mkconfig writes on a cloud image."""
+    kver = _kernel_version(root, what)
     mods = root / "boot/grub/i386-pc"
     mods.mkdir(parents=True, exist_ok=True)
     for f in (root / "usr/lib/grub/i386-pc").iterdir():       # what grub-install puts there
@@ -265,7 +397,7 @@ insmod part_msdos
 insmod ext2
 search --no-floppy --fs-uuid --set=root {fs_uuid}
 menuentry 'Debian GNU/Linux, with Linux {kver}' {{
-    linux /boot/vmlinuz-{kver} root=PARTUUID={part_uuid}-01 {CMDLINE}
+    linux /boot/vmlinuz-{kver} root=PARTUUID={root_part} {CMDLINE}
     initrd /boot/initrd.img-{kver}
 }}
 """)

@@ -86,6 +86,7 @@ class LabConfig:
     guest_user: str = "root"   # console login (access = "console-password")
     password_file: str = ""    # where that user's password is read from (never logged)
     password_env: str = ""     # or the environment variable that holds it
+    firmware: str = ""         # bios | efi for an image booted by firmware ("" : the architecture's own)
     # [shell] keys the file sets itself: the others come from the user's OpenSSH config
     # (Host alias, User, Port, IdentityFile, ProxyJump), as they do for libvirt's qemu+ssh
     shell_given: frozenset = frozenset()
@@ -230,6 +231,11 @@ SCHEMA = {
         "password_env": (str, "", lambda v: None if not v or re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v)
                          else "is not an environment variable name", "the environment variable holding the password"),
         "memory_mib": (int, 384, _positive, "guest memory in MiB"),
+        "firmware": (str, "", _one_of("", "bios", "efi"),
+                     "what boots an image without a kernel of its own: 'bios' (x86_64 only) or 'efi' (UEFI, "
+                     "through libvirt's firmware autoselection: Debian's ovmf / qemu-efi-aarch64, openEuler's "
+                     "edk2-ovmf / edk2-aarch64 on the lab host); empty: the architecture's own (x86_64 bios, "
+                     "aarch64 efi)"),
     },
     "ssh": {
         "mode": (str, "user-hostfwd", _one_of("user-hostfwd"), "'user-hostfwd' (QEMU user networking, forward on 127.0.0.1)"),
@@ -334,6 +340,9 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         if vals["guest.access"] == "cmdline":
             raise err("guest.access", "is 'cmdline', which only the default image understands",
                       "use access = 'nocloud' with a cloud image, 'console-password' with one without cloud-init")
+    if vals["guest.firmware"] == "bios" and vals["host.arch"] != "x86_64":
+        raise err("guest.firmware", f"is 'bios', but {vals['host.arch']} guests have no BIOS",
+                  "set firmware = 'efi' (UEFI) or leave it out")
     if vals["guest.access"] == "console-password":
         if bool(vals["guest.password_file"]) == bool(vals["guest.password_env"]):
             raise err("guest.password_file", "and guest.password_env: access = 'console-password' needs exactly one",
@@ -375,6 +384,7 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         virt_type=vals["host.virt_type"], arch=vals["host.arch"], work_dir=Path(vals["host.work_dir"]),
         timeout_factor=vals["host.timeout_factor"], bridge=vals["host.bridge"],
         image=vals["guest.image"], image_access=vals["guest.access"], memory_mib=vals["guest.memory_mib"],
+        firmware=vals["guest.firmware"],
         ssh_mode=vals["ssh.mode"], ssh_port_base=vals["ssh.port_base"],
         fault_backend=vals["faults.backend"], inventory=inv,
         expected_deviations=tuple(vals["expect.deviations"]),

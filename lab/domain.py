@@ -182,7 +182,7 @@ class VM:
                         memory_mib=self.spec.memory_mib or run.cfg.memory_mib, vcpus=self.spec.vcpus,
                         kernel=img.kernel, initrd=img.initrd, cmdline=cmdline, metadata=meta, devices=devices,
                         shared_memory=self.spec.shared_memory, emulator=run.emulator,
-                        overrides=self.spec.overrides, qemu_args=self.spec.qemu_args)
+                        overrides=self.spec.overrides, qemu_args=self.spec.qemu_args, firmware=img.firmware)
 
     def define(self) -> "VM":
         self._make_disks()
@@ -319,7 +319,7 @@ class VM:
 
         m = poll(ready, deadline, interval=0.05 if access == "cmdline" else 0.2,
                  detail=lambda: f"the end of the boot on the console ({access} image); "
-                                f"console tail: {self.serial_text()[-400:]!r}")
+                                f"console tail: {self.serial_text()[-400:]!r}{self._silent_console_hint()}")
         if m.re is READY_RE:
             self.boot_id = m.group(1)
             if m.group(2) and m.group(2) != "none":
@@ -340,6 +340,23 @@ class VM:
         if self.boot_id is None:
             self.boot_id = self._guest.boot_id()
         return self._guest
+
+    def _silent_console_hint(self) -> str:
+        """For a boot that timed out: what a console that never showed a line points at."""
+        if self.serial_text().strip():
+            return ""
+        img = self.run.image
+        if img.kernel:
+            return (f". The console stayed empty: the kernel printed nothing on {img.console_tty} "
+                    f"(console= on its command line, or the guest's serial device)")
+        other = "efi" if img.firmware == "bios" else "bios"
+        return (f". The console stayed empty: the firmware probably never reached the image's boot loader. "
+                f"The image was booted through {img.firmware.upper()} (guest.firmware = {img.firmware!r}"
+                f"{'' if self.run.cfg.firmware else ', the default'}): an image made for "
+                f"{other.upper()} shows nothing; a UEFI image also needs the lab host's firmware package "
+                f"(edk2-aarch64 / edk2-ovmf, qemu-efi-aarch64 / ovmf) and a boot loader at "
+                f"EFI/BOOT/{self.run.arch.efi_boot_file or 'BOOT<arch>.EFI'} or in its NVRAM, and prints "
+                f"on the serial port only when its console is set there")
 
     @verb(lambda self, *a, **k: f"log in on {self.name}'s console: the run's SSH key, the management NIC, sshd")
     def _prepare_over_console(self, deadline: Deadline) -> None:

@@ -399,3 +399,16 @@ def grant_to_qemu(h, path: str, who: QemuUser) -> None:
             raise LabError(f"lab host {h.name}: {' '.join(argv)} failed: {r.stderr.strip()}; QEMU "
                            f"({who.describe()}) could not open {path}. Fix: run the harness's [shell] as root "
                            f"on the lab host")
+
+
+def uefi_offered(domcaps_xml: str) -> str:
+    """Whether libvirt can pick UEFI firmware for `<os firmware='efi'>`, from its domain
+    capabilities (the firmware descriptors it found, and the loaders they name)."""
+    from lxml import etree
+    root = etree.fromstring(domcaps_xml.encode())
+    fw = root.xpath("os/enum[@name='firmware']/value/text()")
+    loaders = root.xpath("os/loader/value/text()")
+    if "efi" in fw:
+        return f"UEFI: offered by libvirt's firmware autoselection ({', '.join(loaders[:3]) or 'loader from descriptors'})"
+    return ("UEFI: NOT offered (libvirt found no firmware descriptor for this architecture and machine); fix: install "
+            "the lab host's UEFI firmware (openEuler: edk2-aarch64 / edk2-ovmf; Debian: qemu-efi-aarch64 / ovmf)")

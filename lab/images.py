@@ -69,6 +69,7 @@ class GuestImage:
     digest: str = ""
     access: str = "cmdline"      # how the run's SSH key reaches the guest: cmdline | nocloud
     console_tty: str = "ttyS0"
+    firmware: str = "bios"       # what boots a disk without a kernel: bios | efi (the lab config, or the image's own)
 
     def describe(self) -> str:
         return f"{self.root.name} ({self.digest or 'lab-provided'}, key via {self.access})"
@@ -590,7 +591,7 @@ def upload(img: GuestImage, host, cache_dir, log=print) -> GuestImage:
         host.write_text(d / ".complete", img.digest + "\n")
     return GuestImage(root=d / img.root.name, kernel=d / img.kernel.name if img.kernel else None,
                       initrd=d / img.initrd.name if img.initrd else None, digest=img.digest, access=img.access,
-                      console_tty=img.console_tty)
+                      console_tty=img.console_tty, firmware=img.firmware)
 
 
 def _progress_logger(name: str, total: int, log):

@@ -3,6 +3,7 @@ key and image, and every VM it made (undone on close, or swept next time)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -137,19 +138,22 @@ class Run:
         (self.work_dir / "runs" / f"{self.run_id}.lock").unlink(missing_ok=True)
 
     def _image(self) -> images.GuestImage:
+        firmware = self.cfg.firmware or self.arch.firmware
         if self.cfg.builtin_image:
-            img = cloud_image.image(self.work_dir / "images", self.cfg.image, log=self.log)
+            img = cloud_image.image(self.work_dir / "images", self.cfg.image, log=self.log, arch=self.arch,
+                                    firmware=firmware)
         elif self.cfg.uses_default_image:
             img = images.default_image(self.work_dir / "images", self.arch, log=self.log)
             if self.cfg.image_access == "nocloud":
                 img = images.GuestImage(root=img.root, kernel=img.kernel, initrd=img.initrd,
                                         digest=img.digest, access="nocloud", console_tty=img.console_tty)
         elif self.cfg.image_on_lab_host:
-            return images.on_lab_host(self.host, self.cfg.image_on_lab_host, self.cfg.image_access,
-                                      self.arch.console_tty)
+            return dataclasses.replace(images.on_lab_host(self.host, self.cfg.image_on_lab_host, self.cfg.image_access,
+                                                          self.arch.console_tty), firmware=firmware)
         else:       # the user's own image on this machine: hashed (cached), copied once per content
-            img = images.user_image(Path(self.cfg.image), self.work_dir / "images", self.cfg.image_access,
-                                    self.arch.console_tty, log=self.log)
+            img = dataclasses.replace(images.user_image(Path(self.cfg.image), self.work_dir / "images",
+                                                        self.cfg.image_access, self.arch.console_tty, log=self.log),
+                                      firmware=firmware)
         return images.upload(img, self.host, self.cfg.host_work_dir / "images", log=self.log)
 
     def _console_login(self):

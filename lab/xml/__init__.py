@@ -34,13 +34,19 @@ def parse(xml: str) -> etree._Element:
 def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 384, vcpus: int = 1,
            kernel=None, initrd=None, cmdline: str | None = None, metadata: etree._Element | None = None,
            devices=(), acpi: bool = True, shared_memory: bool = False, emulator: str = "",
-           overrides: dict | None = None, qemu_args=()) -> etree._Element:
+           overrides: dict | None = None, qemu_args=(), firmware: str = "bios") -> etree._Element:
     """`emulator`: the QEMU binary on the lab host ("" : libvirt's default); `overrides`:
     {device alias: {property: value}} set on QEMU's device (frontend) through libvirt's
     <qemu:override>, for properties this libvirt cannot express; `qemu_args`: arguments
     handed to QEMU as they are (<qemu:commandline>), for a claim about QEMU's own
-    command line."""
-    os_el = el("os", None, el("type", {"arch": arch.name, "machine": arch.machine}, text="hvm"))
+    command line.  `firmware`: 'efi' boots a disk without a kernel through UEFI, chosen by
+    libvirt's firmware autoselection (the host's firmware descriptors), without Secure
+    Boot: a distribution image's own GRUB is not signed for enrolled keys."""
+    os_el = el("os", {"firmware": "efi"} if firmware == "efi" and not kernel else None,
+               el("type", {"arch": arch.name, "machine": arch.machine}, text="hvm"))
+    if firmware == "efi" and not kernel:
+        os_el.append(el("firmware", None, el("feature", {"enabled": "no", "name": "secure-boot"}),
+                        el("feature", {"enabled": "no", "name": "enrolled-keys"})))
     if kernel:
         os_el.append(el("kernel", text=str(kernel)))
         if initrd:
