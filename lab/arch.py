@@ -24,7 +24,6 @@ class ArchProfile:
     acpi: bool = True         # aarch64 has ACPI only with UEFI firmware; direct kernel boot uses DT
     tcg_cpu: str | None = None   # libvirt CPU mode for TCG guests (None: the machine default)
     pci_root_bus: str = "pcie.0"  # QEMU's id of the machine's root PCI bus (the guide's pc machine: pci.0)
-    o_direct: int = 0o40000       # the O_DIRECT open flag of the host kernel (asm-generic: 0o40000)
     # Building a guest root of this architecture on another one (lab/debroot.py): QEMU's user
     # mode emulator, and the ELF header (magic, mask) binfmt_misc hands to it.
     qemu_user: str = ""
@@ -50,13 +49,25 @@ ARCHES = {
         console_tty="ttyAMA0", kernel_package="linux-image-arm64", firmware="efi",
         ld_so="/lib/ld-linux-aarch64.so.1", lib_dir="/lib/aarch64-linux-gnu",
         usb_controllers=("qemu-xhci", "nec-xhci", "ehci"), acpi=False, tcg_cpu="maximum",
-        o_direct=0o200000,
         qemu_user="aarch64",
         elf_magic=b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00",
         elf_mask=b"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff",
         grub_efi="arm64-efi", efi_boot_file="BOOTAA64.EFI",
     ),
 }
+
+
+# The O_DIRECT open flag by the architecture of the lab host's kernel (not the guest's: an
+# aarch64 guest emulated on an x86_64 host is served by a QEMU whose descriptors carry x86's).
+O_DIRECT = {"x86_64": 0o40000, "i686": 0o40000, "aarch64": 0o200000}
+
+
+def o_direct(kernel_arch: str) -> int:
+    try:
+        return O_DIRECT[kernel_arch]
+    except KeyError:
+        raise ValueError(f"the O_DIRECT flag of a {kernel_arch!r} kernel is not known to lab/arch.py; "
+                         f"known: {', '.join(sorted(O_DIRECT))}") from None
 
 
 def profile(arch: str) -> ArchProfile:

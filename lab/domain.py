@@ -560,9 +560,9 @@ class VM:
         return open_flags(self.host, self.qemu_pid(), path)
 
     def qemu_opened_direct(self, path) -> bool:
-        """QEMU holds `path` open, and every descriptor with O_DIRECT (the lab host's arch)."""
+        """QEMU holds `path` open, and every descriptor with O_DIRECT (the lab host kernel's flag)."""
         flags = self.qemu_open_flags(path)
-        return bool(flags) and all(f & self.run.arch.o_direct for f in flags)
+        return bool(flags) and all(f & self.run.host_o_direct() for f in flags)
 
     def qemu_aio_completions(self) -> list[int]:
         """The completion counter of each Linux native AIO ring this domain's QEMU set up

@@ -385,6 +385,15 @@ def qemu_user(caps_xml: str, virt_type: str) -> QemuUser:
     return QemuUser(uid, gid, selinux="selinux" in models, apparmor="apparmor" in models)
 
 
+def host_arch(caps_xml: str) -> str:
+    """The lab host's own architecture (its kernel's), from libvirt's capabilities XML."""
+    from lxml import etree
+    arch = etree.fromstring(caps_xml.encode()).findtext("host/cpu/arch")
+    if not arch:
+        raise LabError("libvirt's capabilities name no host/cpu/arch: the lab host's architecture is unknown")
+    return arch.strip()
+
+
 def grant_to_qemu(h, path: str, who: QemuUser) -> None:
     """A file the harness made on the lab host, handed to QEMU the way libvirt hands it a
     disk: owned by QEMU's user and group (mode 0600: nobody else), and with SELinux

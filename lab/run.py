@@ -43,6 +43,7 @@ class Run:
         them already (to take a slot first); the run closes them with itself."""
         self.cfg = cfg
         self._qemu_user = None
+        self._caps = None
         self.log = log
         timeouts.set_factor(cfg.timeout_factor)
         self.arch = profile(cfg.arch)
@@ -205,12 +206,24 @@ class Run:
         from .host import lab_emulator
         return self.emulator or lab_emulator(self.cfg, self.session.conn)
 
+    def capabilities(self) -> str:
+        """libvirt's capabilities XML of the lab host (asked once per run)."""
+        if self._caps is None:
+            self._caps = self.session.conn.getCapabilities()
+        return self._caps
+
     def qemu_user(self):
-        """Who QEMU runs as on the lab host (libvirt's capabilities; asked once per run)."""
+        """Who QEMU runs as on the lab host (libvirt's capabilities)."""
         from .host import qemu_user
         if self._qemu_user is None:
-            self._qemu_user = qemu_user(self.session.conn.getCapabilities(), self.cfg.virt_type)
+            self._qemu_user = qemu_user(self.capabilities(), self.cfg.virt_type)
         return self._qemu_user
+
+    def host_o_direct(self) -> int:
+        """The O_DIRECT flag of the lab host's kernel, whatever the guests' architecture."""
+        from .arch import o_direct
+        from .host import host_arch
+        return o_direct(host_arch(self.capabilities()))
 
     @contextlib.contextmanager
     def ovs_bridge(self, datapath: str = "system"):

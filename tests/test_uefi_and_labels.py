@@ -13,11 +13,11 @@ from lab.errors import LabError
 from tests.fakehost import FakeHost
 
 # libvirt 9.0 on Debian 12 (virsh capabilities), and a libvirt with SELinux as on openEuler
-DEBIAN_CAPS = """<capabilities><host><uuid>x</uuid>
+DEBIAN_CAPS = """<capabilities><host><uuid>x</uuid><cpu><arch>x86_64</arch><model>Broadwell</model></cpu>
 <secmodel><model>none</model><doi>0</doi></secmodel>
 <secmodel><model>dac</model><doi>0</doi><baselabel type='kvm'>+64055:+994</baselabel>
 <baselabel type='qemu'>+64055:+994</baselabel></secmodel></host></capabilities>"""
-OPENEULER_CAPS = """<capabilities><host><uuid>x</uuid>
+OPENEULER_CAPS = """<capabilities><host><uuid>x</uuid><cpu><arch>aarch64</arch><model>host</model></cpu>
 <secmodel><model>selinux</model><doi>0</doi><baselabel type='kvm'>system_u:system_r:svirt_t:s0</baselabel>
 <baselabel type='qemu'>system_u:system_r:svirt_tcg_t:s0</baselabel></secmodel>
 <secmodel><model>dac</model><doi>0</doi><baselabel type='kvm'>+107:+107</baselabel>
@@ -128,3 +128,16 @@ def test_doctor_says_whether_libvirt_can_pick_uefi_and_names_the_package_when_no
     assert "offered" in labhost.uefi_offered(DOMCAPS_EFI) and "AAVMF_CODE.fd" in labhost.uefi_offered(DOMCAPS_EFI)
     msg = labhost.uefi_offered(DOMCAPS_NONE)
     assert "NOT offered" in msg and "edk2-aarch64" in msg and "qemu-efi-aarch64" in msg
+
+
+def test_o_direct_is_the_lab_host_kernels_flag_not_the_guests():
+    # Recorded on this machine: the aarch64 guest's QEMU (an x86_64 process) held its
+    # cache='none' disk with flags 0o2140002 (O_CLOEXEC|O_LARGEFILE|O_DIRECT|O_RDWR, x86 values).
+    from lab.arch import o_direct
+    flags = 573442
+    assert labhost.host_arch(DEBIAN_CAPS) == "x86_64"
+    assert flags & o_direct(labhost.host_arch(DEBIAN_CAPS))
+    assert not flags & o_direct("aarch64")        # the guest's value would have called it buffered
+    assert labhost.host_arch(OPENEULER_CAPS) == "aarch64" and o_direct("aarch64") == 0o200000
+    with pytest.raises(ValueError, match="riscv64"):
+        o_direct("riscv64")
