@@ -131,6 +131,12 @@ class Console:
             raise ConsoleError(f"{self.description}: the guest refused the login of {login.user!r} with the "
                                f"password from {login.password.source}; fix: put the guest's password there")
 
+    def logout(self, deadline: Deadline) -> None:
+        """Leave the shell and see the login prompt come back: a root shell must not stay
+        open on the serial console (an `exit` sent just before virsh detaches can be lost)."""
+        self.child.sendline("exit")
+        self.expect(LOGIN_RE.pattern, deadline, "the login prompt after logging out")
+
     def run(self, command: str, deadline: Deadline) -> tuple[int, str]:
         """Run `command` in the console shell; returns (exit code, output)."""
         n = secrets.token_hex(4)
