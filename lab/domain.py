@@ -2,9 +2,7 @@
 attach()/detach() that wait for the outcome and then re-read the XML."""
 from __future__ import annotations
 
-import json
 import os
-import re
 import secrets
 import shutil
 import time
@@ -12,23 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
-import libvirt_qemu
 from lxml import etree
 
 from . import xml as X
-from .guest.console import PANIC_RE, Console, GuestPanic
-from .guest.ssh import SSH
+from .guest.console import Console
 from .guest import Guest
-from .guest.login import (PREPARE_ERRORS, READY_RE, boot_done, boot_done_patterns, host_key_from_console,
-                          parse_prepared, prepare_script)
 from .images import create_image, image_sha256
 from .steps import verb
 from .sweep import undefine
-from . import timeouts
 from .timeouts import Deadline, poll
 from .errors import LabError
 from .refusals import classify
-
+from .access import GuestAccess, HypervisorFault, Reach
+from .qemuproc import QemuProcess, QemuProcessNotFound
 
 
 class DomainError(AssertionError):
@@ -37,15 +31,6 @@ class DomainError(AssertionError):
     def __init__(self, message: str, reason: str = ""):
         super().__init__(message)
         self.reason = reason or message
-
-
-class HypervisorFault(LabError):
-    """The hypervisor stopped the guest while it booted (for example a KVM internal
-    error: emulation failure): a lab problem, not a finding about the device."""
-
-
-class GuestNotReady(AssertionError):
-    pass
 
 
 @dataclass
@@ -81,17 +66,17 @@ class VM:
         self.mac = random_mac()
         self.port_lease = run.lease_port()
         self.ssh_port: int = self.port_lease.value
-        self.boot_id: str | None = None
-        self.host_key: str | None = None
-        self.consoles: list[Console] = []
-        self._guest: Guest | None = None
         self._dom: libvirt.virDomain | None = None
         self._dom_gen = 0
         self.uuid: str | None = None
         self.files: list[Path] = []
         self.boot_faults: list[str] = []     # hypervisor faults of boots that were retried
-        self.host_key_source = ""             # where the pinned SSH host key came from
-        self._start_console: Console | None = None   # the console `start --console` attached
+        self.qemu = QemuProcess(self.host, name, lambda: self.dom, run.host_o_direct)
+        self.access = GuestAccess(Reach(
+            name=name, host=self.host, libvirt_uri=run.cfg.libvirt_uri, image=run.image, key=run.key,
+            console_login=run.console_login, mac=self.mac, ssh_port=self.ssh_port, local_dir=self.dir,
+            serial_log=self.serial_log, firmware_key_set=bool(run.cfg.firmware),
+            efi_boot_file=run.arch.efi_boot_file, log=run.log, boot_deadline=run.boot_deadline), self.state)
 
     @property
     def conn(self) -> libvirt.virConnect:
@@ -226,10 +211,7 @@ class VM:
     def start_with_console(self, transcript: Path) -> Console:
         """`virsh start --console`: returns the attached console; call wait_ready() next."""
         self._reset_boot()
-        con = Console.start_attached(self.run.cfg.libvirt_uri, self.name, transcript)
-        con.default_login = self.run.console_login
-        self.consoles.append(con)
-        self._start_console = con
+        con = self.access.start_attached(transcript)
         poll(lambda: self.is_active() or not con.child.isalive(), Deadline(20, f"{self.name} to start"))
         if not self.is_active():
             raise DomainError(f"'virsh start --console {self.name}' did not start it: {con.tail()!r}")
@@ -246,16 +228,12 @@ class VM:
         return kind(message) if kind else DomainError(f"{what}: {message}", message)
 
     def _reset_boot(self) -> None:
-        self.boot_id = None
-        self._start_console = None
-        if self._guest:
-            self._guest.close()
-            self._guest = None
+        self.access.reset()
 
     def _after_start(self) -> None:
         alias = self.live_xml().find("devices/interface[@type='user']/alias")
         netdev = "host" + alias.get("name") if alias is not None else "hostnet0"
-        out = self.monitor(f"hostfwd_add {netdev} tcp:127.0.0.1:{self.ssh_port}-:22", hmp=True)
+        out = self.qemu.monitor(f"hostfwd_add {netdev} tcp:127.0.0.1:{self.ssh_port}-:22", hmp=True)
         if out.strip():
             raise DomainError(f"could not forward 127.0.0.1:{self.ssh_port} to {self.name}'s SSH: {out.strip()}")
 
@@ -272,130 +250,24 @@ class VM:
         st, reason = self.dom.state()
         return names.get(st, str(st)), reason
 
-    def serial_text(self) -> str:
-        try:
-            return self.host.read_bytes(self.serial_log).decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+    # ------------------------------------------------------------ the guest (lab/access.py)
 
-    def _qemu_log_tail(self, n: int = 600) -> str | None:
-        """The end of this domain's QEMU log on the lab host (None: there is none)."""
-        try:
-            return self.host.read_text(f"/var/log/libvirt/qemu/{self.name}.log")[-n:]
-        except (OSError, LabError):
-            return None
-
-    def _check_alive(self) -> None:
-        """While booting: fail fast on a guest panic, a domain that stopped, or one
-        the hypervisor paused (nothing pauses a booting guest but a fault)."""
-        text = self.serial_text()
-        m = PANIC_RE.search(text)
-        if m:
-            raise GuestPanic(f"{self.name}: guest panicked: {m.group(0)}")
-        try:
-            st, reason = self.state()
-        except libvirt.libvirtError:
-            st, reason = "unknown", 0
-        if st == "paused":
-            tail = self._qemu_log_tail() or ""
-            why = re.search(r"KVM internal error[^\n]*|emulation failure|[^\n]*error[^\n]*", tail)
-            raise HypervisorFault(f"{self.name} was paused by the hypervisor while booting (reason {reason}): "
-                                  f"{why.group(0) if why else 'see the QEMU log'}; console tail: {text[-200:]!r}")
-        if st in ("shutoff", "crashed", "unknown"):
-            raise GuestNotReady(f"{self.name} stopped while booting (state {st}, reason {reason}); "
-                                f"console tail: {text[-400:]!r}")
-
-    @verb(lambda self, *a, **k: f"wait for {self.name}: the console says the boot is done, then SSH")
     def wait_ready(self, deadline: Deadline | None = None) -> Guest:
-        """Ready = the console shows the end of the boot (the harness's marker, cloud-init's
-        host keys, or a login prompt, by the image's access) and SSH answers with the host
-        key the console showed."""
-        deadline = deadline or self.run.boot_deadline(f"{self.name} to boot")
-        access = self.run.image.access
-
-        def ready():
-            self._check_alive()
-            return boot_done(self.serial_text(), access)
-
-        m = poll(ready, deadline, interval=0.05 if access == "cmdline" else 0.2,
-                 detail=lambda: f"the end of the boot on the console ({access} image); "
-                                f"console tail: {self.serial_text()[-400:]!r}{self._silent_console_hint()}")
-        if m.re is READY_RE:
-            self.boot_id = m.group(1)
-            if m.group(2) and m.group(2) != "none":
-                self.host_key, self.host_key_source = m.group(2), "the harness's marker on the console"
-        elif access == "nocloud":
-            key = host_key_from_console(self.serial_text())
-            if key:
-                self.host_key, self.host_key_source = key, "cloud-init's host-key block on the console"
-        else:
-            self._prepare_over_console(deadline)
-        ssh = SSH("127.0.0.1", self.ssh_port, self.run.key, host_key=self.host_key, via=self.host)
-        ssh.connect(deadline, alive=self._check_alive)
-        if not self.host_key_source:
-            self.host_key_source = "trusted on first use (the console showed no host key)"
-            self.run.log(f"[lab] {self.name}: SSH host key {ssh.host_key[:24]}... {self.host_key_source}")
-        self.host_key = ssh.host_key
-        self._guest = Guest(ssh, self)
-        if self.boot_id is None:
-            self.boot_id = self._guest.boot_id()
-        return self._guest
-
-    def _silent_console_hint(self) -> str:
-        """For a boot that timed out: what a console that never showed a line points at."""
-        if self.serial_text().strip():
-            return ""
-        img = self.run.image
-        if img.kernel:
-            return (f". The console stayed empty: the kernel printed nothing on {img.console_tty} "
-                    f"(console= on its command line, or the guest's serial device)")
-        other = "efi" if img.firmware == "bios" else "bios"
-        return (f". The console stayed empty: the firmware probably never reached the image's boot loader. "
-                f"The image was booted through {img.firmware.upper()} (guest.firmware = {img.firmware!r}"
-                f"{'' if self.run.cfg.firmware else ', the default'}): an image made for "
-                f"{other.upper()} shows nothing; a UEFI image also needs the lab host's firmware package "
-                f"(edk2-aarch64 / edk2-ovmf, qemu-efi-aarch64 / ovmf) and a boot loader at "
-                f"EFI/BOOT/{self.run.arch.efi_boot_file or 'BOOT<arch>.EFI'} or in its NVRAM, and prints "
-                f"on the serial port only when its console is set there")
-
-    @verb(lambda self, *a, **k: f"log in on {self.name}'s console: the run's SSH key, the management NIC, sshd")
-    def _prepare_over_console(self, deadline: Deadline) -> None:
-        """An image without cloud-init: log in on the serial console with the lab's
-        credentials, install the run's key, bring up the management NIC and sshd, and
-        pin the host key the guest shows there.  Logs out again."""
-        con = self._start_console if self._start_console and self._start_console.child.isalive() else None
-        own = con is None
-        if own:
-            con = self.console()
-            con.wait_connected(deadline.sub(15, "virsh console"))
-        try:
-            con.sync_shell(deadline)          # logs in with the run's console login (default_login)
-            rc, out = con.run(prepare_script(self.run.key.public_line, self.mac), deadline.sub(90, "console set-up"))
-            if rc != 0:
-                raise GuestNotReady(f"{self.name}: setting the guest up over its console failed (exit {rc}: "
-                                    f"{PREPARE_ERRORS.get(rc, 'see the console transcript')}): {out.strip()[-300:]!r}")
-            got = parse_prepared(out)
-            if not got.get("HOSTKEY"):
-                raise GuestNotReady(f"{self.name}: the guest has no ed25519 SSH host key "
-                                    f"(/etc/ssh/ssh_host_ed25519_key.pub): {out.strip()[-300:]!r}")
-            self.host_key, self.host_key_source = got["HOSTKEY"], "the guest's key file, read on its console"
-            self.boot_id = got.get("BOOT_ID") or None
-            con.child.sendline("exit")          # log out: the console is back at its login prompt
-        finally:
-            if own:
-                con.close()
+        return self.access.wait_ready(deadline)
 
     @property
     def guest(self) -> Guest:
-        if self._guest is None:
-            raise GuestNotReady(f"{self.name} has no ready guest (start it and wait_ready first)")
-        return self._guest
+        return self.access.guest
 
     def console(self) -> Console:
-        con = Console.attach(self.run.cfg.libvirt_uri, self.name, self.dir / f"console-{len(self.consoles)}.log")
-        con.default_login = self.run.console_login      # sync_shell logs in where the console asks
-        self.consoles.append(con)
-        return con
+        return self.access.console()
+
+    def serial_text(self) -> str:
+        return self.access.serial_text()
+
+    @property
+    def boot_id(self) -> str | None:
+        return self.access.boot_id
 
     @verb(lambda self, target, *a, **k: f"live-migrate {self.name} peer to peer to {target.uri}")
     def migrate(self, target, deadline: Deadline | None = None):
@@ -406,26 +278,6 @@ class VM:
         if outcome.done:
             self._reset_boot()
         return outcome
-
-    def unresponsive(self, seconds: float = 20) -> str | None:
-        """Why this VM cannot serve another test as it is (None: it runs and its guest
-        answers over SSH within `seconds`)."""
-        try:
-            st, reason = self.state()
-        except libvirt.libvirtError as e:
-            return f"libvirt cannot read its state: {e.get_error_message()}"
-        if st != "running":
-            return f"the domain is {st} (reason {reason})"
-        panic = PANIC_RE.search(self.serial_text())
-        if panic:
-            return f"the guest panicked: {panic.group(0)}"
-        if self._guest is None:
-            return "it has no ready guest"
-        try:
-            r = self._guest.run("true", timeout=seconds * timeouts.factor())
-        except Exception as e:     # any way SSH can fail means the same here: it does not answer
-            return f"its guest did not answer over SSH within {seconds * timeouts.factor():.0f} s ({type(e).__name__}: {e})"
-        return None if r.rc == 0 else f"`true` in the guest exited {r.rc}"
 
     @verb(lambda self, *a, **k: f"power off {self.name} from inside, wait for libvirt's stopped event")
     def poweroff(self, deadline: Deadline | None = None) -> None:
@@ -454,9 +306,7 @@ class VM:
     def cleanup(self) -> list[str]:
         """Undo everything this VM made; returns what was undone."""
         undone = []
-        for con in self.consoles:
-            con.close()
-        self.consoles = []
+        self.access.close_consoles()
         if self._dom is not None and self.run.session.unanswered:
             undone += self._stop_without_libvirt()
         if self._dom is not None and not self.run.session.unanswered:
@@ -485,7 +335,7 @@ class VM:
         ends at close, so the run is dead to it) and nothing else waits on libvirt."""
         undone = []
         try:
-            pid = self.qemu_pid()
+            pid = self.qemu.pid()
         except QemuProcessNotFound:
             pid = None
         if pid is not None:
@@ -512,17 +362,6 @@ class VM:
         """A boot's deadline for this VM, fitted to its image and the boots measured so far."""
         return self.run.boot_deadline(what)
 
-    def boot_done_patterns(self) -> list:
-        """What this VM's console shows at the end of its boot (by its image's access)."""
-        return boot_done_patterns(self.run.image.access)
-
-    def connect_ssh(self, deadline: Deadline) -> SSH:
-        """A new SSH connection to the guest, as the harness makes one (through the lab host,
-        pinned to the guest's host key); the caller closes it."""
-        ssh = SSH("127.0.0.1", self.ssh_port, self.run.key, host_key=self.host_key, via=self.host)
-        ssh.connect(deadline)
-        return ssh
-
     def waiter(self, kind: str, predicate):
         """A waiter for this domain's libvirt events of `kind` ("lifecycle", "device-removed",
         ...): register it (`with vm.waiter(...) as w:`) before the action, then `w.wait(deadline)`."""
@@ -540,48 +379,6 @@ class VM:
         except libvirt.libvirtError as e:
             raise DomainError(f"libvirt could not resume {self.name}: {e.get_error_message()}",
                               e.get_error_message()) from None
-
-    def qemu_pid(self) -> int:
-        """The QEMU process of this domain on the lab host: libvirt's pid file, or,
-        for a libvirtd whose /run/libvirt is private, the process named guest=NAME."""
-        try:
-            return int(self.host.read_text(f"/run/libvirt/qemu/{self.name}.pid").strip())
-        except (OSError, ValueError):
-            pass
-        from .hostproc import host_processes, qemu_guest
-        for pid, argv in host_processes(self.host):
-            if qemu_guest(argv) == self.name:
-                return pid
-        raise QemuProcessNotFound(f"no QEMU process of {self.name} on lab host {self.host.name}")
-
-    def qemu_open_flags(self, path) -> list[int]:
-        """The open flags of each descriptor this domain's QEMU holds on `path` (on the lab host)."""
-        from .hostproc import open_flags
-        return open_flags(self.host, self.qemu_pid(), path)
-
-    def qemu_opened_direct(self, path) -> bool:
-        """QEMU holds `path` open, and every descriptor with O_DIRECT (the lab host kernel's flag)."""
-        flags = self.qemu_open_flags(path)
-        return bool(flags) and all(f & self.run.host_o_direct() for f in flags)
-
-    def qemu_aio_completions(self) -> list[int]:
-        """The completion counter of each Linux native AIO ring this domain's QEMU set up
-        (on the lab host); a counter moves when I/O completes through io_submit()."""
-        from .hostproc import aio_completions
-        return aio_completions(self.host, self.qemu_pid())
-
-    def qmp(self, command: str, **arguments):
-        cmd = {"execute": command}
-        if arguments:
-            cmd["arguments"] = arguments
-        reply = json.loads(self.monitor(json.dumps(cmd)))
-        if "error" in reply:
-            raise DomainError(f"QMP {command} on {self.name}: {reply['error']}")
-        return reply["return"]
-
-    def monitor(self, command: str, hmp: bool = False) -> str:
-        flags = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP if hmp else 0
-        return libvirt_qemu.qemuMonitorCommand(self.dom, command, flags)
 
     # ------------------------------------------------------------ devices
 
@@ -647,14 +444,9 @@ class VM:
     # ------------------------------------------------------------ evidence
 
     def evidence(self) -> dict[str, str]:
-        out = {"console (serial log)": self.serial_text()}
+        out = self.access.evidence()
         if self.boot_faults:
             out["hypervisor faults of retried boots"] = "\n".join(self.boot_faults)
-        for con in self.consoles:
-            try:
-                out[f"console transcript {con.transcript.name}"] = con.transcript.read_bytes().decode(errors="replace")
-            except OSError:
-                pass
         if self.run.session.unanswered:          # asking would wait out a reconnect per VM
             out["live domain XML"] = "(unavailable: libvirt's daemon stopped answering)"
         else:
@@ -662,14 +454,11 @@ class VM:
                 out["live domain XML"] = self.dom.XMLDesc(0) if self.dom else "(no domain)"
             except (libvirt.libvirtError, LabError, AssertionError) as e:
                 out["live domain XML"] = f"(unavailable: {e})"
-        qlog = self._qemu_log_tail(200000)
+        qlog = self.access.qemu_log_tail(200000)
         if qlog is not None:
             out["QEMU log"] = qlog
-        if self._guest is not None:
-            try:
-                out["guest dmesg"] = self._guest.run("dmesg", timeout=10).stdout
-            except Exception as e:     # evidence must never mask the failure itself
-                out["guest dmesg"] = f"(unavailable over SSH: {type(e).__name__}: {e})"
+        if self.access.has_guest:
+            out["guest dmesg"] = self.access.dmesg()
         return out
 
 
@@ -694,7 +483,3 @@ def device_key(d: etree._Element) -> tuple:
 
 class AttachRefused(AssertionError):
     """libvirt (or QEMU) refused a device attach; the message is libvirt's."""
-
-
-class QemuProcessNotFound(LabError):
-    """The domain's QEMU process is not on the lab host (no pid file, no process named for it)."""

@@ -80,12 +80,6 @@ def tap_master(tap: str, sys_net) -> str | None:
     return m.readlink().name if m.is_symlink() else None
 
 
-def qemu_holds(host, pid: int, path: str) -> bool:
-    """True when process `pid` on the lab host has `path` open (for example /dev/vhost-net)."""
-    from .hostproc import open_flags
-    return bool(open_flags(host, pid, path))
-
-
 def parse_vhost_workers(ps_tid_comm: str, qemu_pid: int) -> list[int]:
     """`ps -eLo tid=,comm=` -> the task ids of QEMU `qemu_pid`'s vhost workers.  They are
     named vhost-<QEMU's pid>: kernel threads up to Linux 6.3, threads of QEMU's own

@@ -62,7 +62,7 @@ def retry_disk(fault, form: str, target: str, policy: RetryPolicy, serial: str, 
 def device_settings(vm, serial: str) -> dict:
     """The four settings as QEMU's device holds them (qom-get), whatever form set them."""
     path = f"/machine/peripheral/ua-{serial}"
-    return {p: vm.qmp("qom-get", path=path, property=p) for p in SETTINGS}
+    return {p: vm.qemu.qmp("qom-get", path=path, property=p) for p in SETTINGS}
 
 
 class GuestJob:

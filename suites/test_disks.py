@@ -98,14 +98,14 @@ def test_attach_use_and_detach_the_guides_virtio_scsi_disk(scsi_vm):
     # DISK-7: the drive address reached the guest (channel 0, target 1, LUN 0) ...
     assert seen.target_lun == (0, 1, 0), f"guest SCSI address {seen.hctl}"
     # ... and the driver attributes reached QEMU and the host
-    block = next(b for b in vm.qmp("query-block") if b.get("inserted", {}).get("file") == image)
+    block = next(b for b in vm.qemu.qmp("query-block") if b.get("inserted", {}).get("file") == image)
     assert block["inserted"]["cache"]["direct"] is True, f"cache='none' not applied: {block['inserted']['cache']}"
-    assert vm.qemu_opened_direct(image), f"QEMU opened {image} without O_DIRECT: {vm.qemu_open_flags(image)}"
+    assert vm.qemu.opened_direct(image), f"QEMU opened {image} without O_DIRECT: {vm.qemu.open_flags(image)}"
     # io='native': the guest's direct writes to this disk complete through a Linux AIO ring of
     # QEMU's (the ring's own completion counter moves), whatever ran on this VM before
-    rings_before = vm.qemu_aio_completions()
+    rings_before = vm.qemu.aio_completions()
     vm.guest.run("dd if=/dev/zero of=/dev/%s bs=4k count=8 oflag=direct", seen.name, check=True)
-    rings_after = vm.qemu_aio_completions()
+    rings_after = vm.qemu.aio_completions()
     assert rings_after != rings_before, \
         f"io='native' did not reach QEMU: no Linux AIO ring completed the guest's writes ({rings_before} -> {rings_after})"
 
@@ -117,7 +117,7 @@ def test_attach_use_and_detach_the_guides_virtio_scsi_disk(scsi_vm):
     vm.guest.block.wait_gone("acc-guide-disk")
     assert not [d for d in vm.live_xml().findall("devices/disk") if d.find("source") is not None
                 and d.find("source").get("file") == image]
-    assert image not in json.dumps(vm.qmp("query-block"))
+    assert image not in json.dumps(vm.qemu.qmp("query-block"))
 
 
 @claims("DISK-5")

@@ -153,10 +153,10 @@ def test_vhost_driver_moves_the_nic_data_path_into_the_hosts_vhost_worker(nic_vm
             vm.guest.run("ip link set %s up", nic.name, check=True)
             poll(lambda: vm.guest.net.link_local(nic.name), Deadline(20, f"{nic.name}'s IPv6 link-local address"),
                  interval=0.3)
-            holds = network.qemu_holds(lab.host, vm.qemu_pid(), "/dev/vhost-net")
-            before = network.vhost_work(vm.qemu_pid(), lab.host)
+            holds = vm.qemu.holds("/dev/vhost-net")
+            before = vm.qemu.vhost_work()
             sent = vm.guest.net.send_to_link(nic.name, 300)
-            after = network.vhost_work(vm.qemu_pid(), lab.host)
+            after = vm.qemu.vhost_work()
             assert sent >= 300, f"the guest's {nic.name} sent {sent} packets, not the 300 echo requests"
             busy = {t: after[t] - before.get(t, 0) for t in after if after[t] > before.get(t, 0)}
             if driver == "qemu":
@@ -164,7 +164,7 @@ def test_vhost_driver_moves_the_nic_data_path_into_the_hosts_vhost_worker(nic_vm
                                                  f"vhost workers {after}")
             else:
                 assert holds, "driver name='vhost': QEMU does not hold /dev/vhost-net"
-                assert after, f"driver name='vhost': QEMU {vm.qemu_pid()} has no vhost-{vm.qemu_pid()} worker"
+                assert after, f"driver name='vhost': QEMU {vm.qemu.pid()} has no vhost-{vm.qemu.pid()} worker"
                 assert busy, (f"driver name='vhost': no vhost worker ran while the guest sent {sent} packets "
                               f"(CPU ns before {before}, after {after})")
         finally:

@@ -42,7 +42,7 @@ def test_start_with_console_misses_no_boot_message(vms):
     con.expect(r"Linux version [^\r\n]+", boot, "the kernel's first line")
     # keep reading the console until it shows the end of the boot (the harness's marker,
     # cloud-init's host keys or a login prompt): everything in between is the boot
-    con.expect([p.pattern for p in vm.boot_done_patterns()], boot, "the end of the boot")
+    con.expect([p.pattern for p in vm.access.boot_done_patterns()], boot, "the end of the boot")
     vm.wait_ready(boot)
     con.close()
     transcript = con.transcript.read_bytes().decode(errors="replace").replace("\r", "")
@@ -80,7 +80,7 @@ def test_console_works_without_a_network_path(vms):
         assert rc == 0 and "inet " not in out and "default" not in out, f"the guest still has layer 3: {out!r}"
         # from the host, the guest is now unreachable over the network
         with pytest.raises(TimeoutError):
-            vm.connect_ssh(Deadline(4, "SSH to a guest without network")).close()
+            vm.access.connect_ssh(Deadline(4, "SSH to a guest without network")).close()
         token = secrets.token_hex(6)
         rc, out = con.run(f"echo {token} | tee /root/offline-proof; cat /proc/sys/kernel/random/boot_id",
                           Deadline(10, "a command over the console"))

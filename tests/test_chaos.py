@@ -10,7 +10,8 @@ import time
 import pytest
 
 from lab import config
-from lab.domain import GuestNotReady, VMSpec
+from lab.access import GuestNotReady
+from lab.domain import VMSpec
 from lab.run import Run
 from lab.timeouts import Deadline, WaitTimeout, poll
 
@@ -54,7 +55,7 @@ def test_libvirtd_restart_under_a_running_vm_reconnects(run):
 def test_qemu_killed_under_a_test_fails_fast_and_the_next_vm_boots(run):
     vm = run.new_vm(VMSpec("chaos-qemu"))
     vm.start()
-    os.kill(vm.qemu_pid(), signal.SIGKILL)
+    os.kill(vm.qemu.pid(), signal.SIGKILL)
     t = time.monotonic()
     with pytest.raises((WaitTimeout, GuestNotReady, ConnectionError, EOFError, OSError)):
         vm.guest.run("sleep 30", timeout=20)
@@ -212,7 +213,7 @@ def test_a_libvirtd_that_stops_answering_is_judged_and_its_qemu_killed_through_t
     try:
         vm = run.new_vm(VMSpec("chaos-mute"))
         vm.start()
-        qemu = vm.qemu_pid()
+        qemu = vm.qemu.pid()
         stopped = int(pidfile.read_text().strip())
         os.kill(stopped, signal.SIGSTOP)
         t0 = time.monotonic()

@@ -6,7 +6,8 @@ import pytest
 
 from fixtures import reporting
 from lab import errors
-from lab.domain import DomainError, HypervisorFault
+from lab.access import HypervisorFault
+from lab.domain import DomainError
 from lab.images import ImageError
 from lab.session import LabUnreachable
 from lab.timeouts import WaitTimeout

@@ -53,7 +53,7 @@ def test_guest_paused_while_booting_fails_fast_and_is_retried_when_the_lab_says_
     again and the fault is kept in the VM's evidence."""
     import threading
 
-    from lab.domain import HypervisorFault
+    from lab.access import HypervisorFault
     run = Run(dataclasses.replace(cfg, boot_retries=1))
     try:
         vm = run.new_vm(VMSpec("paused"))
@@ -157,8 +157,8 @@ def test_guest_host_key_is_pinned_from_the_console(cfg):
     try:
         vm = run.new_vm(VMSpec("hostkey"))
         vm.start()
-        assert vm.host_key and vm.host_key.startswith("AAAAC3NzaC1lZDI1NTE5"), "the console announced the host key"
-        assert vm.guest.ssh.host_key == vm.host_key
+        assert vm.access.host_key and vm.access.host_key.startswith("AAAAC3NzaC1lZDI1NTE5"), "the console announced the host key"
+        assert vm.guest.ssh.host_key == vm.access.host_key
         wrong = "AAAAC3NzaC1lZDI1NTE5AAAAI" + "A" * 43
         with pytest.raises(HostKeyMismatch, match="not the guest's own"):
             SSH("127.0.0.1", vm.ssh_port, run.key, host_key=wrong).connect(Deadline(10, "SSH to an impostor"))

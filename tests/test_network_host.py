@@ -47,10 +47,13 @@ def test_tap_master_and_qemu_holds_on_recorded_trees(tmp_path):
     (sysnet / "vnet8").mkdir()
     assert network.tap_master("vnet7", sysnet) == "accbr1"
     assert network.tap_master("vnet8", sysnet) is None
-    # qemu_holds asks the lab host's /proc: this process holding a file, and not another
+    # QemuProcess.holds asks the lab host's /proc: this process holding a file, and not another
+    from lab.qemuproc import QemuProcess
+    me = QemuProcess(LocalHost(), "me", domain=lambda: None, o_direct=lambda: 0o40000)
+    me.pid = os.getpid
     with open(tmp_path / "held", "w"):
-        assert network.qemu_holds(LocalHost(), os.getpid(), str(tmp_path / "held"))
-        assert not network.qemu_holds(LocalHost(), os.getpid(), "/dev/vfio/vfio")
+        assert me.holds(tmp_path / "held")
+        assert not me.holds("/dev/vfio/vfio")
 
 
 def test_ovs_bridge_commands_are_tagged_and_removed():

@@ -26,7 +26,7 @@ def test_console_login_reaches_ssh_a_wrong_password_is_refused_and_the_password_
     try:
         vm = run.new_vm(VMSpec("pw-login"))
         vm.start()
-        assert vm.host_key_source == "the guest's key file, read on its console"
+        assert vm.access.host_key_source == "the guest's key file, read on its console"
         assert vm.guest.check_output("cat /proc/1/comm").strip() == "systemd", "a distribution image, not ours"
         assert vm.guest.check_output("cat /proc/sys/kernel/random/boot_id").strip() == vm.boot_id
         assert vm.guest.run("test -e /usr/bin/cloud-init").rc != 0, "the image has no cloud-init"

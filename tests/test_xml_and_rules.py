@@ -118,7 +118,7 @@ def test_device_key_survives_libvirt_rerendering():
 
 
 def test_ready_marker_needs_the_whole_line():
-    from lab.domain import READY_RE
+    from lab.guest.login import READY_RE
     key = "AAAAC3NzaC1lZDI1NTE5AAAAIBl8MSLEs8fLBDKZvHqRqeRFUraq8kF/S2NwA6oEIRsk"
     line = f"ACC-READY boot_id=0a4c-7da4 mgmt_if=eth0 hostkey={key}\r\n"
     assert READY_RE.search(line).groups() == ("0a4c-7da4", key)
