@@ -60,9 +60,6 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     _probe_retry(cfg, conn, h, add)
     backend = fault_backend(cfg, caps)
     add("fault-backend", backend != "none", f"fault backend: {backend}")
-    add("fault-one-direction", backend == "nbdkit", f"fault backend {backend} " + (
-        "fails reads and writes separately" if backend == "nbdkit" else
-        "cannot fail reads and writes separately (nbdkit's error filter can)"))
     add("fault-request-log", backend == "nbdkit", f"fault backend {backend} " + (
         "logs every request it fails, with its time (nbdkit's log filter)" if backend == "nbdkit" else
         "keeps no record of the requests it fails (nbdkit's log filter does)"))
@@ -76,7 +73,7 @@ def _probe_retry(cfg: LabConfig, conn, h, add) -> None:
     """The two faces of disk I/O suspension: libvirt's XML (error-policy-retry) and QEMU's
     device properties (qemu-retry), each asked of the thing itself."""
     try:
-        emulator = lab_emulator(cfg, conn)
+        emulator = lab_emulator(cfg, h or cfg.host(), conn)
     except (LabError, libvirt.libvirtError) as e:
         add("error-policy-retry", False, f"no QEMU to probe: {e}")
         add("qemu-retry", False, f"no QEMU to probe: {e}")
@@ -148,7 +145,17 @@ def _virt_type_available(conn, virt_type: str) -> bool:
 
 
 def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> dict[str, str]:
-    """What the Allure environment and the certification report record."""
+    """What the Allure environment and the certification report record (one connection
+    to the lab host for all of it, closed at the end)."""
+    h = cfg.host() if cfg.has_shell else None
+    try:
+        return _facts(cfg, conn, h, image_digest)
+    finally:
+        if h is not None:
+            h.close()
+
+
+def _facts(cfg: LabConfig, conn, h, image_digest: str) -> dict[str, str]:
     def ver(v):
         return f"{v // 1000000}.{(v // 1000) % 1000}.{v % 1000}"
 
@@ -157,10 +164,10 @@ def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> d
         "lab.host": cfg.name,
         "lab.config": str(cfg.path),
         "host.hostname": conn.getHostname(),
-        "host.cpu": _cpu_model(cfg.host()) if cfg.has_shell else info[0],
+        "host.cpu": _cpu_model(h) if h else info[0],
         "host.cpus": str(info[2]),
         "host.memory_mib": str(info[1]),
-        "host.kernel": (cfg.host().run("uname", "-r", check=False).stdout.strip() or "(unknown)") if cfg.has_shell else "(no [shell] to ask)",
+        "host.kernel": (h.run("uname", "-r", check=False).stdout.strip() or "(unknown)") if h else "(no [shell] to ask)",
         "libvirt.version": ver(conn.getLibVersion()),
         "qemu.version": ver(conn.getVersion()),       # libvirt's default QEMU; qemu_facts() names the lab's
         "virt.type": cfg.virt_type,
@@ -170,14 +177,13 @@ def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> d
         "guest.access": cfg.image_access,
         "timeout.factor": str(cfg.timeout_factor),
     }
-    out.update(qemu_facts(cfg, conn))
-    if cfg.has_shell:
-        h = cfg.host()
+    out.update(qemu_facts(cfg, conn, h))
+    if h:
         out.update(dmi(h))
         bdfs = [d.bdf for d in (*cfg.inventory.sriov_pfs, *cfg.inventory.pci, *cfg.inventory.hpre)]
         if bdfs:
             out.update(device_models(h, bdfs))
-    caps = probe(cfg, conn)
+    caps = probe(cfg, conn, host=h)
     out["fault.backend"] = fault_backend(cfg, caps)
     out["ios.retry_form"] = retry_form(caps)[1]
     x = caps.get("error-policy-retry")
@@ -240,11 +246,12 @@ def device_models(h, bdfs) -> dict[str, str]:
     return out
 
 
-def lab_emulator(cfg: LabConfig, conn=None) -> str:
-    """The QEMU binary the lab's domains use: the lab config's (or its built one), else
-    libvirt's default for the guest architecture (asked of libvirt's capabilities)."""
+def lab_emulator(cfg: LabConfig, host, conn=None) -> str:
+    """The QEMU binary the lab's domains use, a path on the lab host `host`: the lab
+    config's (or its build, copied there), else libvirt's default for the guest
+    architecture (asked of libvirt's capabilities)."""
     from . import qemu_build
-    emu = qemu_build.emulator_of(cfg, build=False)
+    emu = qemu_build.emulator_of(cfg, host, build=False)
     if emu or conn is None:
         return emu
     from . import xml as X
@@ -272,18 +279,19 @@ def probe_qemu_retry(h, emulator: str) -> tuple[bool, str]:
     return True, f"{emulator} has retry_interval/retry_timeout on virtio-blk-pci and scsi-hd"
 
 
-def qemu_facts(cfg: LabConfig, conn) -> dict[str, str]:
+def qemu_facts(cfg: LabConfig, conn, h) -> dict[str, str]:
     """Which QEMU the lab's domains run: its path, its own version string and, for a
-    build of the harness's, what it was built from."""
+    build of the harness's, what it was built from (`h`: the lab host's commands, None
+    where the harness has no [shell] there)."""
     from . import qemu_build
     out = {}
     try:
-        emu = lab_emulator(cfg, conn)
+        emu = lab_emulator(cfg, h or cfg.host(), conn)
     except (LabError, libvirt.libvirtError) as e:
         return {"qemu.emulator": f"unavailable: {e}"}
     out["qemu.emulator"] = emu or "(libvirt's default)"
-    if emu and cfg.has_shell:
-        r = cfg.host().run(emu, "--version", check=False, timeout=30)
+    if emu and h is not None:
+        r = h.run(emu, "--version", check=False, timeout=30)
         out["qemu.version"] = (r.stdout.splitlines() or ["(no answer)"])[0].strip()
     b = qemu_build.for_lab(cfg, build=False) if cfg.qemu_source else None
     if b is not None:

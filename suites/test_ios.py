@@ -90,16 +90,18 @@ def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms, lab
 
 
 @claims("IOS-8")
-@pytest.mark.requires("fault-one-direction")
 def test_read_and_write_error_policies_are_separate(fault, vms):
-    """werror=report hands write errors to the guest while rerror=stop suspends on reads."""
+    """werror=report hands write errors to the guest while rerror=stop suspends on reads.
+    The storage fails both directions (any backend, dm-error too): the guest's I/O picks
+    the direction, and a QEMU that swapped or merged the two policies would suspend on the
+    write or hand the read's error over."""
     vm = boot_with(vms, "ios-split",
                    fault.disk("vdb", error_policy="report", rerror_policy="stop", cache="none", serial=SERIAL))
     g = vm.guest
     dev = g.block.find(SERIAL).name
     g.block.write_and_verify(dev, mib=2)
 
-    fault.fail("write")
+    fault.fail("all")
     r = g.run("dd if=/dev/zero of=/dev/%s bs=64k count=4 oflag=direct", dev, timeout=60)
     fault.heal()
     assert r.rc != 0, "a write error under error_policy='report' must reach the guest"
@@ -107,7 +109,7 @@ def test_read_and_write_error_policies_are_separate(fault, vms):
     assert vm.state()[0] == "running", "error_policy='report' must not suspend the VM"
 
     with paused_waiter(vm) as pause_w:
-        fault.fail("read")
+        fault.fail("all")
         job = GuestJob(g, f"dd if=/dev/{dev} of=/dev/null bs=64k count=16 iflag=direct", "read")
         pause_w.wait(Deadline(30, "the VM to be suspended on a read error"))
     assert vm.dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR]
@@ -290,11 +292,12 @@ def test_retry_interval_excludes_the_io_itself(fault, vms, retry_form, request):
 
 
 @claims("IOS-5")
-@pytest.mark.requires("fault-one-direction")
 def test_read_and_write_suspension_are_enabled_separately(fault, vms, retry_form):
-    """vdb: only rerror=retry; vdc: only werror=retry.  Under a write fault vdb's write
-    fails at once while vdc's waits and completes after the repair; under a read fault
-    the other way round.  'At once' is less than one retry_interval (2 s)."""
+    """vdb: only rerror=retry; vdc: only werror=retry.  During a fault vdb's write fails
+    at once while vdc's waits and completes after the repair; during the next fault a
+    read the other way round.  'At once' is less than one retry_interval (2 s).  The
+    storage fails both directions (any backend, dm-error too): the guest's I/O picks the
+    direction, so a QEMU that applied one setting to both, or swapped them, fails."""
     vm = boot_retry(vms, fault, retry_form, "ios-retry-split",
                     ("vdb", RetryPolicy(werror=None, interval=2000, timeout=0), "acc-r"),
                     ("vdc", RetryPolicy(rerror=None, interval=2000, timeout=0), "acc-w"))
@@ -303,7 +306,7 @@ def test_read_and_write_suspension_are_enabled_separately(fault, vms, retry_form
     for kind, at_once, waits in (("write", only_read, only_write), ("read", only_write, only_read)):
         io = {"write": "dd if=/dev/zero of=/dev/{} bs=4k count=1 oflag=direct",
               "read": "dd if=/dev/{} of=/dev/null bs=4k count=1 iflag=direct"}[kind]
-        fault.fail(kind)
+        fault.fail("all")
         fast = GuestJob(g, io.format(at_once), f"{kind}-fails")
         rc = fast.outcome(30)
         assert rc is not None, f"a {kind} on the disk without {kind} retry was still pending after 30 s (retried)"
