@@ -71,7 +71,12 @@ def cmd_doctor(cfg) -> int:
     if cfg.image_access == "console-password":
         src = f"${cfg.password_env}" if cfg.password_env else cfg.password_file
         print(f"console      login as {cfg.guest_user}, password from {src}")
-    q = host.qemu_facts(cfg, conn) if conn is not None else {}
+    h = cfg.host() if cfg.has_shell else None
+    try:
+        q = host.qemu_facts(cfg, conn, h) if conn is not None else {}
+    finally:
+        if h is not None:
+            h.close()
     if q:
         print(f"qemu         {q.get('qemu.emulator')}: {q.get('qemu.version', '?')}"
               + (f"; {q['qemu.build']}" if "qemu.build" in q else ""))
@@ -166,7 +171,14 @@ def cmd_qemu(cfg) -> int:
         return 0
     t = time.monotonic()
     b = qemu_build.for_lab(cfg, build=True)
-    print(f"{b.describe()}: {b.emulator} (ready in {time.monotonic() - t:.1f} s; "
+    where = b.emulator
+    if not cfg.on_this_machine:             # a remote lab host: copied there (cached)
+        h = cfg.host()
+        try:
+            where = f"{h.name}:{qemu_build.emulator_of(cfg, h, build=False)}"
+        finally:
+            h.close()
+    print(f"{b.describe()}: {where} (ready in {time.monotonic() - t:.1f} s; "
           f"built in {b.info['build_seconds']:.0f} s on {b.info['built']})")
     return 0
 

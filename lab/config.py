@@ -367,10 +367,10 @@ def from_dict(raw: dict, path: Path) -> LabConfig:
         if vals["qemu.emulator"]:
             raise err("qemu.source", "is set together with qemu.emulator", "set one: emulator (an installed QEMU) "
                       "or source (the harness builds it)")
-        remote = vals["shell.address"] or not vals["host.libvirt_uri"].split("://", 1)[-1].startswith("/")
-        if remote:
-            raise err("qemu.source", "asks for a QEMU build on a remote lab host",
-                      "build and install it on the lab host, then set qemu.emulator to its path there")
+        if vals["host.arch"] != "x86_64":
+            raise err("qemu.source", f"asks for a QEMU build on a {vals['host.arch']} lab host, but the harness "
+                      "builds x86_64-softmmu only", "build QEMU for that lab host yourself and set qemu.emulator "
+                      "to its path there")
         src = (path.parent / vals["qemu.source"]).resolve()
         if not src.exists():
             raise err("qemu.source", f"names {src}, which does not exist",

@@ -343,24 +343,103 @@ def _version(emulator: Path) -> str:
 
 # ------------------------------------------------------------------ a lab's emulator
 
+def builds_dir() -> Path:
+    """Where this machine keeps its QEMU builds, for every lab that names a source (the
+    build is the same for all: its key is the hash of its inputs, not of the lab):
+    /var/lib/acc-harness/qemu, or $ACC_QEMU_BUILDS."""
+    return Path(os.environ.get("ACC_QEMU_BUILDS") or "/var/lib/acc-harness/qemu")
+
+
 def for_lab(cfg, build: bool = True, log=print) -> QemuBuild | None:
     """The lab's QEMU build ([qemu] source), built first when `build` (else None while
     it is not built yet); None for a lab without a source."""
     if not cfg.qemu_source:
         return None
-    cache = cfg.work_dir / "qemu"
+    cache = builds_dir()
     if build:
         return ensure(Path(cfg.qemu_source), cache, cfg.qemu_source_sha256, log=log)
     return _complete(cache / f"qemu-{key_of(inputs(Path(cfg.qemu_source), cfg.qemu_source_sha256))}")
 
 
-def emulator_of(cfg, build: bool = True, log=print) -> str:
-    """The QEMU binary the lab's domains use: [qemu] emulator, the lab's build, or ""
-    (libvirt's default for the architecture)."""
+def emulator_of(cfg, host, build: bool = True, log=print) -> str:
+    """The QEMU binary the lab's domains use, as a path on the lab host `host`: [qemu]
+    emulator, the lab's build (copied to a remote lab host first), or "" (libvirt's
+    default for the architecture)."""
     if cfg.emulator:
         return cfg.emulator
     b = for_lab(cfg, build=build, log=log)
     if b is None and cfg.qemu_source:
         raise QemuBuildError(f"lab host {cfg.name}'s QEMU ({Path(cfg.qemu_source).name}) is not built yet; fix: "
                              f"run the lab setup (./harness setup, or python -m lab --lab {cfg.path} qemu)")
-    return str(b.emulator) if b else ""
+    if b is None:
+        return ""
+    if host.local:
+        return str(b.emulator)
+    return install_on(b, host, cfg.host_work_dir / "qemu", log=log)
+
+
+# ------------------------------------------------------------------ on a remote lab host
+
+def install_on(b: QemuBuild, host, cache_dir, log=print) -> str:
+    """The build on a remote lab host, in its work dir there (qemu-<key>/, the same name
+    as here: the key is the hash of the build's inputs): copied once as one compressed
+    archive, unpacked beside, and renamed into place whole, so an interrupted copy or a
+    second controller copying at the same time never leaves a half install under that
+    name.  QEMU finds its firmware relative to its binary, so the prefix may move.  The
+    binary must run there (the same distribution's libraries as this machine): checked
+    at once, and a failure names the missing libraries and the fix."""
+    final = cache_dir / b.prefix.name
+    mark = b.info["emulator_sha256"]
+    try:
+        have = host.read_text(final / ".complete").strip() if host.exists(final / ".complete") else ""
+    except OSError:
+        have = ""
+    if have != mark:
+        if have:
+            raise QemuBuildError(f"lab host {host.name} holds a different QEMU build under {final} (its emulator "
+                                 f"sha256 {have[:16]}..., this machine's {mark[:16]}...); fix: remove {final} there")
+        _copy(b, host, cache_dir, final, mark, log)
+    emulator = final / "bin" / BINARY
+    _runs_on(host, emulator, b)
+    return str(emulator)
+
+
+def _copy(b: QemuBuild, host, cache_dir, final, mark: str, log) -> None:
+    t0 = time.monotonic()
+    host.makedirs(cache_dir)
+    with tempfile.TemporaryDirectory(prefix=".upload-", dir=b.prefix.parent) as tmp:
+        tar = Path(tmp) / f"{b.prefix.name}.tar.gz"
+        with tarfile.open(tar, "w:gz", compresslevel=1) as t:
+            t.add(b.prefix, arcname=".")
+        remote_tar = cache_dir / f".{b.prefix.name}.tar.gz.{os.getpid()}-{os.urandom(3).hex()}"
+        log(f"copying QEMU build {b.prefix.name} ({tar.stat().st_size >> 20} MiB packed) to lab host "
+            f"{host.name}:{final}")
+        try:
+            host.put(tar, remote_tar)
+        except OSError as e:
+            raise QemuBuildError(f"copying QEMU build {b.prefix.name} to lab host {host.name}:{cache_dir} failed: "
+                                 f"{e}; fix: free space in the lab host's work_dir or check its permissions") from None
+    # unpacked under a temporary name, marked complete, then renamed whole; a rename onto an
+    # existing install (another controller's, the same build) fails and this copy goes
+    script = ('set -e; t=$(mktemp -d "$1/.install-XXXXXX"); trap \'rm -rf "$t" "$2"\' EXIT; '
+              'tar -xzf "$2" -C "$t"; chmod 755 "$t"; printf "%s\\n" "$4" > "$t/.complete"; '
+              'mv -T "$t" "$3" 2>/dev/null || test -e "$3/.complete"')
+    r = host.run("sh", "-c", script, "sh", str(cache_dir), str(remote_tar), str(final), mark, check=False, timeout=600)
+    if not r.ok:
+        raise QemuBuildError(f"unpacking QEMU build {b.prefix.name} on lab host {host.name} in {cache_dir} failed: "
+                             f"{(r.stderr or r.stdout).strip()[-300:]}; fix: free space there or check its permissions")
+    log(f"QEMU build {b.prefix.name} is on lab host {host.name} ({time.monotonic() - t0:.1f} s)")
+
+
+def _runs_on(host, emulator, b: QemuBuild) -> None:
+    r = host.run(str(emulator), "--version", check=False, timeout=60)
+    if r.ok and b.info["version"] in r.stdout:
+        return
+    missing = host.run("sh", "-c", 'ldd "$1" 2>&1 | grep "not found" || true', "sh", str(emulator),
+                       check=False, timeout=60).stdout.split()
+    libs = [w for w in missing if ".so" in w]
+    why = (f"it lacks {', '.join(libs)}" if libs else (r.stderr or r.stdout).strip()[-300:] or f"exit {r.rc}")
+    raise QemuBuildError(f"the QEMU built on this machine ({b.describe()}) does not run on lab host {host.name} "
+                         f"({emulator}): {why}; fix: give the lab host the libraries it was built against (this "
+                         f"machine's distribution; on Debian 12 the runtime packages of {', '.join(BUILD_PACKAGES[-5:])}), "
+                         f"or build QEMU there yourself and set [qemu] emulator to its path")

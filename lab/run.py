@@ -91,7 +91,7 @@ class Run:
         self.console_login, self.seed_password_hash = self._console_login()
         self.boot_seconds: list[float] = []      # measured boots of this run's image (start to ready)
         # The QEMU every domain of this run uses ("" : libvirt's default for the arch).
-        self.emulator = qemu_build.emulator_of(cfg, build=True, log=log)
+        self.emulator = qemu_build.emulator_of(cfg, self.host, build=True, log=log)
 
     def libvirt_stopped_answering(self, message: str) -> Exception:
         """What to raise when libvirt's daemon stopped answering during the run, judged by
@@ -204,7 +204,7 @@ class Run:
         """The QEMU this lab's domains run: the lab's own build, else libvirt's default for
         the guest architecture."""
         from .host import lab_emulator
-        return self.emulator or lab_emulator(self.cfg, self.session.conn)
+        return self.emulator or lab_emulator(self.cfg, self.host, self.session.conn)
 
     def capabilities(self) -> str:
         """libvirt's capabilities XML of the lab host (asked once per run)."""

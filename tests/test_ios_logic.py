@@ -203,7 +203,12 @@ def test_qemu_section_is_validated(tmp_path):
     (tmp_path / "q.tar.xz").write_bytes(b"x")
     assert "qemu.source" in bad_qemu(tmp_path, 'source = "missing.tar.xz"')
     assert "emulator" in bad_qemu(tmp_path, 'source = "q.tar.xz"\nemulator = "/usr/bin/q"')
-    assert "remote lab host" in bad_qemu(tmp_path, 'source = "q.tar.xz"', uri="qemu+ssh://root@lab1/system")
+    p = tmp_path / "arm.toml"
+    p.write_text(QEMU_LAB.format(qemu='source = "q.tar.xz"', uri="qemu:///system").replace(
+        'virt_type = "qemu"', 'virt_type = "qemu"\narch = "aarch64"'))
+    with pytest.raises(config.LabConfigError) as e:
+        config.load(p)
+    assert "qemu.source" in str(e.value) and "x86_64-softmmu only" in str(e.value)
     assert "64 lower-case hex" in bad_qemu(tmp_path, 'source = "q.tar.xz"\nsource_sha256 = "abc"')
     assert "without qemu.source" in bad_qemu(tmp_path, 'source_sha256 = "' + "a" * 64 + '"')
     assert "absolute path" in bad_qemu(tmp_path, 'emulator = "qemu-kvm"')

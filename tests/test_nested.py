@@ -161,7 +161,7 @@ def dead_l1(tmp_path, monkeypatch):
         def suites():
             calls.append("suites")
             return suites_of(next(children))
-        return nested.run(SimpleNamespace(shell_port=22790, path=DEFAULT_CONFIG), lay, SimpleNamespace(pytest_args=[]),
+        return nested.run(SimpleNamespace(shell_port=22790, path=DEFAULT_CONFIG, qemu_source=""), lay, SimpleNamespace(pytest_args=[]),
                           start=lambda *a: calls.append("start") or SimpleNamespace(boot_s=1.0),
                           stop=lambda *a: calls.append("stop"), suites=suites)
     return SimpleNamespace(run=run, calls=calls, reports=tmp_path / "reports")

@@ -4,7 +4,8 @@
   up       build the L1 image and QEMU 10 if needed, start L1 (a crashed run's L1 is stopped first)
   down     stop L1 and remove what it wrote
   status   is L1 running
-  run      up, the hardware suites against labs/nested.toml, down (also on failure, Ctrl-C, SIGTERM)
+  run      up, the hardware suites against labs/nested.toml, down (also on failure, Ctrl-C, SIGTERM);
+           `run --claims IDS` picks other claims, `--lab labs/nested-openeuler-qemu.toml` openEuler's QEMU
 
 Where the nested lab lives (keys, images, QEMU 10) and which port reaches L1's
 SSH come from the lab config (labs/nested.toml: [shell] key_file and port), so
@@ -80,10 +81,16 @@ def run(cfg, lay, args, start=l1.start, stop=l1.stop, suites=None) -> int:
     t0 = time.monotonic()
     reports = Path(os.environ.get("ACC_REPORTS_DIR") or REPO / "reports" / "nested")
     env = dict(os.environ, ACC_REPORTS_DIR=str(reports))
-    cmd = [sys.executable, "-m", "pytest", "suites", "--lab", str(cfg.path), "--claims", HARDWARE_CLAIMS,
-           *args.pytest_args]
+    # the hardware claims, unless the command line picks its own (`run --claims IOS-2,...`)
+    picked = any(a == "--claims" or a.startswith("--claims=") for a in args.pytest_args)
+    cmd = [sys.executable, "-m", "pytest", "suites", "--lab", str(cfg.path),
+           *([] if picked else ["--claims", HARDWARE_CLAIMS]), *args.pytest_args]
     suites = suites or (lambda: labctl.suites_process(cmd, cwd=REPO, env=env))
     rc = 1
+    if cfg.qemu_source:         # a lab QEMU (openEuler's) is built here first, then copied to L1
+        from .. import qemu_build
+        b = qemu_build.for_lab(cfg, build=True, log=log)
+        log(f"[nested] {b.describe()}: copied to L1 when the suites start")
     try:
         for attempt in range(1, ATTEMPTS + 1):
             m = start(lay, cfg.shell_port, log)
