@@ -308,22 +308,40 @@ exit 0
 
 # ------------------------------------------------------------------ dm-error
 
-def dm_tables(sectors: int, device: str) -> dict[str, str]:
-    """The linear (healthy) and error (failing) tables for a whole device."""
+def dm_tables(sectors: int, device: str, errdev: str = "", write_delay_ms: int = 0) -> dict[str, str]:
+    """The device's tables for each state: 'linear' (healthy), 'all' (reads and writes
+    fail), and with `errdev` (a device whose whole table is `error`) 'read' and 'write',
+    one direction failing through dm-delay, which sends reads and writes to different
+    devices; `write_delay_ms` makes every write (failing or not) that much slower."""
     if sectors <= 0:
         raise ValueError(f"device {device} has {sectors} sectors")
-    return {"linear": f"0 {sectors} linear {device} 0", "error": f"0 {sectors} error"}
+    if not errdev:
+        if write_delay_ms:
+            raise ValueError("a write delay needs the error device (dm-delay)")
+        return {"linear": f"0 {sectors} linear {device} 0", "all": f"0 {sectors} error"}
+
+    def delay(reads: str, writes: str) -> str:
+        return f"0 {sectors} delay {reads} 0 0 {writes} 0 {write_delay_ms}"
+    return {"linear": delay(device, device) if write_delay_ms else f"0 {sectors} linear {device} 0",
+            "all": delay(errdev, errdev) if write_delay_ms else f"0 {sectors} error",
+            "read": delay(errdev, device), "write": delay(device, errdev)}
 
 
 class DmErrorBackend(FaultBackend):
+    """A device-mapper device over a loop device, its table swapped between linear and
+    error; with `one_direction` (or a write delay) a second device of the run's, all
+    `error`, lets dm-delay fail reads or writes alone and slow every write."""
     name = "dm-error"
 
-    def __init__(self, host, workdir, run_id: str, size_mib: int = 64):
+    def __init__(self, host, workdir, run_id: str, size_mib: int = 64, write_delay_ms: int = 0,
+                 one_direction: bool = False):
         """On the lab host `host`, the backing file in `workdir` there."""
         self.host = host
         self.dir = workdir
         self.size_mib = size_mib
         self.dm_name = f"acc-{run_id}-{secrets.token_hex(3)}"
+        self.err_name = f"{self.dm_name}-err" if (one_direction or write_delay_ms) else ""
+        self.write_delay_ms = write_delay_ms
         self.backing = workdir / f"{self.dm_name}.img"
         self.loop: str | None = None
         self.tables: dict[str, str] = {}
@@ -342,8 +360,19 @@ class DmErrorBackend(FaultBackend):
         try:
             self.loop = loopdev.attach(self.host, self.backing)
             sectors = int(self.host.run("blockdev", "--getsz", self.loop, check=False).stdout.strip() or 0)
-            self.tables = dm_tables(sectors, self.loop)
-            self._dmsetup("create", self.dm_name, stdin=self.tables["linear"] + "\n")
+            errdev = ""
+            if self.err_name:
+                self._dmsetup("create", self.err_name, stdin=f"0 {sectors} error\n")
+                errdev = f"/dev/mapper/{self.err_name}"
+            self.tables = dm_tables(sectors, self.loop, errdev, self.write_delay_ms)
+            try:
+                self._dmsetup("create", self.dm_name, stdin=self.tables["linear"] + "\n")
+            except FaultError as e:
+                if "delay" in self.tables["linear"]:
+                    raise FaultError(f"{e}; the lab host's kernel needs device-mapper's delay target (dm-delay) "
+                                     f"for slow writes: load it (modprobe dm-delay) or use [faults] backend "
+                                     f"nbdkit") from None
+                raise
         except BaseException:
             self.remove()
             raise
@@ -367,9 +396,17 @@ class DmErrorBackend(FaultBackend):
     @verb(lambda self, kind="all": f"inject {kind} I/O errors ({self.name})")
     def fail(self, kind: str = "all") -> None:
         self._check_kind(kind)
-        if kind != "all":
-            raise FaultError("dm-error fails reads and writes together; use the nbdkit backend for one direction")
-        self._swap(self.tables["error"])
+        if kind not in self.tables:
+            raise FaultError(f"this dm-error device fails reads and writes together; ask the fault backend for "
+                             f"one direction (make_backend one_direction=True, dm-delay)")
+        try:
+            self._swap(self.tables[kind])
+        except FaultError as e:
+            if kind != "all":
+                raise FaultError(f"{e}; one-direction faults need device-mapper's delay target (dm-delay) on the "
+                                 f"lab host's kernel: load it (modprobe dm-delay) or use [faults] backend nbdkit") \
+                    from None
+            raise
         self.state = "failing"
 
     @verb(lambda self: f"heal the storage fault ({self.name})")
@@ -378,10 +415,12 @@ class DmErrorBackend(FaultBackend):
         self.state = "healthy"
 
     def remove(self) -> None:
-        if self.tables:
+        for name in (self.dm_name, self.err_name):     # the device first: it maps onto the error device
+            if not name:
+                continue
             for _ in range(20):          # the VM may still hold it for a moment
-                r = self.host.run("dmsetup", "remove", self.dm_name, check=False)
-                if r.ok or "No such device" in r.stderr:
+                r = self.host.run("dmsetup", "remove", name, check=False)
+                if r.ok or "No such device" in r.stderr or "not found" in r.stderr.lower():
                     break
                 time.sleep(0.1)
         if self.loop:
@@ -390,7 +429,11 @@ class DmErrorBackend(FaultBackend):
         self.state = "removed"
 
     def describe(self) -> str:
-        return f"device-mapper {self.dm_name}: linear over {self.loop} swapped with an error table"
+        more = ""
+        if self.err_name:
+            more = (f"; one direction through dm-delay onto {self.err_name} (all error)"
+                    + (f", writes delayed {self.write_delay_ms} ms" if self.write_delay_ms else ""))
+        return f"device-mapper {self.dm_name}: linear over {self.loop} swapped with an error table{more}"
 
     def qemu_file(self) -> str:
         # QEMU started from its own command line gets no ownership or label from libvirt:
@@ -401,20 +444,27 @@ class DmErrorBackend(FaultBackend):
 
     def failing_now(self) -> str:
         table = self._dmsetup("table", self.dm_name).stdout.strip()
-        if table.split()[2:3] != ["error"]:
+        f = table.split()
+        failing = f[2:3] == ["error"] or (f[2:3] == ["delay"] and self.err_name and
+                                          any(dev in (f"/dev/mapper/{self.err_name}", self._err_majmin())
+                                              for dev in (f[3:4] + f[6:7])))
+        if not failing:
             raise FaultError(f"device-mapper {self.dm_name} is not failing: its live table is {table!r}")
         return f"device-mapper {self.dm_name} live table: {table}"
 
+    def _err_majmin(self) -> str:
+        r = self.host.run("dmsetup", "info", "-c", "--noheadings", "-o", "major,minor", self.err_name, check=False)
+        return r.stdout.strip().replace(" ", "") if r.ok else "?"
 
-def make_backend(name: str, host, workdir, run_id: str, write_delay_ms: int = 0, grant=None) -> FaultBackend:
+
+def make_backend(name: str, host, workdir, run_id: str, write_delay_ms: int = 0, grant=None,
+                 one_direction: bool = False) -> FaultBackend:
     """The backend on the lab host `host`; `workdir` is a path there; `grant(path)` hands
     a file it makes to QEMU's user."""
     if name == "nbdkit":
         b = NbdkitBackend(host, workdir, write_delay_ms=write_delay_ms)
-    elif write_delay_ms:
-        raise FaultError(f"fault backend {name} cannot delay writes (nbdkit's delay filter can)")
     elif name == "dm-error":
-        b = DmErrorBackend(host, workdir, run_id)
+        b = DmErrorBackend(host, workdir, run_id, write_delay_ms=write_delay_ms, one_direction=one_direction)
     else:
         b = None
     if b is not None:

@@ -26,7 +26,7 @@ class Capability:
 
 
 # The capabilities only a command on the lab host can tell (absent without a [shell]).
-HOST_PROBED = ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "openvswitch", "nbdkit", "vhost-user",
+HOST_PROBED = ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "dm-delay", "openvswitch", "nbdkit", "vhost-user",
                "usb-subsystem")
 
 
@@ -60,9 +60,12 @@ def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path 
     _probe_retry(cfg, conn, h, add)
     backend = fault_backend(cfg, caps)
     add("fault-backend", backend != "none", f"fault backend: {backend}")
-    add("fault-request-log", backend == "nbdkit", f"fault backend {backend} " + (
-        "logs every request it fails, with its time (nbdkit's log filter)" if backend == "nbdkit" else
-        "keeps no record of the requests it fails (nbdkit's log filter does)"))
+    slow = backend == "nbdkit" or (backend == "dm-error" and caps.get("dm-delay") is not None
+                                   and caps["dm-delay"].present)
+    add("fault-slow-writes", slow, f"fault backend {backend} " + (
+        "makes every write slow and fails writes alone (nbdkit's delay and error filters)" if backend == "nbdkit" else
+        "makes every write slow and fails writes alone (dm-delay onto an all-error device)" if slow else
+        "cannot make writes slow (nbdkit's delay filter or device-mapper's dm-delay can)"))
     if conn is not None:
         kvm = _virt_type_available(conn, "kvm")
         add("kvm", kvm, "KVM " + ("usable by libvirt" if kvm else "is not offered by libvirt's domain capabilities"))
@@ -116,6 +119,12 @@ def _probe_host(cfg, h, sysroot: Path, add) -> None:
     dm = kernel_has_device_mapper(text=misc)
     add("device-mapper", dm, "device-mapper " + ("in the kernel" if dm else
         "is not in the kernel (no 'device-mapper' in /proc/misc; a /dev/mapper/control node alone proves nothing)") + on)
+    # device-mapper's delay target (loaded, or a module the kernel can load): one-direction and slow-write faults
+    delay = dm and h.which("dmsetup") and (
+        "delay" in h.run("dmsetup", "targets", check=False).stdout.split()
+        or h.run("modprobe", "-n", "-q", "dm-delay", check=False).ok)
+    add("dm-delay", delay, "device-mapper's delay target " + ("is available" if delay else
+        "is not available (no dm-delay module)") + on)
     has_ovs = h.which("ovs-vsctl")
     ovs = has_ovs and h.run("ovs-vsctl", "--timeout=5", "show", check=False).ok
     add("openvswitch", ovs, "Open vSwitch " + ("running" if ovs else "is not installed or not running") + on)

@@ -4,6 +4,8 @@ passthrough.  It knows only the lab host, the domain's name and how to reach the
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import dataclass
 from typing import Callable
 
 import libvirt_qemu
@@ -72,6 +74,79 @@ class QemuProcess:
             raise QmpRefused(f"QMP {command} on {self.name}: {reply['error']}")
         return reply["return"]
 
+    def io_errors(self) -> "IoErrorLog":
+        """QEMU's own record of the failed I/O of this domain's disks, as it happens:
+        `with vm.qemu.io_errors() as log: ...`, then `log.events()`."""
+        return IoErrorLog(self._domain())
+
     def monitor(self, command: str, hmp: bool = False) -> str:
         flags = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP if hmp else 0
         return libvirt_qemu.qemuMonitorCommand(self._domain(), command, flags)
+
+
+@dataclass(frozen=True)
+class QemuIoError:
+    """One BLOCK_IO_ERROR event: QEMU failed an I/O of a disk and did `action` about it
+    (openEuler's retry patch raises one for every failed attempt it will retry).  Shaped
+    like a storage log's request (`at`, `op`, `failed`, `offset`, `count`), so the same
+    counts and gaps apply; QEMU's event names no offset, so every attempt of one device
+    and direction counts as one request's."""
+    at: float                 # QEMU's own timestamp (the lab host's clock, seconds since the epoch)
+    op: str                   # "Read" or "Write", as the storage logs name them
+    device: str
+    action: str               # "retry", "report", "stop", "ignore"
+    reason: str
+
+    failed = True
+
+    @property
+    def offset(self) -> str:
+        return self.device
+
+    count = 0
+
+
+MAX_EVENTS = 100_000          # a QEMU retrying in a busy loop must not fill the controller's memory
+
+
+class IoErrorLog:
+    """QEMU's BLOCK_IO_ERROR events of one domain, through libvirt's QEMU monitor event API,
+    kept from `__enter__` to `__exit__` with QEMU's own timestamps."""
+
+    def __init__(self, dom):
+        self._dom = dom
+        self._events: list[QemuIoError] = []
+        self._lock = threading.Lock()
+        self._id = None
+        self.dropped = 0
+
+    def _on_event(self, conn, dom, event, seconds, micros, details, opaque):
+        try:
+            d = json.loads(details) if isinstance(details, str) else (details or {})
+        except ValueError:
+            d = {}
+        ev = QemuIoError(seconds + micros / 1e6, str(d.get("operation", "?")).capitalize(),
+                         d.get("qom-path") or d.get("device") or d.get("node-name") or "?",
+                         str(d.get("action", "?")), str(d.get("reason", "")))
+        with self._lock:
+            if len(self._events) < MAX_EVENTS:
+                self._events.append(ev)
+            else:
+                self.dropped += 1
+
+    def __enter__(self) -> "IoErrorLog":
+        self._id = libvirt_qemu.qemuMonitorEventRegister(self._dom.connect(), self._dom, "BLOCK_IO_ERROR",
+                                                         self._on_event, None, 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._id is not None:
+            try:
+                libvirt_qemu.qemuMonitorEventDeregister(self._dom.connect(), self._id)
+            except Exception:           # a lost connection took the registration with it
+                pass
+            self._id = None
+
+    def events(self, action: str | None = None) -> list[QemuIoError]:
+        with self._lock:
+            return [e for e in self._events if action is None or e.action == action]

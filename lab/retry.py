@@ -195,6 +195,22 @@ class Attempts:
                 f"median {statistics.median(g) * 1000:.0f} ms, max {max(g) * 1000:.0f} ms")
 
 
+class AttemptSource:
+    """Where the retried attempts are counted: the storage's own log where the fault
+    backend keeps one (nbdkit's log filter: an independent witness), else QEMU's
+    BLOCK_IO_ERROR events with action 'retry' (openEuler's patch raises one per failed
+    attempt it will retry; `log` is the domain's open IoErrorLog)."""
+
+    def __init__(self, fault, log):
+        self.fault, self.log = fault, log
+        self.storage = fault.requests() is not None
+        self.name = (f"the storage's request log ({fault.name})" if self.storage else
+                     f"QEMU's BLOCK_IO_ERROR events with action 'retry' ({fault.name} keeps no request log)")
+
+    def __call__(self) -> list:
+        return self.fault.requests() if self.storage else self.log.events("retry")
+
+
 def failed_attempts(requests, op: str | None = None, since: float = 0.0) -> Attempts:
     """The failed attempts (of one kind of request, or of any) since a time."""
     return Attempts(tuple(r.at for r in requests if (op is None or r.op == op) and r.failed and r.at >= since))

@@ -54,7 +54,10 @@ def undefine(dom: libvirt.virDomain) -> None:
 def dm_leftovers(host, runs, dead) -> list[tuple[str, str]]:
     """Device-mapper devices a dead run of this work dir made on the lab host: named
     acc-<run>-*, and mapped onto a loop device whose backing file lies in that run's
-    directory (`runs` on the lab host; `dead(run_id)`: the run is dead)."""
+    directory, or, whatever their table (a run killed mid-fault leaves an error or delay
+    table; a one-direction fault's all-error device never has another), named for a run
+    whose directory is still in this work dir (`runs` on the lab host; `dead(run_id)`:
+    the run is dead).  Devices that map onto another come first."""
     try:
         if not kernel_has_device_mapper(text=host.read_text("/proc/misc")) or not host.which("dmsetup"):
             return []
@@ -72,10 +75,11 @@ def dm_leftovers(host, runs, dead) -> list[tuple[str, str]]:
         table = host.run("dmsetup", "table", name, check=False).stdout.split()
         majmin = table[3] if len(table) > 3 and table[2] == "linear" else None
         back = f"/sys/dev/block/{majmin}/loop/backing_file" if majmin else None
-        if back is not None and host.exists(back) and _inside(Path(host.read_text(back).strip()), runs / run_id) \
-                and dead(run_id):
+        ours = (back is not None and host.exists(back) and _inside(Path(host.read_text(back).strip()), runs / run_id)) \
+            or host.is_dir(runs / run_id)
+        if ours and dead(run_id):
             out.append((name, run_id))
-    return out
+    return sorted(out, key=lambda nr: nr[0].endswith("-err"))
 
 
 def _inside(path: Path, root: Path) -> bool:

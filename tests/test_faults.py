@@ -15,9 +15,39 @@ def dm_host(sectors="131072"):
 
 def test_dm_tables_cover_the_whole_device():
     t = faults.dm_tables(131072, "/dev/loop3")
-    assert t == {"linear": "0 131072 linear /dev/loop3 0", "error": "0 131072 error"}
+    assert t == {"linear": "0 131072 linear /dev/loop3 0", "all": "0 131072 error"}
     with pytest.raises(ValueError):
         faults.dm_tables(0, "/dev/loop3")
+
+
+def test_dm_delay_tables_fail_one_direction_and_slow_writes():
+    """dm-delay sends reads and writes to different devices: one of them the run's all-error
+    device fails that direction alone; its write delay slows every write, healthy or not."""
+    t = faults.dm_tables(8, "/dev/loop3", "/dev/mapper/e")
+    assert t["linear"] == "0 8 linear /dev/loop3 0" and t["all"] == "0 8 error"
+    assert t["read"] == "0 8 delay /dev/mapper/e 0 0 /dev/loop3 0 0"
+    assert t["write"] == "0 8 delay /dev/loop3 0 0 /dev/mapper/e 0 0"
+    slow = faults.dm_tables(8, "/dev/loop3", "/dev/mapper/e", write_delay_ms=600)
+    assert slow["linear"] == "0 8 delay /dev/loop3 0 0 /dev/loop3 0 600"
+    assert slow["all"] == "0 8 delay /dev/mapper/e 0 0 /dev/mapper/e 0 600"
+    assert slow["write"] == "0 8 delay /dev/loop3 0 0 /dev/mapper/e 0 600"
+    with pytest.raises(ValueError):
+        faults.dm_tables(8, "/dev/loop3", write_delay_ms=600)
+
+
+def test_dm_backend_with_one_direction_makes_and_removes_its_error_device(tmp_path, monkeypatch):
+    monkeypatch.setattr(faults.loopdev, "attach", lambda host, p: "/dev/loop9")
+    monkeypatch.setattr(faults.loopdev, "detach", lambda host, d: None)
+    run = dm_host("8")
+    with faults.DmErrorBackend(run, tmp_path, "r1", one_direction=True) as b:
+        b.fail("write")
+    creates = [(argv[2], inp) for argv, inp in run.calls if argv[:2] == ["dmsetup", "create"]]
+    assert creates == [(b.err_name, "0 8 error\n"), (b.dm_name, "0 8 linear /dev/loop9 0\n")]
+    loads = [inp for argv, inp in run.calls if argv[:2] == ["dmsetup", "load"]]
+    assert loads == [f"0 8 delay /dev/loop9 0 0 /dev/mapper/{b.err_name} 0 0\n", "0 8 linear /dev/loop9 0\n"]
+    removes = [argv[2] for argv, _ in run.calls if argv[:2] == ["dmsetup", "remove"]]
+    assert removes == [b.dm_name, b.err_name], "the device goes first: it maps onto the error device"
+    assert b.err_name.startswith("acc-r1-"), "the sweeper knows it by the run's prefix"
 
 
 def test_dm_backend_swaps_tables_and_always_heals(tmp_path, monkeypatch):
@@ -40,10 +70,10 @@ def test_dm_backend_swaps_tables_and_always_heals(tmp_path, monkeypatch):
     assert seq == ["suspend", "load", "resume"] * 2
 
 
-def test_dm_backend_refuses_one_direction_faults(tmp_path):
+def test_dm_backend_without_its_error_device_refuses_one_direction_faults(tmp_path):
     b = faults.DmErrorBackend(dm_host(), tmp_path, "r1")
     b.tables = faults.dm_tables(8, "/dev/loop0")
-    with pytest.raises(faults.FaultError, match="nbdkit"):
+    with pytest.raises(faults.FaultError, match="one_direction"):
         b.fail("read")
 
 

@@ -1,6 +1,7 @@
 """Disk I/O suspension logic without a lab: the storage's request log, retry gaps, the
 two forms of the guide's settings, QEMU's retry probe on recorded `-device help`, and
 the QEMU build's input checks (every bad source is one clear error)."""
+import json
 import subprocess
 from pathlib import Path
 
@@ -216,3 +217,22 @@ def test_qemu_section_is_validated(tmp_path):
     p.write_text(QEMU_LAB.format(qemu='source = "q.tar.xz"', uri="qemu:///system"))
     cfg = config.load(p)
     assert cfg.qemu_source == str(tmp_path / "q.tar.xz") and cfg.emulator == ""
+
+
+def test_qemu_io_error_events_count_as_one_requests_attempts():
+    """QEMU's BLOCK_IO_ERROR events (as libvirt hands them over: QEMU's timestamp and the
+    event's data as JSON) become attempts with QEMU's times; only 'retry' ones are retries."""
+    from lab.qemuproc import IoErrorLog
+    from lab.retry import failed_attempts, most_retried
+    log = IoErrorLog(dom=None)
+    data = {"device": "", "node-name": "libvirt-2-format", "operation": "write", "action": "retry",
+            "nospace": False, "reason": "Input/output error"}
+    for i in range(4):
+        log._on_event(None, None, "BLOCK_IO_ERROR", 1000 + i, 250000, json.dumps(data), None)
+    log._on_event(None, None, "BLOCK_IO_ERROR", 1004, 0, json.dumps({**data, "action": "report"}), None)
+    retries = log.events("retry")
+    assert [e.op for e in retries] == ["Write"] * 4 and retries[0].device == "libvirt-2-format"
+    tries = failed_attempts(retries, "Write")
+    assert tries.count == 4 and tries.gaps == [1.0, 1.0, 1.0]
+    assert most_retried(retries, since=1000.5).count == 3
+    assert len(log.events()) == 5

@@ -7,7 +7,7 @@ from tests.fakehost import FakeHost
 
 from lab import xml as X
 from lab.arch import profile
-from lab.hostexec import LocalHost
+from lab.hostexec import LabPath, LocalHost
 from lab.hostleases import LeaseHolder, run_lease
 from lab.leases import try_lock
 from lab.sweep import sweep
@@ -91,8 +91,10 @@ def test_dm_leftovers_only_of_dead_runs_of_this_work_dir(tmp_path):
                          ("7:3", tmp_path / "elsewhere/z.img")):
         (sysdev / majmin / "loop").mkdir(parents=True)
         (sysdev / majmin / "loop/backing_file").write_text(f"{back}\n")
-    tables = {"acc-dead1-aa": "0 100 linear 7:1 0", "acc-live1-bb": "0 100 linear 7:2 0",
-              "acc-dead2-cc": "0 100 linear 7:3 0", "vg0-root": "0 100 linear 8:1 0"}
+    tables = {"acc-dead1-aa-err": "0 100 error", "acc-dead1-aa": "0 100 linear 7:1 0",
+              "acc-dead1-dd": "0 100 delay 7:1 0 0 253:0 0 0", "acc-live1-bb": "0 100 linear 7:2 0",
+              "acc-live1-bb-err": "0 100 error", "acc-dead2-cc": "0 100 linear 7:3 0", "acc-dead2-ee": "0 100 error",
+              "vg0-root": "0 100 linear 8:1 0"}
 
     def answer(argv, input):
         if argv[1] == "ls":
@@ -110,7 +112,10 @@ def test_dm_leftovers_only_of_dead_runs_of_this_work_dir(tmp_path):
         def exists(self, path):
             return super().exists(self._local(path))
 
-    assert dm_leftovers(RecordedHost(answer), runs, lambda rid: rid not in alive) == [("acc-dead1-aa", "dead1")]
+    # dead1's devices whatever their table (killed mid-fault, or its all-error device), the
+    # error device last; not a live run's, not one of a run whose directory is elsewhere
+    assert dm_leftovers(RecordedHost(answer), LabPath(runs), lambda rid: rid not in alive) == \
+        [("acc-dead1-aa", "dead1"), ("acc-dead1-dd", "dead1"), ("acc-dead1-aa-err", "dead1")]
 
 
 def test_a_dead_runs_orphaned_nbdkit_is_killed_and_a_live_runs_is_left(conn, tmp_path):
