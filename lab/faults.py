@@ -327,20 +327,23 @@ def dm_tables(sectors: int, device: str, errdev: str = "", write_delay_ms: int =
             "read": delay(errdev, device), "write": delay(device, errdev)}
 
 
+DM_DELAY_FIX = ("the lab host's kernel needs device-mapper's delay target (dm-delay) for slow writes and "
+                "one-direction faults: load it (modprobe dm-delay) or use [faults] backend nbdkit")
+
+
 class DmErrorBackend(FaultBackend):
     """A device-mapper device over a loop device, its table swapped between linear and
-    error; with `one_direction` (or a write delay) a second device of the run's, all
-    `error`, lets dm-delay fail reads or writes alone and slow every write."""
+    error; with a write delay, a second device of the run's, all `error`, lets dm-delay
+    slow every write and fail reads or writes alone."""
     name = "dm-error"
 
-    def __init__(self, host, workdir, run_id: str, size_mib: int = 64, write_delay_ms: int = 0,
-                 one_direction: bool = False):
+    def __init__(self, host, workdir, run_id: str, size_mib: int = 64, write_delay_ms: int = 0):
         """On the lab host `host`, the backing file in `workdir` there."""
         self.host = host
         self.dir = workdir
         self.size_mib = size_mib
         self.dm_name = f"acc-{run_id}-{secrets.token_hex(3)}"
-        self.err_name = f"{self.dm_name}-err" if (one_direction or write_delay_ms) else ""
+        self.err_name = f"{self.dm_name}-err" if write_delay_ms else ""
         self.write_delay_ms = write_delay_ms
         self.backing = workdir / f"{self.dm_name}.img"
         self.loop: str | None = None
@@ -368,10 +371,8 @@ class DmErrorBackend(FaultBackend):
             try:
                 self._dmsetup("create", self.dm_name, stdin=self.tables["linear"] + "\n")
             except FaultError as e:
-                if "delay" in self.tables["linear"]:
-                    raise FaultError(f"{e}; the lab host's kernel needs device-mapper's delay target (dm-delay) "
-                                     f"for slow writes: load it (modprobe dm-delay) or use [faults] backend "
-                                     f"nbdkit") from None
+                if self.err_name:
+                    raise FaultError(f"{e}; {DM_DELAY_FIX}") from None
                 raise
         except BaseException:
             self.remove()
@@ -397,16 +398,9 @@ class DmErrorBackend(FaultBackend):
     def fail(self, kind: str = "all") -> None:
         self._check_kind(kind)
         if kind not in self.tables:
-            raise FaultError(f"this dm-error device fails reads and writes together; ask the fault backend for "
-                             f"one direction (make_backend one_direction=True, dm-delay)")
-        try:
-            self._swap(self.tables[kind])
-        except FaultError as e:
-            if kind != "all":
-                raise FaultError(f"{e}; one-direction faults need device-mapper's delay target (dm-delay) on the "
-                                 f"lab host's kernel: load it (modprobe dm-delay) or use [faults] backend nbdkit") \
-                    from None
-            raise
+            raise FaultError("this dm-error device fails reads and writes together; one direction needs the "
+                             "backend made with a write delay (dm-delay onto its all-error device)")
+        self._swap(self.tables[kind])
         self.state = "failing"
 
     @verb(lambda self: f"heal the storage fault ({self.name})")
@@ -431,8 +425,8 @@ class DmErrorBackend(FaultBackend):
     def describe(self) -> str:
         more = ""
         if self.err_name:
-            more = (f"; one direction through dm-delay onto {self.err_name} (all error)"
-                    + (f", writes delayed {self.write_delay_ms} ms" if self.write_delay_ms else ""))
+            more = (f"; writes delayed {self.write_delay_ms} ms and one direction failing through dm-delay onto "
+                    f"{self.err_name} (all error)")
         return f"device-mapper {self.dm_name}: linear over {self.loop} swapped with an error table{more}"
 
     def qemu_file(self) -> str:
@@ -445,26 +439,26 @@ class DmErrorBackend(FaultBackend):
     def failing_now(self) -> str:
         table = self._dmsetup("table", self.dm_name).stdout.strip()
         f = table.split()
-        failing = f[2:3] == ["error"] or (f[2:3] == ["delay"] and self.err_name and
-                                          any(dev in (f"/dev/mapper/{self.err_name}", self._err_majmin())
-                                              for dev in (f[3:4] + f[6:7])))
+        # a delay table names its devices by major:minor; failing when one is the error device
+        failing = f[2:3] == ["error"] or (f[2:3] == ["delay"] and self._err_majmin() in f[3:4] + f[6:7])
         if not failing:
             raise FaultError(f"device-mapper {self.dm_name} is not failing: its live table is {table!r}")
         return f"device-mapper {self.dm_name} live table: {table}"
 
     def _err_majmin(self) -> str:
+        if not self.err_name:
+            return "-"
         r = self.host.run("dmsetup", "info", "-c", "--noheadings", "-o", "major,minor", self.err_name, check=False)
         return r.stdout.strip().replace(" ", "") if r.ok else "?"
 
 
-def make_backend(name: str, host, workdir, run_id: str, write_delay_ms: int = 0, grant=None,
-                 one_direction: bool = False) -> FaultBackend:
+def make_backend(name: str, host, workdir, run_id: str, write_delay_ms: int = 0, grant=None) -> FaultBackend:
     """The backend on the lab host `host`; `workdir` is a path there; `grant(path)` hands
     a file it makes to QEMU's user."""
     if name == "nbdkit":
         b = NbdkitBackend(host, workdir, write_delay_ms=write_delay_ms)
     elif name == "dm-error":
-        b = DmErrorBackend(host, workdir, run_id, write_delay_ms=write_delay_ms, one_direction=one_direction)
+        b = DmErrorBackend(host, workdir, run_id, write_delay_ms=write_delay_ms)
     else:
         b = None
     if b is not None:

@@ -196,19 +196,19 @@ class Attempts:
 
 
 class AttemptSource:
-    """Where the retried attempts are counted: the storage's own log where the fault
+    """Where the failed attempts are counted: the storage's own log where the fault
     backend keeps one (nbdkit's log filter: an independent witness), else QEMU's
-    BLOCK_IO_ERROR events with action 'retry' (openEuler's patch raises one per failed
-    attempt it will retry; `log` is the domain's open IoErrorLog)."""
+    BLOCK_IO_ERROR events (one per failed attempt: action 'retry' for each it will try
+    again, then the one it hands over; `log` is the domain's open IoErrorLog)."""
 
     def __init__(self, fault, log):
         self.fault, self.log = fault, log
         self.storage = fault.requests() is not None
         self.name = (f"the storage's request log ({fault.name})" if self.storage else
-                     f"QEMU's BLOCK_IO_ERROR events with action 'retry' ({fault.name} keeps no request log)")
+                     f"QEMU's BLOCK_IO_ERROR events ({fault.name} keeps no request log)")
 
     def __call__(self) -> list:
-        return self.fault.requests() if self.storage else self.log.events("retry")
+        return self.fault.requests() if self.storage else self.log.events()
 
 
 def failed_attempts(requests, op: str | None = None, since: float = 0.0) -> Attempts:

@@ -35,16 +35,17 @@ def test_dm_delay_tables_fail_one_direction_and_slow_writes():
         faults.dm_tables(8, "/dev/loop3", write_delay_ms=600)
 
 
-def test_dm_backend_with_one_direction_makes_and_removes_its_error_device(tmp_path, monkeypatch):
+def test_dm_backend_with_a_write_delay_makes_and_removes_its_error_device(tmp_path, monkeypatch):
     monkeypatch.setattr(faults.loopdev, "attach", lambda host, p: "/dev/loop9")
     monkeypatch.setattr(faults.loopdev, "detach", lambda host, d: None)
     run = dm_host("8")
-    with faults.DmErrorBackend(run, tmp_path, "r1", one_direction=True) as b:
+    with faults.DmErrorBackend(run, tmp_path, "r1", write_delay_ms=600) as b:
         b.fail("write")
     creates = [(argv[2], inp) for argv, inp in run.calls if argv[:2] == ["dmsetup", "create"]]
-    assert creates == [(b.err_name, "0 8 error\n"), (b.dm_name, "0 8 linear /dev/loop9 0\n")]
+    slow = "0 8 delay /dev/loop9 0 0 /dev/loop9 0 600\n"
+    assert creates == [(b.err_name, "0 8 error\n"), (b.dm_name, slow)]
     loads = [inp for argv, inp in run.calls if argv[:2] == ["dmsetup", "load"]]
-    assert loads == [f"0 8 delay /dev/loop9 0 0 /dev/mapper/{b.err_name} 0 0\n", "0 8 linear /dev/loop9 0\n"]
+    assert loads == [f"0 8 delay /dev/loop9 0 0 /dev/mapper/{b.err_name} 0 600\n", slow]
     removes = [argv[2] for argv, _ in run.calls if argv[:2] == ["dmsetup", "remove"]]
     assert removes == [b.dm_name, b.err_name], "the device goes first: it maps onto the error device"
     assert b.err_name.startswith("acc-r1-"), "the sweeper knows it by the run's prefix"
@@ -73,7 +74,7 @@ def test_dm_backend_swaps_tables_and_always_heals(tmp_path, monkeypatch):
 def test_dm_backend_without_its_error_device_refuses_one_direction_faults(tmp_path):
     b = faults.DmErrorBackend(dm_host(), tmp_path, "r1")
     b.tables = faults.dm_tables(8, "/dev/loop0")
-    with pytest.raises(faults.FaultError, match="one_direction"):
+    with pytest.raises(faults.FaultError, match="write delay"):
         b.fail("read")
 
 
