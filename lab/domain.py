@@ -250,6 +250,10 @@ class VM:
         st, reason = self.dom.state()
         return names.get(st, str(st)), reason
 
+    def disk_errors(self) -> dict[str, int]:
+        """libvirt's record of the disks that hit an I/O error (target: error code)."""
+        return self.dom.diskErrors()
+
     # ------------------------------------------------------------ the guest (lab/access.py)
 
     def wait_ready(self, deadline: Deadline | None = None) -> Guest:

@@ -66,6 +66,7 @@ class Run:
         self._undo: list[tuple[str, object]] = []     # host changes, undone in reverse at close
         self._counter = 0
         self._bridge = None
+        self._hostside = None
         self._device_leases: dict = {}
         # The lab host's commands and files: this machine, or SSH to a remote lab host.
         self.host = host or cfg.host()
@@ -200,6 +201,14 @@ class Run:
             self._bridge = b
         return self._bridge
 
+    @property
+    def hostside(self):
+        """The lab host's verbs for the suites (PCI, links, VFs, modules, fault facts)."""
+        if self._hostside is None:
+            from .hostside import HostSide
+            self._hostside = HostSide(self.host, self.sys, self.cfg)
+        return self._hostside
+
     def qemu_binary(self) -> str:
         """The QEMU this lab's domains run: the lab's own build, else libvirt's default for
         the guest architecture."""
@@ -245,19 +254,19 @@ class Run:
         name = "pci_" + bdf.replace(":", "_").replace(".", "_")
         self.session.conn.nodeDeviceLookupByName(name).detachFlags("vfio", 0)
 
-    def refusal(self, dom, role: str, start: bool = False) -> str | None:
-        """Define `dom` (an lxml domain) as libvirt's parser takes it, without schema
-        validation (a vendor's libvirt may parse what its schema lacks, as openEuler's
-        does for error_policy='retry'), and with `start` start it paused (QEMU checks its
-        command line; no guest runs); all undone at once.  None when libvirt accepts it,
-        else libvirt's message.  The domain carries the run's tag, so a crash in between
-        leaves nothing the sweeper cannot find."""
+    def refusal(self, devices, role: str, start: bool = False) -> str | None:
+        """Define a bare domain of this lab (its virt type, arch and QEMU) with `devices`,
+        as libvirt's parser takes it, without schema validation (a vendor's libvirt may
+        parse what its schema lacks, as openEuler's does for error_policy='retry'), and
+        with `start` start it paused (QEMU checks its command line; no guest runs); all
+        undone at once.  None when libvirt accepts it, else libvirt's message.  The domain
+        carries the run's tag, so a crash in between leaves nothing the sweeper cannot find."""
         from .sweep import undefine
-        if dom.find("metadata") is None:
-            from lxml import etree
-            etree.SubElement(dom, "metadata").append(
-                X.harness_metadata(self.run_id, os.getpid(), role, work_dir=self.work_dir,
-                                   hostdir=self.cfg.host_work_dir))
+        self._counter += 1
+        meta = X.harness_metadata(self.run_id, os.getpid(), role, work_dir=self.work_dir,
+                                  hostdir=self.cfg.host_work_dir)
+        dom = X.domain(f"{PREFIX}{self.run_id}-{role}-{self._counter}", virt_type=self.cfg.virt_type,
+                       arch=self.arch, devices=list(devices), emulator=self.emulator, metadata=meta)
         try:
             d = self.session.conn.defineXML(X.to_string(dom))
         except libvirt.libvirtError as e:

@@ -27,6 +27,11 @@ def create_external(vm, disks: dict, others_no: list[str] = ()) -> tuple[str, fl
     return m.group(1), took
 
 
+def names(vm) -> list[str]:
+    """The snapshots libvirt keeps for the VM's domain."""
+    return sorted(s.getName() for s in vm.dom.listAllSnapshots())
+
+
 def restore_external(vm, name: str, target: str = "vda") -> None:
     """Bring `target` back to its state when snapshot `name` was taken: stop the
     VM, point the disk at the snapshot's backing image again, drop the overlay

@@ -50,9 +50,8 @@ def assert_no_guest_io_errors(guest):
 def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms, lab, request):
     # IOS-9 against the host's own facts, not the probe that chose the backend: the kernel's
     # device-mapper (its misc device) decides, unless the lab config names a backend
-    misc = lab.host.read_text("/proc/misc").split()
-    dm_in_kernel = "device-mapper" in misc
-    configured = lab.cfg.fault_backend
+    dm_in_kernel = lab.hostside.has_device_mapper()
+    configured = lab.hostside.fault_backend_setting
     expected = configured if configured != "auto" else ("dm-error" if dm_in_kernel else "nbdkit")
     assert fault.name == expected, (f"the run injects faults with {fault.name}, but the lab host's kernel "
                                     f"{'has' if dm_in_kernel else 'has no'} device-mapper ([faults] backend "
@@ -73,10 +72,10 @@ def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms, lab
         ev = pause_w.wait(Deadline(30, "the VM to be suspended by the storage fault"))
     allure.attach(fault.failing_now(), name="IOS-9: the storage says it fails", attachment_type=allure.attachment_type.TEXT)
     assert ev.detail["detail"] == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR
-    state, reason = vm.dom.state()
-    assert (state, reason) == (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR), \
-        f"domain state {vm.state()} after the storage fault"
-    assert "vdb" in vm.dom.diskErrors(), f"libvirt's disk errors: {vm.dom.diskErrors()}"
+    state = vm.state()
+    assert state == ("paused", libvirt.VIR_DOMAIN_PAUSED_IOERROR), f"domain state {state} after the storage fault"
+    errors = vm.disk_errors()
+    assert "vdb" in errors, f"libvirt's disk errors: {errors}"
 
     fault.heal()
     vm.resume()
@@ -112,7 +111,8 @@ def test_read_and_write_error_policies_are_separate(fault, vms):
         fault.fail("all")
         job = GuestJob(g, f"dd if=/dev/{dev} of=/dev/null bs=64k count=16 iflag=direct", "read")
         pause_w.wait(Deadline(30, "the VM to be suspended on a read error"))
-    assert vm.dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR]
+    state = vm.state()
+    assert state == ("paused", libvirt.VIR_DOMAIN_PAUSED_IOERROR), f"domain state {state} after the read error"
     fault.heal()
     vm.resume()
     assert job.rc() == 0, "the suspended read did not complete after resume"
@@ -123,7 +123,7 @@ def test_read_and_write_error_policies_are_separate(fault, vms):
 @pytest.fixture
 def retry_form(lab, request):
     """How this lab host sets the guide's retry settings: 'xml' or 'override' (said in the report)."""
-    form, how = lab_host_facts.retry_form(capabilities(lab.cfg))
+    form, how = lab_host_facts.retry_form(capabilities(lab))
     proven_with(request, how)
     return form
 
@@ -346,16 +346,12 @@ def test_retry_is_refused_on_a_bus_other_than_virtio(fault, lab):
     is defined or at the latest when it starts (paused: no guest runs).  Controls: the same
     retry disk on virtio is accepted (the policy itself is known), and the same SATA disk
     with error_policy='stop' is accepted (the bus and the disk are fine)."""
-    from lab.arch import profile
-
     def define(bus, target, stop=False):
         if stop:
             d = fault.disk(target, bus=bus, error_policy="stop", rerror_policy="stop", cache="none", serial=SERIAL)
         else:
             d, _ = retry_disk(fault, "xml", target, RetryPolicy(interval=1000, timeout=0), SERIAL, bus=bus)
-        dom = X.domain(f"acc-{lab.run_id}-ios6-{bus}{'-stop' if stop else ''}", virt_type=lab.cfg.virt_type,
-                       arch=profile(lab.cfg.arch), devices=[d], emulator=lab.emulator)
-        return lab.refusal(dom, "ios6", start=True)
+        return lab.refusal([d], f"ios6-{bus}{'-stop' if stop else ''}", start=True)
 
     accepted = define("virtio", "vdb")
     assert accepted is None, f"libvirt refused error_policy='retry' on virtio too (the control): {accepted}"

@@ -17,7 +17,7 @@ def tap_of(live_iface):
 def driver_name(run):
     """The guide asks for vhost; hosts without vhost-net get QEMU's own backend."""
     from fixtures.api import capabilities
-    return "vhost" if capabilities(run.cfg)["vhost-net"].present else "qemu"
+    return "vhost" if capabilities(run)["vhost-net"].present else "qemu"
 
 
 # One vCPU: the device offers the queue pairs queues='N' asks for whatever the guest's CPU

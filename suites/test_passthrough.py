@@ -26,21 +26,11 @@ def host_state(lab):
 
 
 def listed(lab, kind):
-    return {d.bdf for d in getattr(lab.cfg.inventory, kind)}
+    return lab.hostside.listed_bdfs(kind)
 
 
 def pf_link_up(lab, net):
-    """Bring the PF's link up and wait for carrier: VFs get their MAC, VLAN and rate
-    from a PF whose link is up (igbvf: 'PF still in reset state')."""
-    lab.host.run("ip", "link", "set", net, "up")
-    poll(lambda: lab.host.run("cat", f"/sys/class/net/{net}/carrier", check=False).stdout.strip() == "1",
-         Deadline(30, f"carrier on the PF's netdev {net}"), interval=0.5)
-
-
-def host_lspci_vfs(lab, pf_bdf):
-    out = lab.host.run("lspci", "-D").stdout
-    bus = pf_bdf.rsplit(":", 1)[0] + ":"
-    return sorted(line.split()[0] for line in out.splitlines() if "Virtual Function" in line and line.startswith(bus))
+    lab.hostside.net.link_up(net, Deadline(30, f"carrier on the PF's netdev {net}"))
 
 
 # ------------------------------------------------------------------ PCI passthrough
@@ -56,15 +46,15 @@ def guest_sees_rom(vm) -> bool:
 def test_managed_vfio_passthrough(lab, host_state, vms):
     bdf = sorted(listed(lab, "pci"))[0]
     lab.lease_device("pci", bdf, wait_s=600)
-    dev = pci.check_passthrough_safe(bdf, listed(lab, "pci"), lab.sys)
+    dev = lab.hostside.pci.check_passthrough_safe(bdf)
     host_state.remember_device(bdf)
     vm = vms.boot(VMSpec("pci-pass", devices=[pci.hostdev_pci(bdf)]))
-    assert pci.read_device(bdf, lab.sys).driver == "vfio-pci", "managed='yes' binds the device to vfio-pci while assigned"
+    assert lab.hostside.pci.device(bdf).driver == "vfio-pci", "managed='yes' binds the device to vfio-pci while assigned"
     seen = {d.bdf: d for d in vm.guest.pci.devices()}.get(GUEST_BDF)
     assert seen and (seen.vendor, seen.device) == (dev.vendor, dev.device), \
         f"guest {GUEST_BDF} is {seen}, expected {dev.ids}"
     vms.release(vm)
-    assert pci.read_device(bdf, lab.sys).driver == dev.driver, "the host driver came back after the VM"
+    assert lab.hostside.pci.device(bdf).driver == dev.driver, "the host driver came back after the VM"
 
 
 @claims("PCI-2")
@@ -72,13 +62,13 @@ def test_rom_bar_off_hides_the_devices_rom(lab, host_state, vms):
     """Only a device with an expansion ROM can show rom bar='off' doing anything: the
     same device shows its ROM in the guest without the setting (the control) and none
     with it."""
-    with_rom = [b for b in sorted(listed(lab, "pci")) if pci.read_device(b, lab.sys).has_rom]
+    with_rom = [b for b in sorted(listed(lab, "pci")) if lab.hostside.pci.device(b).has_rom]
     if not with_rom:
         pytest.skip("no PCI device in the lab config has an expansion ROM BAR (no sysfs rom file): "
                     "rom bar='off' would change nothing")
     bdf = with_rom[0]
     lab.lease_device("pci", bdf, wait_s=600)
-    pci.check_passthrough_safe(bdf, listed(lab, "pci"), lab.sys)
+    lab.hostside.pci.check_passthrough_safe(bdf)
     host_state.remember_device(bdf)
     control = vms.boot(VMSpec("pci-rom-on", devices=[pci.hostdev_pci(bdf, rom_bar_off=False)]))
     assert guest_sees_rom(control), f"without rom bar='off' the guest's {GUEST_BDF} shows no ROM BAR, " \
@@ -91,7 +81,7 @@ def test_rom_bar_off_hides_the_devices_rom(lab, host_state, vms):
 
 @claims("PCI-3")
 def test_iommu_group_goes_to_one_vm_only(lab, host_state, vms):
-    devs = [pci.read_device(b, lab.sys) for b in sorted(listed(lab, "pci"))]
+    devs = [lab.hostside.pci.device(b) for b in sorted(listed(lab, "pci"))]
     groups = {}
     for d in devs:
         groups.setdefault(d.iommu_group, []).append(d.bdf)
@@ -102,7 +92,7 @@ def test_iommu_group_goes_to_one_vm_only(lab, host_state, vms):
         host_state.remember_device(b)
     for b in mates[1:]:
         lab.nodedev_detach(b)    # a group is usable only with every member on vfio-pci
-    group = pci.read_device(mates[0], lab.sys).iommu_group
+    group = lab.hostside.pci.device(mates[0]).iommu_group
     first = vms.boot(VMSpec("pci-group-a", devices=[pci.hostdev_pci(mates[0])]))
     second = vms.define(VMSpec("pci-group-b", devices=[pci.hostdev_pci(mates[1])]))
     with pytest.raises(DomainError) as refused:
@@ -123,9 +113,9 @@ def test_iommu_group_goes_to_one_vm_only(lab, host_state, vms):
 
 @pytest.fixture
 def pf(lab, host_state):
-    entry = lab.cfg.inventory.sriov_pfs[0]
+    entry = lab.hostside.listed("sriov_pfs")[0]
     lab.lease_device("pf", entry.bdf, wait_s=600)
-    dev = pci.read_device(entry.bdf, lab.sys)
+    dev = lab.hostside.pci.device(entry.bdf)
     if not dev.is_pf:
         raise pci.UnsafeDevice(f"{entry.bdf} is listed as an SR-IOV PF but has no sriov_totalvfs")
     host_state.remember_pf(entry.bdf)
@@ -136,13 +126,13 @@ def pf(lab, host_state):
 def test_numvfs_creates_and_removes_vfs_and_discovery_agrees(lab, pf, host_state):
     n = min(2, pf.totalvfs)
     host_state.set_numvfs(pf.bdf, n)
-    now = pci.read_device(pf.bdf, lab.sys)
-    assert len(now.virtfns) == n and host_lspci_vfs(lab, pf.bdf) == sorted(now.virtfns)
+    now = lab.hostside.pci.device(pf.bdf)
+    assert len(now.virtfns) == n and lab.hostside.pci.lspci_vfs(pf.bdf) == sorted(now.virtfns)
     for vf in now.virtfns:
-        assert pci.read_device(vf, lab.sys).physfn == pf.bdf
+        assert lab.hostside.pci.device(vf).physfn == pf.bdf
     assert now.netdevs, "the PF's netdev under .../net"
     host_state.set_numvfs(pf.bdf, 0)
-    assert pci.read_device(pf.bdf, lab.sys).virtfns == () and host_lspci_vfs(lab, pf.bdf) == []
+    assert lab.hostside.pci.device(pf.bdf).virtfns == () and lab.hostside.pci.lspci_vfs(pf.bdf) == []
 
 
 @claims("SRIOV-3")
@@ -151,24 +141,21 @@ def test_ip_link_sets_vf_mac_and_rate(lab, pf, host_state):
     net = pf.netdevs[0]
     mac = random_mac()
     pf_link_up(lab, net)
-    vf = pci.read_device(pf.bdf, lab.sys).virtfns[0]
-    lab.host.run("ip", "link", "set", net, "vf", "0", "mac", mac)
-    r = lab.host.run("ip", "link", "set", net, "vf", "0", "rate", "100", check=False)
-    if not r.ok:
-        pytest.fail(f"lab host {lab.cfg.name} refused a VF rate on {net}: {r.stderr.strip()}")
-    shown = lab.host.run("ip", "link", "show", net).stdout
-    vf0 = pci.parse_vf_links(shown).get(0)
+    vf = lab.hostside.pci.device(pf.bdf).virtfns[0]
+    lab.hostside.net.set_vf(net, 0, mac=mac)
+    lab.hostside.net.set_vf(net, 0, rate=100)
+    links, shown = lab.hostside.net.vf_links(net)
+    vf0 = links.get(0)
     assert vf0 is not None, f"ip link show {net} lists no vf 0: {shown}"
     assert (vf0.mac, vf0.rate) == (mac, 100), f"ip link show {net}: VF 0 has MAC {vf0.mac}, rate {vf0.rate} Mbps"
     # The VF itself, not only what the PF's driver echoes: its own driver, probed again, takes
     # the MAC the PF gave it (a VF driver reads its MAC from the PF at probe).
-    if not pci.read_device(vf, lab.sys).driver:
-        pytest.skip(f"VF {vf} has no host driver on {lab.cfg.name} (capability: host VF driver, e.g. igbvf/iavf): "
-                    f"its own MAC cannot be read on the host")
+    if not lab.hostside.pci.device(vf).driver:
+        pytest.skip(f"VF {vf} has no host driver on {lab.hostside.name} (capability: host VF driver, e.g. "
+                    f"igbvf/iavf): its own MAC cannot be read on the host")
     host_state.reprobe(vf)
-    vf_net = poll(lambda: pci.read_device(vf, lab.sys).netdevs, Deadline(30, f"VF {vf}'s netdev after a re-probe"),
-                  interval=0.3)[0]
-    own = lab.host.read_text(f"/sys/class/net/{vf_net}/address").strip()
+    vf_net = lab.hostside.pci.netdevs_of(vf, Deadline(30, f"VF {vf}'s netdev after a re-probe"))[0]
+    own = lab.hostside.net.mac(vf_net)
     assert own == mac, f"VF {vf} ({vf_net}) has MAC {own} on its own netdev, not the {mac} set through the PF"
 
 
@@ -178,22 +165,21 @@ def test_vf_rate_limits_the_vfs_own_traffic(lab, pf, host_state, request):
     and VF 1 of the PF, each in a network namespace the harness made, exchange a ping
     flood through the PF's switch, first unlimited (the control: fast enough to show a
     limit), then with VF 0's rate at a quarter of that (1 to 100 Mbit/s)."""
-    if not lab.host.which("ping"):
-        raise netns.NetnsError(f"lab host {lab.cfg.name} has no ping to measure a VF's rate with; fix: install "
+    if not lab.hostside.has_tool("ping"):
+        raise netns.NetnsError(f"lab host {lab.hostside.name} has no ping to measure a VF's rate with; fix: install "
                                "iputils (openEuler) or iputils-ping (Debian) there")
     if pf.totalvfs < 2:
         pytest.skip(f"PF {pf.bdf} offers {pf.totalvfs} VF(s) (capability: two VFs to measure a VF's rate between)")
     host_state.set_numvfs(pf.bdf, max(2, pf.numvfs))
     net = pf.netdevs[0]
     pf_link_up(lab, net)
-    vfs = pci.read_device(pf.bdf, lab.sys).virtfns[:2]
+    vfs = lab.hostside.pci.device(pf.bdf).virtfns[:2]
     for vf in vfs:
-        if not pci.read_device(vf, lab.sys).driver:
-            pytest.skip(f"VF {vf} has no host driver on {lab.cfg.name} (capability: host VF driver, e.g. igbvf/iavf): "
+        if not lab.hostside.pci.device(vf).driver:
+            pytest.skip(f"VF {vf} has no host driver on {lab.hostside.name} (capability: host VF driver, e.g. igbvf/iavf): "
                         "its traffic cannot be measured on the host")
-    nets = [poll(lambda vf=vf: pci.read_device(vf, lab.sys).netdevs, Deadline(30, f"VF {vf}'s netdev"),
-                 interval=0.3)[0] for vf in vfs]
-    lab.host.run("ip", "link", "set", net, "vf", "0", "rate", "0")
+    nets = [lab.hostside.pci.netdevs_of(vf, Deadline(30, f"VF {vf}'s netdev"))[0] for vf in vfs]
+    lab.hostside.net.set_vf(net, 0, rate=0)
     sender, receiver = (netns.NetNamespace(lab.host, f"{PREFIX}{lab.run_id}-vf{i}") for i in "ab")
     for ns, vf_net, addr in ((sender, nets[0], "169.254.77.1/24"), (receiver, nets[1], "169.254.77.2/24")):
         ns.create()
@@ -210,10 +196,10 @@ def test_vf_rate_limits_the_vfs_own_traffic(lab, pf, host_state, request):
     rate = max(1, min(100, int(free.mbps / 4)))       # Mbit/s: ip link's unit, 1 the smallest
     measured(request, "SRIOV-3 VF 0 unlimited (Mbit/s)", round(free.mbps, 1), free.describe())
     if free.mbps < 3:
-        pytest.skip(f"VF traffic on {lab.cfg.name} runs at {free.mbps:.1f} Mbit/s unlimited (capability: VF traffic "
+        pytest.skip(f"VF traffic on {lab.hostside.name} runs at {free.mbps:.1f} Mbit/s unlimited (capability: VF traffic "
                     "of 3 Mbit/s or more, to tell a limit of 1 Mbit/s from none)")
-    lab.host.run("ip", "link", "set", net, "vf", "0", "rate", str(rate))
-    vf0 = pci.parse_vf_links(lab.host.run("ip", "link", "show", net).stdout).get(0)
+    lab.hostside.net.set_vf(net, 0, rate=rate)
+    vf0 = lab.hostside.net.vf_links(net)[0].get(0)
     assert vf0 is not None and vf0.rate == rate, f"ip link show {net}: VF 0 has rate {vf0 and vf0.rate}, not {rate}"
     limited = netns.flood(sender, nets[0], "169.254.77.2", 3)
     measured(request, f"SRIOV-3 VF 0 at rate {rate} (Mbit/s)", round(limited.mbps, 1), limited.describe())
@@ -226,7 +212,7 @@ def test_vf_rate_limits_the_vfs_own_traffic(lab, pf, host_state, request):
 def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(lab, pf, host_state, vms):
     host_state.set_numvfs(pf.bdf, max(1, pf.numvfs))
     pf_link_up(lab, pf.netdevs[0])
-    vf = pci.read_device(pf.bdf, lab.sys).virtfns[0]
+    vf = lab.hostside.pci.device(pf.bdf).virtfns[0]
     host_state.remember_device(vf)
     mac = random_mac()
     vm = vms.boot(VMSpec("sriov-vf", devices=[pci.hostdev_interface(vf, mac, 1)]))
@@ -236,8 +222,8 @@ def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(lab, pf, host_state, vm
         f"the guest's VF NIC {nic.name} ({nic.driver}) has MAC {nic.mac}, not the configured {mac}; its driver said: "
         + vm.guest.run("dmesg | grep -i %s | tail -n 4", nic.driver).stdout.replace("\n", " | "))
     assert nic.driver not in ("-", "virtio_net"), f"the guest NIC {nic.name} is not the VF (driver {nic.driver})"
-    shown = lab.host.run("ip", "link", "show", pf.netdevs[0]).stdout
-    mine = [v for v in pci.parse_vf_links(shown).values() if v.mac == mac]
+    links, shown = lab.hostside.net.vf_links(pf.netdevs[0])
+    mine = [v for v in links.values() if v.mac == mac]
     assert len(mine) == 1, f"ip link show {pf.netdevs[0]}: {len(mine)} VF line(s) with MAC {mac}: {shown}"
     assert mine[0].vlan == 1, f"the host shows VLAN {mine[0].vlan} on VF {mine[0].vf}, not the configured 1"
 
@@ -246,9 +232,9 @@ def test_hostdev_interface_passes_a_vf_with_mac_and_vlan(lab, pf, host_state, vm
 
 @pytest.fixture
 def hpre(lab, host_state):
-    bdf = lab.cfg.inventory.hpre[0].bdf
+    bdf = lab.hostside.listed("hpre")[0].bdf
     lab.lease_device("hpre", bdf, wait_s=600)
-    found = next((h for h in pci.hpre_devices(lab.sys) if h["bdf"] == bdf), None)
+    found = lab.hostside.pci.hpre(bdf)
     if found is None:
         raise pci.UnsafeDevice(f"lab HPRE {bdf} is not under /sys/class/uacce")
     host_state.remember_pf(bdf)
@@ -258,16 +244,16 @@ def hpre(lab, host_state):
 @claims("HPRE-1")
 def test_hpre_ids_and_vf_limit(lab, hpre, host_state):
     assert (hpre["vendor"], hpre["device"]) == (pci.HPRE_VENDOR, pci.HPRE_PF)
-    assert pci.read_device(hpre["bdf"], lab.sys).totalvfs == pci.HPRE_MAX_VFS
+    assert lab.hostside.pci.device(hpre["bdf"]).totalvfs == pci.HPRE_MAX_VFS
     host_state.set_numvfs(hpre["bdf"], 2, path=hpre["numvfs_path"])      # through the uacce path
-    vfs = pci.read_device(hpre["bdf"], lab.sys).virtfns
-    assert len(vfs) == 2 and all(pci.read_device(v, lab.sys).device == pci.HPRE_VF for v in vfs)
+    vfs = lab.hostside.pci.device(hpre["bdf"]).virtfns
+    assert len(vfs) == 2 and all(lab.hostside.pci.device(v).device == pci.HPRE_VF for v in vfs)
     host_state.set_numvfs(hpre["bdf"], pci.HPRE_MAX_VFS, path=hpre["numvfs_path"])   # control: the limit itself
-    assert len(pci.read_device(hpre["bdf"], lab.sys).virtfns) == pci.HPRE_MAX_VFS
+    assert len(lab.hostside.pci.device(hpre["bdf"]).virtfns) == pci.HPRE_MAX_VFS
     host_state.set_numvfs(hpre["bdf"], 0, path=hpre["numvfs_path"])
     with pytest.raises(OSError):
         host_state.writer(hpre["numvfs_path"], str(pci.HPRE_MAX_VFS + 1))
-    assert pci.read_device(hpre["bdf"], lab.sys).virtfns == (), "a refused VF count still made VFs"
+    assert lab.hostside.pci.device(hpre["bdf"]).virtfns == (), "a refused VF count still made VFs"
 
 
 def guest_hpre_usable(vm) -> str:
@@ -285,19 +271,13 @@ def guest_hpre_usable(vm) -> str:
     return ", ".join(sorted({re.search(r"^driver\s*:\s*(\S+)", b, re.M).group(1) for b in blocks}))
 
 
-def module_holders(lab, module: str) -> tuple[int, list[str]]:
-    """(refcnt, holder modules) of a host kernel module."""
-    refcnt = int(lab.host.read_text(f"/sys/module/{module}/refcnt").strip())
-    return refcnt, sorted(lab.host.listdir(f"/sys/module/{module}/holders"))
-
-
 @claims("HPRE-2", "HPRE-3")
 def test_hpre_vf_in_a_vm_is_usable_and_pins_the_host_driver(lab, hpre, host_state, vms):
     host_state.set_numvfs(hpre["bdf"], 2, path=hpre["numvfs_path"])
-    vf, spare = pci.read_device(hpre["bdf"], lab.sys).virtfns[:2]
+    vf, spare = lab.hostside.pci.device(hpre["bdf"]).virtfns[:2]
     host_state.remember_device(vf)
     # control for HPRE-3: who holds the host driver before a VM uses a VF
-    idle = module_holders(lab, "hisi_hpre")
+    idle = lab.hostside.modules.holders("hisi_hpre")
     vm = vms.boot(VMSpec("hpre-vf", devices=[pci.hostdev_pci(vf)]))
     seen = {d.bdf: d for d in vm.guest.pci.devices()}.get(GUEST_BDF)
     assert seen and (seen.vendor, seen.device) == (pci.HPRE_VENDOR, pci.HPRE_VF), f"guest {GUEST_BDF} is {seen}"
@@ -305,13 +285,14 @@ def test_hpre_vf_in_a_vm_is_usable_and_pins_the_host_driver(lab, hpre, host_stat
                   attachment_type=allure.attachment_type.TEXT)
     seen = {d.bdf: d for d in vm.guest.pci.devices()}.get(GUEST_BDF)
     assert seen.driver != "-", f"no guest driver bound the VF at {GUEST_BDF}"
-    busy = module_holders(lab, "hisi_hpre")
+    busy = lab.hostside.modules.holders("hisi_hpre")
     if idle[0] > 0 and busy[0] <= idle[0]:
         pytest.skip(f"hisi_hpre is held on the lab host without any VM (refcnt {idle[0]}, holders {idle[1]}): "
                     f"an unload refusal would not show the VM's hold (capability: hpre-driver-unloadable)")
-    r = lab.host.run("modprobe", "-r", "hisi_hpre", check=False)
-    assert r.rc != 0, "the host driver unloaded while a VM uses its VF"
-    assert "in use" in r.stderr, f"modprobe -r hisi_hpre failed, but not because the module is in use: {r.stderr}"
+    refused = lab.hostside.modules.unload("hisi_hpre")
+    assert refused is not None, "the host driver unloaded while a VM uses its VF"
+    assert "in use" in refused.stderr, \
+        f"modprobe -r hisi_hpre failed, but not because the module is in use: {refused.stderr}"
     host_state.remember_device(spare)
     with pytest.raises(AttachRefused) as refused:
         vm.attach(pci.hostdev_pci(spare, guest_address=None), live=True)

@@ -139,7 +139,7 @@ def test_vm_with_an_absent_usb_device_fails_to_start(vms):
 @pytest.fixture
 def host_usb(lab):
     present = usb.host_devices_sysfs(lab.sys / "bus/usb/devices")
-    dev = usb.usable(lab.cfg.inventory.usb, present)[0]
+    dev = usb.usable(lab.hostside.listed("usb"), present)[0]
     lab.lease_device("usb", f"{dev.vendor}:{dev.product}@{dev.bus}-{dev.device}", wait_s=600)
     return dev
 
@@ -218,8 +218,8 @@ def migration_target(lab):
     target = MigrationTarget(lab.host, lab.hdir)
     missing = target.missing_tools()
     if missing:
-        pytest.skip(f"lab host {lab.cfg.name} has no {', '.join(missing)}: no second libvirt endpoint to migrate to")
-    lab.push_undo(f"stopped the migration target on {lab.cfg.name}", target.close)
+        pytest.skip(f"lab host {lab.host.name} has no {', '.join(missing)}: no second libvirt endpoint to migrate to")
+    lab.push_undo(f"stopped the migration target on {lab.host.name}", target.close)
     yield target.start()
     lab.undo_now(target.close)
 
