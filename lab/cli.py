@@ -71,29 +71,30 @@ def cmd_doctor(cfg) -> int:
     if cfg.image_access == "console-password":
         src = f"${cfg.password_env}" if cfg.password_env else cfg.password_file
         print(f"console      login as {cfg.guest_user}, password from {src}")
-    h = cfg.host() if cfg.has_shell else None
-    try:
-        q = host.qemu_facts(cfg, conn, h) if conn is not None else {}
-    finally:
-        if h is not None:
-            h.close()
+    with cfg.host() as h:
+        return _doctor_host(cfg, conn, h)
+
+
+def _doctor_host(cfg, conn, h) -> int:
+    """The doctor's part that asks the lab host (its one connection, `h`)."""
+    q = host.qemu_facts(cfg, conn, h) if conn is not None else {}
     if q:
         print(f"qemu         {q.get('qemu.emulator')}: {q.get('qemu.version', '?')}"
               + (f"; {q['qemu.build']}" if "qemu.build" in q else ""))
-    caps = host.probe(cfg, conn)
+    caps = host.probe(cfg, conn, host=h)
     print("\ncapabilities (probed on the host):")
     for c in caps.values():
         print(f"  {'yes' if c.present else 'no ':3}  {c.name:20} {c.detail}")
     print(f"\nfault backend: {host.fault_backend(cfg, caps)}")
     bad = 0
-    if cfg.has_shell and any((cfg.inventory.pci, cfg.inventory.sriov_pfs, cfg.inventory.usb, cfg.inventory.hpre)):
+    if any((cfg.inventory.pci, cfg.inventory.sriov_pfs, cfg.inventory.usb, cfg.inventory.hpre)):
         print("\ninventory (the lab config against the host):")
-        for ok, line in inventory_check(cfg, cfg.host()):
+        for ok, line in inventory_check(cfg, h):
             bad += not ok
             print(f"  {'ok ' if ok else 'BAD'}  {line}")
     print("\nlab host programs and sshd (what each missing one costs):")
     try:
-        for ok, line in labhost_needs.check(cfg.host()):
+        for ok, line in labhost_needs.check(h):
             print(f"  {'ok ' if ok else 'NO '}  {line}")
     except Exception as e:          # an unreachable shell is said above by the probes too
         print(f"  ??   the lab host's shell did not answer: {type(e).__name__}: {e}")
@@ -172,12 +173,9 @@ def cmd_qemu(cfg) -> int:
     t = time.monotonic()
     b = qemu_build.for_lab(cfg, build=True)
     where = b.emulator
-    if not cfg.on_this_machine:             # a remote lab host: copied there (cached)
-        h = cfg.host()
-        try:
+    with cfg.host() as h:
+        if not h.local:                     # a remote lab host: copied there (cached)
             where = f"{h.name}:{qemu_build.emulator_of(cfg, h, build=False)}"
-        finally:
-            h.close()
     print(f"{b.describe()}: {where} (ready in {time.monotonic() - t:.1f} s; "
           f"built in {b.info['build_seconds']:.0f} s on {b.info['built']})")
     return 0
@@ -247,12 +245,13 @@ def cmd_daemon(cfg, action) -> int:
 
 def cmd_discover(cfg) -> int:
     """What passthrough hardware the lab host has (read-only), and a config snippet."""
-    from . import pci, usb
     from .hostexec import sys_root
-    if not cfg.has_shell:
-        print(f"lab host {cfg.name} has no [shell] to read its sysfs with")
-        return 2
-    sysr = sys_root(cfg.host())
+    with cfg.host() as h:
+        return _discover(cfg, sys_root(h))
+
+
+def _discover(cfg, sysr) -> int:
+    from . import pci, usb
     devs = pci.discover(sysr)
     hpre = pci.hpre_devices(sysr)
     print(f"{'BDF':14} {'IDs':10} {'class':9} {'driver':12} {'group':5} SR-IOV")

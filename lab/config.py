@@ -101,13 +101,9 @@ class LabConfig:
         """Host commands run on this machine (a local libvirt URI and no [shell] address)."""
         return not self.shell_address and "://" in self.libvirt_uri and self.libvirt_uri.split("://", 1)[1].startswith("/")
 
-    @property
-    def has_shell(self) -> bool:
-        """The harness can run commands on the lab host (this machine, or over SSH)."""
-        return self.on_this_machine or bool(self.shell_address)
-
     def host(self):
-        """The executor for this lab host's commands and files."""
+        """The lab host's commands and files: SSH to it, else this machine (a lab config
+        with a remote libvirt URI and no [shell] address is refused when it is loaded)."""
         from .hostexec import LocalHost, SshHost
         if self.shell_address:
             g = self.shell_given

@@ -6,8 +6,6 @@ config promises (an inventory entry) but the probe denies is an error.
 """
 from __future__ import annotations
 
-import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,32 +23,33 @@ class Capability:
     detail: str
 
 
-# The capabilities only a command on the lab host can tell (absent without a [shell]).
+# The capabilities only a command on the lab host can tell.
 HOST_PROBED = ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "dm-delay", "openvswitch", "nbdkit", "vhost-user",
                "usb-subsystem")
 
 
 def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path = Path("/"),
           host=None) -> dict[str, Capability]:
-    """Probe the lab host through its executor (this machine, or SSH to a remote
-    lab host); `sysroot` redirects a local probe to a recorded tree (self-tests)."""
+    """Probe the lab host through its executor (this machine, SSH to a remote lab host;
+    `host`: the caller's, else one opened and closed here); `sysroot` redirects a local
+    probe to a recorded tree (self-tests)."""
+    if host is not None:
+        return _probe(cfg, conn, sysroot, host)
+    with cfg.host() as h:
+        return _probe(cfg, conn, sysroot, h)
+
+
+def _probe(cfg: LabConfig, conn, sysroot: Path, h) -> dict[str, Capability]:
     caps: dict[str, Capability] = {}
 
     def add(name, present, detail):
         caps[name] = Capability(name, bool(present), detail)
 
-    h = (host or cfg.host()) if cfg.has_shell else None
-    if not cfg.has_shell:
-        why = (f"lab host {cfg.name} is reached only through libvirt ({cfg.libvirt_uri}); host commands need "
-               f"[shell] address (SSH) in {cfg.path.name}")
+    try:
+        _probe_host(cfg, h, sysroot, add)
+    except (OSError, LabError) as e:
         for name in HOST_PROBED:
-            add(name, False, why)
-    else:
-        try:
-            _probe_host(cfg, h, sysroot, add)
-        except (OSError, LabError) as e:
-            for name in HOST_PROBED:
-                add(name, False, f"probing lab host {cfg.name} failed: {e}")
+            add(name, False, f"probing lab host {cfg.name} failed: {e}")
     inv = cfg.inventory
     add("pci-device", inv.pci, f"{len(inv.pci)} PCI device(s) listed in [inventory] pci")
     add("sriov", inv.sriov_pfs, f"{len(inv.sriov_pfs)} SR-IOV PF(s) listed in [inventory] sriov_pfs")
@@ -76,16 +75,13 @@ def _probe_retry(cfg: LabConfig, conn, h, add) -> None:
     """The two faces of disk I/O suspension: libvirt's XML (error-policy-retry) and QEMU's
     device properties (qemu-retry), each asked of the thing itself."""
     try:
-        emulator = lab_emulator(cfg, h or cfg.host(), conn)
+        emulator = lab_emulator(cfg, h, conn)
     except (LabError, libvirt.libvirtError) as e:
         add("error-policy-retry", False, f"no QEMU to probe: {e}")
         add("qemu-retry", False, f"no QEMU to probe: {e}")
         return
-    if h is None:
-        q = (False, f"QEMU's device properties need a [shell] on lab host {cfg.name} to ask {emulator or 'its QEMU'}")
-    else:
-        ok, why = probe_qemu_retry(h, emulator)
-        q = (ok, why + h.on)
+    ok, why = probe_qemu_retry(h, emulator)
+    q = (ok, why + h.on)
     x = probe_retry_policy(conn, cfg, emulator) if conn is not None else \
         (False, "error_policy='retry' needs a libvirt connection to probe")
     if q[0] and not x[0]:
@@ -156,12 +152,8 @@ def _virt_type_available(conn, virt_type: str) -> bool:
 def facts(cfg: LabConfig, conn: libvirt.virConnect, image_digest: str = "") -> dict[str, str]:
     """What the Allure environment and the certification report record (one connection
     to the lab host for all of it, closed at the end)."""
-    h = cfg.host() if cfg.has_shell else None
-    try:
+    with cfg.host() as h:
         return _facts(cfg, conn, h, image_digest)
-    finally:
-        if h is not None:
-            h.close()
 
 
 def _facts(cfg: LabConfig, conn, h, image_digest: str) -> dict[str, str]:
@@ -173,10 +165,10 @@ def _facts(cfg: LabConfig, conn, h, image_digest: str) -> dict[str, str]:
         "lab.host": cfg.name,
         "lab.config": str(cfg.path),
         "host.hostname": conn.getHostname(),
-        "host.cpu": _cpu_model(h) if h else info[0],
+        "host.cpu": _cpu_model(h) or info[0],
         "host.cpus": str(info[2]),
         "host.memory_mib": str(info[1]),
-        "host.kernel": (h.run("uname", "-r", check=False).stdout.strip() or "(unknown)") if h else "(no [shell] to ask)",
+        "host.kernel": h.run("uname", "-r", check=False).stdout.strip() or "(unknown)",
         "libvirt.version": ver(conn.getLibVersion()),
         "qemu.version": ver(conn.getVersion()),       # libvirt's default QEMU; qemu_facts() names the lab's
         "virt.type": cfg.virt_type,
@@ -187,11 +179,10 @@ def _facts(cfg: LabConfig, conn, h, image_digest: str) -> dict[str, str]:
         "timeout.factor": str(cfg.timeout_factor),
     }
     out.update(qemu_facts(cfg, conn, h))
-    if h:
-        out.update(dmi(h))
-        bdfs = [d.bdf for d in (*cfg.inventory.sriov_pfs, *cfg.inventory.pci, *cfg.inventory.hpre)]
-        if bdfs:
-            out.update(device_models(h, bdfs))
+    out.update(dmi(h))
+    bdfs = [d.bdf for d in (*cfg.inventory.sriov_pfs, *cfg.inventory.pci, *cfg.inventory.hpre)]
+    if bdfs:
+        out.update(device_models(h, bdfs))
     caps = probe(cfg, conn, host=h)
     out["fault.backend"] = fault_backend(cfg, caps)
     out["ios.retry_form"] = retry_form(caps)[1]
@@ -215,16 +206,13 @@ def retry_form(caps: dict[str, Capability]) -> tuple[str, str]:
     return "none", "neither libvirt nor QEMU has the disk I/O suspension extension"
 
 
-def _cpu_model(h=None) -> str:
+def _cpu_model(h) -> str:
+    """The lab host's CPU model from its /proc/cpuinfo ("" when it cannot be read)."""
     from .arch import cpu_model
     try:
-        text = h.read_text("/proc/cpuinfo") if h is not None else open("/proc/cpuinfo").read()
-        model = cpu_model(text)
-        if model:
-            return model
+        return cpu_model(h.read_text("/proc/cpuinfo")) or ""
     except (OSError, LabError):
-        pass
-    return platform.processor() or os.uname().machine
+        return ""
 
 
 DMI = (("vendor", "sys_vendor"), ("product", "product_name"), ("version", "product_version"),
@@ -290,16 +278,15 @@ def probe_qemu_retry(h, emulator: str) -> tuple[bool, str]:
 
 def qemu_facts(cfg: LabConfig, conn, h) -> dict[str, str]:
     """Which QEMU the lab's domains run: its path, its own version string and, for a
-    build of the harness's, what it was built from (`h`: the lab host's commands, None
-    where the harness has no [shell] there)."""
+    build of the harness's, what it was built from (`h`: the lab host's commands)."""
     from . import qemu_build
     out = {}
     try:
-        emu = lab_emulator(cfg, h or cfg.host(), conn)
+        emu = lab_emulator(cfg, h, conn)
     except (LabError, libvirt.libvirtError) as e:
         return {"qemu.emulator": f"unavailable: {e}"}
     out["qemu.emulator"] = emu or "(libvirt's default)"
-    if emu and h is not None:
+    if emu:
         r = h.run(emu, "--version", check=False, timeout=30)
         out["qemu.version"] = (r.stdout.splitlines() or ["(no answer)"])[0].strip()
     b = qemu_build.for_lab(cfg, build=False) if cfg.qemu_source else None

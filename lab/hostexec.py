@@ -60,9 +60,16 @@ _PATH_ARG = {"read_bytes": 0, "write_text": 0, "exists": 0, "is_dir": 0, "listdi
 
 
 class Host:
-    """The interface; paths are lab host paths (LabPath or str), never pathlib.Paths."""
+    """The interface; paths are lab host paths (LabPath or str), never pathlib.Paths.
+    A `with` block closes it."""
     name: str = "host"
     local: bool = True
+
+    def __enter__(self) -> "Host":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -599,6 +606,6 @@ class HostPath:
         self.host.rmdir(self._p)
 
 
-def sys_root(host: Host | None):
+def sys_root(host: Host):
     """/sys of the lab host: a Path here, a HostPath over SSH."""
-    return Path("/sys") if host is None or host.local else HostPath(host, "/sys")
+    return Path("/sys") if host.local else HostPath(host, "/sys")

@@ -137,10 +137,10 @@ class HostStateRecord:
 
 
 class HostState:
-    def __init__(self, sys=None, writer=None, save_to=None, host=None):
-        """`host`: the lab host (None: this machine); `sys`: its /sys (default: the host's)."""
-        from .hostexec import LocalHost, sys_root
-        self.host = host or LocalHost()
+    def __init__(self, sys=None, writer=None, save_to=None, *, host):
+        """`host`: the lab host (LocalHost for this machine); `sys`: its /sys (default: the host's)."""
+        from .hostexec import sys_root
+        self.host = host
         self.sys = sys if sys is not None else sys_root(self.host)
         self.writer = writer or self._write
         self.record = HostStateRecord()
@@ -158,7 +158,7 @@ class HostState:
             self.host.write_text(self.save_to, json.dumps(self.record.__dict__))
 
     @classmethod
-    def restore_saved(cls, path, host=None) -> list[str]:
+    def restore_saved(cls, path, host) -> list[str]:
         """Put back what a dead run saved on its lab host (`path` there): whichever
         controller sweeps it can, as the state lives beside what it describes."""
         st = cls(host=host)

@@ -182,16 +182,14 @@ def _sweep_domains(conn, work_dir: Path, runs: Path, dead: DeadRuns, host) -> li
     return undone
 
 
-def sweep(conn: libvirt.virConnect, work_dir: Path, log=print, host=None, host_work_dir=None,
+def sweep(conn: libvirt.virConnect, work_dir: Path, log=print, *, host, host_work_dir=None,
           leases=None) -> list[str]:
-    """The leftovers of dead runs on this lab host.  `host`: the lab host (None: this
-    machine), where its files, bridges, dm and loop devices and helpers are swept;
+    """The leftovers of dead runs on this lab host.  `host`: the lab host (LocalHost for
+    this machine), where its files, bridges, dm and loop devices and helpers are swept;
     `host_work_dir`: the harness's work dir there; `leases`: the run's LeaseHolder there
     (None: one for this sweep).  This machine's own run directories (`work_dir`/runs) go
     by their controller-side run locks."""
-    from .hostexec import LocalHost
     from .hostleases import LeaseHolder, controller_identity, lease_states
-    host = host or LocalHost()
     hwd = LabPath(str(host_work_dir or work_dir))
     own = leases is None
     if own:

@@ -77,7 +77,7 @@ def test_host_state_writes_through_the_host_path(sys_tree):  # noqa: F811
     st.set_numvfs("0000:03:00.0", 4)
     assert writes == [("HostPath", f"{sys_tree}/bus/pci/devices/0000:03:00.0/sriov_numvfs", "0"),
                       ("HostPath", f"{sys_tree}/bus/pci/devices/0000:03:00.0/sriov_numvfs", "4")]
-    real = pci.HostState(via)
+    real = pci.HostState(via, host=LocalHost())
     real._write(f"{sys_tree}/bus/pci/devices/0000:03:00.0/sriov_numvfs", "5")    # a string path: wrapped
     assert (sys_tree / "bus/pci/devices/0000:03:00.0/sriov_numvfs").read_text() == "5"
 
@@ -87,7 +87,7 @@ def test_shell_config_picks_the_executor(tmp_path):
     local = tmp_path / "l.toml"
     local.write_text(base.format(uri="qemu:///system", shell=""))
     cfg = config.load(local)
-    assert cfg.on_this_machine and cfg.has_shell and isinstance(cfg.host(), LocalHost) and cfg.host_work_dir == cfg.work_dir
+    assert cfg.on_this_machine and isinstance(cfg.host(), LocalHost) and cfg.host_work_dir == cfg.work_dir
     remote = tmp_path / "r.toml"
     remote.write_text(base.format(uri="qemu+ssh://root@lab1/system", shell=""))
     with pytest.raises(config.LabConfigError, match=r"key 'host.libvirt_uri'.*\[shell\] address"):
@@ -96,7 +96,7 @@ def test_shell_config_picks_the_executor(tmp_path):
                                   shell='[shell]\naddress = "lab1"\nkey_file = "/k"\nwork_dir = "/srv/acc"\n'))
     cfg = config.load(remote)
     h = cfg.host()
-    assert cfg.has_shell and isinstance(h, hostexec.SshHost) and (h.address, h.port, h.key_file) == ("lab1", 22, "/k")
+    assert isinstance(h, hostexec.SshHost) and (h.address, h.port, h.key_file) == ("lab1", 22, "/k")
     assert str(cfg.host_work_dir) == "/srv/acc" and str(cfg.work_dir) == "/var/lib/acc-x"
     remote.write_text(base.format(uri="qemu+ssh://root@lab1/system", shell='[shell]\nkey_file = "k"\n'))
     with pytest.raises(config.LabConfigError, match=r"key 'shell.key_file' has value 'k' that must be an absolute path"):

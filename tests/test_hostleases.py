@@ -77,7 +77,7 @@ def test_a_sweeper_never_takes_its_own_run_for_dead(tmp_path):
         assert h.take(run_lease(tmp_path, "mine")) is not None
         conn = libvirt.open("test:///default")
         try:
-            assert sweep(conn, tmp_path, log=lambda m: None, leases=h) == []
+            assert sweep(conn, tmp_path, log=lambda m: None, host=LocalHost(), leases=h) == []
         finally:
             conn.close()
         assert (tmp_path / "runs" / "mine").exists() and h.holds(run_lease(tmp_path, "mine"))

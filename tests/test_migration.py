@@ -8,6 +8,7 @@ import pytest
 
 from lab import config, migration
 from lab.domain import VMSpec
+from lab.hostexec import LocalHost
 from lab.run import Run
 from lab.sweep import sweep
 
@@ -53,7 +54,7 @@ def test_the_sweeper_stops_a_dead_runs_target():
     run.leases.close()         # the run dies without its teardown: its lease is free, its target runs
     run.lock.release()
     try:
-        undone = sweep(run.session.conn, cfg.work_dir, log=lambda m: None)
+        undone = sweep(run.session.conn, cfg.work_dir, log=lambda m: None, host=LocalHost())
         assert any(u.startswith("stopped libvirtd") and "the migration target" in u for u in undone), undone
         assert not daemons_of(target.dir) and not os.path.exists(run.hdir)
     finally:

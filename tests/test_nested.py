@@ -26,7 +26,7 @@ def test_nested_config_and_l1_agree():
     assert q["keyfile"] == [cfg.shell_key_file] == [str(lay.key)]
     assert q["command"] == [str(lay.ssh)], "libvirt's ssh must pin L1's host key"
     assert cfg.shell_known_hosts == str(lay.known_hosts)
-    assert not cfg.on_this_machine and cfg.has_shell and cfg.virt_type == "kvm"
+    assert not cfg.on_this_machine and cfg.virt_type == "kvm"
     assert cfg.fault_backend == "dm-error" and cfg.boot_retries > 0
     assert cfg.ssh_port_base - cfg.shell_port >= 10, "guest forwards (on L1) and L1's own forward stay apart"
 

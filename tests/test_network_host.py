@@ -94,7 +94,7 @@ def test_harness_bridge_is_isolated_and_swept(tmp_path):
         assert network.harness_bridges(LocalHost(), work).get(br.name) == ("deadrun1", str(work))
         assert br.name not in network.harness_bridges(LocalHost(), tmp_path / "other-work-dir")
         conn = libvirt.open("test:///default")
-        undone = sweep(conn, work, log=lambda m: None)
+        undone = sweep(conn, work, log=lambda m: None, host=LocalHost())
         conn.close()
         assert f"removed leftover bridge {br.name} of dead run deadrun1" in undone
     finally:

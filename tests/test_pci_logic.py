@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from lab import pci
+from lab.hostexec import LocalHost
 
 
 def make_dev(sys, bdf, vendor, device, cls, driver=None, group=None, totalvfs=0, numvfs=0, net=None):
@@ -112,7 +113,7 @@ def test_host_state_is_restored(sys_tree):
 def test_saved_host_state_survives_the_process(sys_tree, tmp_path):
     saved = tmp_path / "host-state-1.json"
     from lab.hostexec import LabPath
-    st = pci.HostState(sys_tree, writer=lambda p, v: None, save_to=LabPath(str(saved)))
+    st = pci.HostState(sys_tree, writer=lambda p, v: None, save_to=LabPath(str(saved)), host=LocalHost())
     st.remember_device("0000:04:10.0")
     rec = json.loads(saved.read_text())
     assert rec["drivers"] == {"0000:04:10.0": "ixgbe"}

@@ -62,7 +62,7 @@ def test_sweeps_dead_runs_only(conn, tmp_path):
     define(conn, "acc-lookalike", None)          # our prefix, no harness tag
     define(conn, "someone-elses-vm", None)
     try:
-        undone = sweep(conn, work, log=lambda m: None)
+        undone = sweep(conn, work, log=lambda m: None, host=LocalHost())
         assert "acc-dead1-t-1" not in names(conn) and "acc-dead3-t-1" not in names(conn)
         assert {"acc-live1-t-1", "acc-otherdir-t-1", "acc-old-t-1", "acc-lookalike", "someone-elses-vm",
                 "test"} <= names(conn)
@@ -70,7 +70,7 @@ def test_sweeps_dead_runs_only(conn, tmp_path):
         assert outside.exists(), "a file outside the work dir is never removed"
         assert (work / "runs" / "live1").exists()
         assert any("destroyed leftover domain acc-dead1-t-1" in u for u in undone)
-        assert sweep(conn, work, log=lambda m: None) == [], "a second sweep finds nothing"
+        assert sweep(conn, work, log=lambda m: None, host=LocalHost()) == [], "a second sweep finds nothing"
         assert not (work / "leases" / "run-dead1.lock").exists(), "the sweeper removes the dead run's lease"
     finally:
         live_lock.close()
@@ -138,7 +138,7 @@ def test_a_dead_runs_orphaned_nbdkit_is_killed_and_a_live_runs_is_left(conn, tmp
         deadline = time.monotonic() + 10
         while not all((runs / rid / "nbd.sock").exists() for rid in procs) and time.monotonic() < deadline:
             time.sleep(0.05)
-        undone = sweep(conn, work, log=lambda m: None)
+        undone = sweep(conn, work, log=lambda m: None, host=LocalHost())
         assert procs["dead1"].wait(10) is not None
         assert procs["live1"].poll() is None, "a live run's nbdkit is never touched"
         assert any(f"killed leftover nbdkit {procs['dead1'].pid} of dead run dead1" in u for u in undone), undone
