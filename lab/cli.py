@@ -81,7 +81,7 @@ def _doctor_host(cfg, conn, h) -> int:
     if q:
         print(f"qemu         {q.get('qemu.emulator')}: {q.get('qemu.version', '?')}"
               + (f"; {q['qemu.build']}" if "qemu.build" in q else ""))
-    caps = host.probe(cfg, conn, host=h)
+    caps = host.probe(cfg, conn, h)
     print("\ncapabilities (probed on the host):")
     for c in caps.values():
         print(f"  {'yes' if c.present else 'no ':3}  {c.name:20} {c.detail}")

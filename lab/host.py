@@ -28,18 +28,9 @@ HOST_PROBED = ("vhost-net", "vhost-scsi", "vfio", "device-mapper", "dm-delay", "
                "usb-subsystem")
 
 
-def probe(cfg: LabConfig, conn: libvirt.virConnect | None = None, sysroot: Path = Path("/"),
-          host=None) -> dict[str, Capability]:
-    """Probe the lab host through its executor (this machine, SSH to a remote lab host;
-    `host`: the caller's, else one opened and closed here); `sysroot` redirects a local
-    probe to a recorded tree (self-tests)."""
-    if host is not None:
-        return _probe(cfg, conn, sysroot, host)
-    with cfg.host() as h:
-        return _probe(cfg, conn, sysroot, h)
-
-
-def _probe(cfg: LabConfig, conn, sysroot: Path, h) -> dict[str, Capability]:
+def probe(cfg: LabConfig, conn: libvirt.virConnect | None, h, sysroot: Path = Path("/")) -> dict[str, Capability]:
+    """Probe the lab host `h` (this machine, or SSH to a remote lab host) and its libvirt
+    `conn`; `sysroot` redirects a local probe to a recorded tree (self-tests)."""
     caps: dict[str, Capability] = {}
 
     def add(name, present, detail):
@@ -183,7 +174,7 @@ def _facts(cfg: LabConfig, conn, h, image_digest: str) -> dict[str, str]:
     bdfs = [d.bdf for d in (*cfg.inventory.sriov_pfs, *cfg.inventory.pci, *cfg.inventory.hpre)]
     if bdfs:
         out.update(device_models(h, bdfs))
-    caps = probe(cfg, conn, host=h)
+    caps = probe(cfg, conn, h)
     out["fault.backend"] = fault_backend(cfg, caps)
     out["ios.retry_form"] = retry_form(caps)[1]
     x = caps.get("error-policy-retry")

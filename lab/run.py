@@ -27,6 +27,7 @@ from .network import Bridge, OvsBridge, vhostuser_socket_dir
 from .hostproc import daemon_and_qemu_states
 from .session import LabUnreachable, Session, judge_unanswered
 from .timeouts import Deadline
+from .undo import UndoStack
 from .sweep import PREFIX, sweep
 
 
@@ -40,59 +41,84 @@ BOOT_BUDGET = FIRST_BOOT_BUDGET["kernel"]
 class Run:
     def __init__(self, cfg: LabConfig, log=print, host=None, leases=None):
         """`host`/`leases`: the lab host and the lease holder there, when the caller opened
-        them already (to take a slot first); the run closes them with itself."""
+        them already (to take a slot first); the run closes them with itself.
+
+        The run is made in stages; each stage registers its undo the moment it succeeded,
+        so a stage that fails undoes exactly the stages before it (in reverse), and close()
+        undoes all of them after the run's VMs and host changes."""
         self.cfg = cfg
+        self.log = log
         self._qemu_user = None
         self._caps = None
-        self.log = log
+        self.vms: list[VM] = []
+        self._undo = UndoStack()      # the run's host changes (bridges, leases, device state), undone at close
+        self._counter = 0
+        self._bridge = None
+        self._hostside = None
+        self._device_leases: dict = {}
         timeouts.set_factor(cfg.timeout_factor)
         self.arch = profile(cfg.arch)
         self.work_dir = cfg.work_dir
         # unique across the controllers that share a lab host: its time and 24 random bits
         self.run_id = time.strftime("%H%M%S") + secrets.token_hex(3)
+        self._stages = UndoStack()    # the stages of the run's making, undone last
+        try:
+            self._claim(host, leases)
+            self._connect()
+            self._prepare()
+        except BaseException:
+            self._stages.unwind()
+            raise
+
+    def _claim(self, host, leases) -> None:
+        """This machine's run lock and directory, the lab host, and the run's lease there."""
         runs = self.work_dir / "runs"
-        self.lock: Lease = try_lock(runs / f"{self.run_id}.lock")
+        lock_file = runs / f"{self.run_id}.lock"
+        self.lock: Lease = try_lock(lock_file)
+        self._stages.push(None, lambda: (self.lock.release(), lock_file.unlink(missing_ok=True)))
         self.dir = runs / self.run_id
         self.dir.mkdir(parents=True)
         os.chmod(self.dir, 0o755)
-        try:
-            self._start(cfg, log, host, leases)
-        except BaseException:
-            self._abandon()
-            raise
-
-    def _start(self, cfg: LabConfig, log, host, leases) -> None:
-        self.vms: list[VM] = []
-        self._undo: list[tuple[str, object]] = []     # host changes, undone in reverse at close
-        self._counter = 0
-        self._bridge = None
-        self._hostside = None
-        self._device_leases: dict = {}
+        self._stages.push(None, lambda: shutil.rmtree(self.dir, ignore_errors=True))
         # The lab host's commands and files: this machine, or SSH to a remote lab host.
-        self.host = host or cfg.host()
+        self.host = host or self.cfg.host()
+        self._stages.push(None, self.host.close)
         self.sys = sys_root(self.host)
         # Alive on the lab host while this lease is held, for every controller that uses it
-        self.leases = leases or LeaseHolder(self.host, cfg.host_work_dir / "leases",
-                                            controller_identity(self.work_dir), log=log)
+        self.leases = leases or LeaseHolder(self.host, self.cfg.host_work_dir / "leases",
+                                            controller_identity(self.work_dir), log=self.log)
+        self._stages.push(None, self.leases.close)       # the run lease last: until then no sweeper touches the run
         self.leases.owner = controller_identity(self.work_dir, self.run_id)
         # (polled: a sweeper's look at the lease files locks each one for an instant)
-        self.lease = self.leases.wait_take(run_lease(cfg.host_work_dir, self.run_id).name,
+        self.lease = self.leases.wait_take(run_lease(self.cfg.host_work_dir, self.run_id).name,
                                            f"the new lease of run {self.run_id}", Deadline(10, "a new run lease"),
                                            fix="start the run again (a new run id)")
-        self.session = Session(cfg.libvirt_uri)
+
+    def _connect(self) -> None:
+        """libvirt, the sweep of dead runs, and this run's directory on the lab host."""
+        self.session = Session(self.cfg.libvirt_uri)
+        self._stages.push(None, self.session.close)
         self.session.judge = self.libvirt_stopped_answering
-        self.swept = sweep(self.session.conn, self.work_dir, log, host=self.host,
-                           host_work_dir=cfg.host_work_dir, leases=self.leases)
+        self.swept = sweep(self.session.conn, self.work_dir, self.log, host=self.host,
+                           host_work_dir=self.cfg.host_work_dir, leases=self.leases)
         # Where QEMU finds this run's files, on the lab host (on this machine: the run's dir).
-        self.hdir = cfg.host_work_dir / "runs" / self.run_id
+        self.hdir = self.cfg.host_work_dir / "runs" / self.run_id
         self.host.makedirs(self.hdir)
+        self._stages.push(f"removed {self.hdir}{self.host.on}", self._remove_hdir)
+
+    def _prepare(self) -> None:
+        """The run's key, image (built or copied when not cached), console login and QEMU."""
         self.key = RunKey.generate()
         self.image = self._image()
         # How the harness logs in on a guest's console (None: the console is a root shell already).
         self.console_login, self.seed_password_hash = self._console_login()
         self.boot_seconds: list[float] = []      # measured boots of this run's image (start to ready)
         # The QEMU every domain of this run uses ("" : libvirt's default for the arch).
-        self.emulator = qemu_build.emulator_of(cfg, self.host, build=True, log=log)
+        self.emulator = qemu_build.emulator_of(self.cfg, self.host, build=True, log=self.log)
+
+    def _remove_hdir(self) -> None:
+        if self.host.exists(self.hdir):
+            self.host.rmtree(self.hdir)
 
     def libvirt_stopped_answering(self, message: str) -> Exception:
         """What to raise when libvirt's daemon stopped answering during the run, judged by
@@ -119,25 +145,6 @@ class Run:
             except (OSError, ValueError):
                 continue
         return pids
-
-    def _abandon(self) -> None:
-        """Undo what a failed start did (the sweeper would find it, but a failed start must
-        not keep a lease, a connection or a lock until the process ends)."""
-        if getattr(self, "hdir", None) is not None:
-            try:
-                self.host.rmtree(self.hdir)
-            except Exception:            # the start's own error is the one to report
-                pass
-        for what in ("session", "leases", "host"):
-            obj = getattr(self, what, None)
-            if obj is not None:
-                try:
-                    obj.close()
-                except Exception:        # the start's own error is the one to report
-                    pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.lock.release()
-        (self.work_dir / "runs" / f"{self.run_id}.lock").unlink(missing_ok=True)
 
     def _image(self) -> images.GuestImage:
         firmware = self.cfg.firmware or self.arch.firmware
@@ -180,15 +187,11 @@ class Run:
 
     def push_undo(self, what: str, fn) -> None:
         """Register the undo of a host change, right after the change succeeded."""
-        self._undo.append((what, fn))
+        self._undo.push(what, fn)
 
     def undo_now(self, fn) -> None:
         """Run a registered undo now (once): it leaves the stack."""
-        for i, (what, f) in enumerate(self._undo):
-            if f == fn:
-                del self._undo[i]
-                fn()
-                return
+        self._undo.run_now(fn)
 
     def bridge(self) -> "Bridge":
         """The documented br0: the lab's own bridge when the config names one,
@@ -320,23 +323,4 @@ class Run:
         undone = []
         for vm in reversed(list(self.vms)):
             undone += self.release(vm)
-        while self._undo:
-            what, fn = self._undo.pop()
-            try:
-                fn()
-                undone.append(what)
-            except Exception as e:          # keep undoing the rest
-                undone.append(f"FAILED to undo ({what}): {e}")
-        self.session.close()
-        try:
-            if self.host.exists(self.hdir):
-                self.host.rmtree(self.hdir)
-                undone.append(f"removed {self.hdir}{self.host.on}")
-        except Exception as e:
-            undone.append(f"FAILED to remove {self.hdir}{self.host.on}: {e}")
-        self.leases.close()          # the run lease last: until here, no sweeper touches this run
-        self.host.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        self.lock.release()
-        (self.work_dir / "runs" / f"{self.run_id}.lock").unlink(missing_ok=True)
-        return undone
+        return undone + self._undo.unwind() + self._stages.unwind()
