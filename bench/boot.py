@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lab import config  # noqa: E402
+from lab import config, timeouts  # noqa: E402
 from lab.domain import VMSpec  # noqa: E402
 from lab.guest.login import boot_done  # noqa: E402
 from lab.run import Run  # noqa: E402
@@ -28,6 +28,7 @@ def main():
     a = p.parse_args()
     t0 = time.monotonic()
     run = Run(config.load(a.lab))
+    timeouts.set_factor(run.cfg.timeout_factor)     # one lab host in this process
     setup = time.monotonic() - t0
     rows = []
     try:

@@ -56,19 +56,24 @@ class Run:
         self._bridge = None
         self._hostside = None
         self._device_leases: dict = {}
-        timeouts.set_factor(cfg.timeout_factor)
         self.arch = profile(cfg.arch)
         self.work_dir = cfg.work_dir
         # unique across the controllers that share a lab host: its time and 24 random bits
         self.run_id = time.strftime("%H%M%S") + secrets.token_hex(3)
         self._stages = UndoStack()    # the stages of the run's making, undone last
         try:
-            self._claim(host, leases)
-            self._connect()
-            self._prepare()
+            with self.paced():
+                self._claim(host, leases)
+                self._connect()
+                self._prepare()
         except BaseException:
             self._stages.unwind()
             raise
+
+    def paced(self):
+        """A block whose deadlines scale by this lab host's timeout factor (the fixtures
+        enter it around each test and each VM they make)."""
+        return timeouts.paced(self.cfg.timeout_factor)
 
     def _claim(self, host, leases) -> None:
         """This machine's run lock and directory, the lab host, and the run's lease there."""
@@ -179,9 +184,9 @@ class Run:
         the first-boot budget of the harness's own guest)."""
         if not self.boot_seconds:
             first = FIRST_BOOT_BUDGET["firmware" if self.image.kernel is None else "kernel"]
-            return Deadline(first * timeouts.factor(), f"{what} (first boot of this image in the run)",
+            return Deadline(first * self.cfg.timeout_factor, f"{what} (first boot of this image in the run)",
                             scaled=False)
-        budget = max(BOOT_BUDGET * timeouts.factor(), 3 * max(self.boot_seconds) + 30)
+        budget = max(BOOT_BUDGET * self.cfg.timeout_factor, 3 * max(self.boot_seconds) + 30)
         return Deadline(budget, f"{what} (3 x the slowest boot so far, {max(self.boot_seconds):.0f} s, + 30 s)",
                         scaled=False)
 
@@ -320,6 +325,10 @@ class Run:
         return undone
 
     def close(self) -> list[str]:
+        with self.paced():
+            return self._close()
+
+    def _close(self) -> list[str]:
         undone = []
         for vm in reversed(list(self.vms)):
             undone += self.release(vm)

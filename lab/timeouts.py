@@ -1,25 +1,47 @@
 """One deadline type for every wait in the harness.
 
 A `Deadline` is monotonic and is passed down from the caller, so nested waits
-share one budget (labgrid's Timeout idea).  Every budget is scaled by the lab's
-single timeout factor, set once from the lab config.
+share one budget (labgrid's Timeout idea).  Every budget is scaled by the timeout
+factor of the lab host the work is for: a run paces what it does with its own
+(`paced(factor)`, a context variable), so two lab hosts in one process (a fleet run
+without xdist) each keep theirs.  `set_factor` sets the default for a process that
+works on one lab host (the CLI's commands).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
 
-_FACTOR = 1.0
+_DEFAULT = 1.0
+_PACE: contextvars.ContextVar[float | None] = contextvars.ContextVar("acc_timeout_factor", default=None)
+
+
+def _checked(factor: float) -> float:
+    if factor <= 0:
+        raise ValueError(f"timeout factor must be > 0, got {factor}")
+    return float(factor)
 
 
 def set_factor(factor: float) -> None:
-    global _FACTOR
-    if factor <= 0:
-        raise ValueError(f"timeout factor must be > 0, got {factor}")
-    _FACTOR = float(factor)
+    """The default factor of this process (a CLI command on one lab host)."""
+    global _DEFAULT
+    _DEFAULT = _checked(factor)
+
+
+@contextlib.contextmanager
+def paced(factor: float):
+    """Deadlines made inside scale by `factor` (the lab host's), whatever the default."""
+    token = _PACE.set(_checked(factor))
+    try:
+        yield
+    finally:
+        _PACE.reset(token)
 
 
 def factor() -> float:
-    return _FACTOR
+    v = _PACE.get()
+    return _DEFAULT if v is None else v
 
 
 class WaitTimeout(TimeoutError):
@@ -28,7 +50,8 @@ class WaitTimeout(TimeoutError):
 
 class Deadline:
     def __init__(self, seconds: float, what: str = "operation", scaled: bool = True):
-        self.budget = seconds * (_FACTOR if scaled else 1.0)
+        self.factor = factor()           # the pace it was made at: its sub-deadlines keep it
+        self.budget = seconds * (self.factor if scaled else 1.0)
         self.what = what
         self._end = time.monotonic() + self.budget
 
@@ -43,7 +66,8 @@ class Deadline:
     def sub(self, seconds: float, what: str) -> "Deadline":
         """A shorter deadline inside this one (never longer than what is left)."""
         d = Deadline(0, what, scaled=False)
-        d.budget = min(seconds * _FACTOR, self.remaining)
+        d.factor = self.factor
+        d.budget = min(seconds * self.factor, self.remaining)
         d._end = time.monotonic() + d.budget
         return d
 

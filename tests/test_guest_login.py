@@ -198,11 +198,12 @@ def test_a_probe_program_missing_in_the_guest_is_named():
 def test_boot_deadline_fits_the_image_after_its_first_boot():
     from pathlib import Path
 
-    from lab import timeouts
+    from types import SimpleNamespace
+
     from lab.images import GuestImage
     from lab.run import Run
-    timeouts.set_factor(1.0)
     run = Run.__new__(Run)
+    run.cfg = SimpleNamespace(timeout_factor=1.0)
     run.image, run.boot_seconds = GuestImage(root=Path("/x/disk.qcow2"), access="nocloud"), []
     first = run.boot_deadline("vm to boot")
     assert 299 < first.budget <= 300 and "first boot" in first.what, "firmware images get the generous first budget"
@@ -212,12 +213,9 @@ def test_boot_deadline_fits_the_image_after_its_first_boot():
     run.image = GuestImage(root=Path("/x/root.qcow2"), kernel=Path("/x/kernel"))
     run.boot_seconds = [4.0]
     assert 59 < run.boot_deadline("vm").budget <= 60, "never under the default first-boot budget"
-    timeouts.set_factor(2.0)
-    try:
-        run.boot_seconds = []
-        assert 119 < run.boot_deadline("vm").budget <= 120, "the lab's timeout factor scales the first budget"
-    finally:
-        timeouts.set_factor(1.0)
+    run.cfg = SimpleNamespace(timeout_factor=2.0)
+    run.boot_seconds = []
+    assert 119 < run.boot_deadline("vm").budget <= 120, "the lab's timeout factor scales the first budget"
 
 
 def test_secrets_scan_names_the_files_and_never_the_password(tmp_path, capsys):
