@@ -67,6 +67,11 @@ class FaultBackend:
         """The requests the storage saw, with their outcome (None: this backend keeps no record)."""
         return None
 
+    def devices_beside_qemu_file(self) -> list:
+        """What the domain must also list for a QEMU started with qemu_file() on its own
+        command line to open it: nothing for a socket or file."""
+        return []
+
     def helper_log(self) -> str:
         """The backend's own helper process output, for the evidence ("" when it has none)."""
         return ""
@@ -419,7 +424,7 @@ class DmErrorBackend(FaultBackend):
                 time.sleep(0.1)
         if self.loop:
             loopdev.detach(self.host, self.loop)
-        self.host.run("rm", "-f", str(self.backing), check=False)
+        self.host.run("rm", "-f", str(self.backing), str(self.dir / f"{self.dm_name}.node"), check=False)
         self.state = "removed"
 
     def describe(self) -> str:
@@ -429,12 +434,29 @@ class DmErrorBackend(FaultBackend):
                     f"{self.err_name} (all error)")
         return f"device-mapper {self.dm_name}: linear over {self.loop} swapped with an error table{more}"
 
+    def devices_beside_qemu_file(self) -> list:
+        """libvirt lets QEMU open only the block devices of the domain's XML (its device
+        cgroup, and the private /dev it makes for QEMU): the dm device is listed as a disk
+        of its own (serial acc-node, never used by the guest), which grants QEMU read and
+        write on it."""
+        return [X.disk(self.path, target="vdz", bus="virtio", fmt="raw", kind="block", cache="none",
+                       serial="acc-node")]
+
     def qemu_file(self) -> str:
+        """A node of the dm device in the backend's directory on the lab host: outside /dev
+        (private to QEMU under libvirt, so a -drive of /dev/mapper finds nothing), and a
+        file of its own, so QEMU's image lock on it does not collide with the disk of
+        devices_beside_qemu_file() on /dev/mapper (locks go by file)."""
+        node = self.dir / f"{self.dm_name}.node"
+        if not self.host.exists(node):
+            major, minor = self._dmsetup("info", "-c", "--noheadings", "-o", "major,minor",
+                                         self.dm_name).stdout.strip().split(":")
+            self.host.run("mknod", str(node), "b", major, minor)
         # QEMU started from its own command line gets no ownership or label from libvirt:
         # the node (the harness's own, removed with the backend) is handed to QEMU's user.
         if self.grant:
-            self.grant(self.path)
-        return self.path
+            self.grant(str(node))
+        return str(node)
 
     def failing_now(self) -> str:
         table = self._dmsetup("table", self.dm_name).stdout.strip()

@@ -404,7 +404,7 @@ def test_qemu_command_line_form_retries_through_a_fault(fault, vms, lab, request
     proven_with(request, "the guide's -drive/-device line handed to QEMU as it is (<qemu:commandline>)")
     args = ["-drive", f"file={fault.qemu_file()},format=raw,if=none,id=drive-virtio-disk0,cache=none,aio=native",
             "-device", GUIDE_BLK.format(bus=lab.arch.pci_root_bus) + ",serial=acc-cli"]
-    vm = boot_with(vms, "ios-cli", qemu_args=args)
+    vm = boot_with(vms, "ios-cli", *fault.devices_beside_qemu_file(), qemu_args=args)
     held = {p: vm.qemu.qmp("qom-get", path="/machine/peripheral/virtio-disk0", property=p) for p in GUIDE_VALUES}
     assert held == GUIDE_VALUES, f"QEMU's device holds {held}"
     g = vm.guest
