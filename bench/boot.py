@@ -36,7 +36,7 @@ def main():
             t = time.monotonic()
             vm = run.new_vm(VMSpec("bench"))
             t_def = time.monotonic()
-            vm.dom.create()
+            vm.domain.handle.create()
             vm._after_start()
             t_start = time.monotonic()
             marker = None

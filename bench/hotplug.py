@@ -37,18 +37,18 @@ def main():
         for i in range(a.n):
             if a.device == "disk":
                 serial = f"acc-bench-{i}"
-                dev = X.disk(str(vm.scratch_image(serial, "16M")), target="vdb", serial=serial)
+                dev = X.disk(str(vm.disks.scratch_image(serial, "16M")), target="vdb", serial=serial)
                 seen = lambda: vm.guest.block.find(serial)      # noqa: E731
             else:
                 mac = random_mac()
                 dev = network.bridge_interface(mac, run.bridge().name)
                 seen = lambda: vm.guest.net.find(mac)           # noqa: E731
             t = time.monotonic()
-            vm.attach(dev)
+            vm.domain.attach(dev)
             poll(seen, Deadline(30, f"the {a.device} in the guest"), interval=0.05)
             plug.append(time.monotonic() - t)
             t = time.monotonic()
-            vm.detach(dev)
+            vm.domain.detach(dev)
             poll(lambda: seen() is None, Deadline(30, f"the {a.device} to leave"), interval=0.05)
             unplug.append(time.monotonic() - t)
             print(f"round {i + 1}: attach->visible {plug[-1]:.2f}s detach->gone {unplug[-1]:.2f}s", flush=True)

@@ -1,7 +1,7 @@
 """The lab host as the suites see it: verbs for its listed devices, PCI functions,
 links, SR-IOV VFs, kernel modules and fault facts, matching the guest's `guest.pci` /
-`guest.net`.  A suite asks `lab.hostside.net.set_vf(...)`, never `lab.host.run("ip", ...)`:
-what runs on the lab host, and how, is said once, here."""
+`guest.net`.  A suite asks `lab.hostside.net.set_vf(...)` and runs no command of its own
+on the lab host: what runs there, and how, is said once, here."""
 from __future__ import annotations
 
 import dataclasses

@@ -17,15 +17,13 @@ from . import xml as X
 from .guest import login
 from .arch import profile
 from .config import LabConfig
-from .errors import LabError
 from .domain import VM, VMSpec
 from .guest.ssh import RunKey
 from .hostexec import sys_root
 from .hostleases import HostLease, LeaseHolder, controller_identity, run_lease
 from .leases import Lease, try_lock
 from .network import Bridge, OvsBridge, vhostuser_socket_dir
-from .hostproc import daemon_and_qemu_states
-from .session import LabUnreachable, Session, judge_unanswered
+from .session import LibvirtFacts, Session, UnansweredJudge
 from .timeouts import Deadline
 from .undo import UndoStack
 from .sweep import PREFIX, sweep
@@ -38,18 +36,24 @@ FIRST_BOOT_BUDGET = {"kernel": 60.0, "firmware": 300.0}
 BOOT_BUDGET = FIRST_BOOT_BUDGET["kernel"]
 
 
+@dataclasses.dataclass(frozen=True)
+class OpenedLabHost:
+    """A lab host and its lease holder, opened by the caller before the run (to take a slot
+    there first); the run closes them with itself."""
+    host: object
+    leases: LeaseHolder
+
+
 class Run:
-    def __init__(self, cfg: LabConfig, log=print, host=None, leases=None):
-        """`host`/`leases`: the lab host and the lease holder there, when the caller opened
-        them already (to take a slot first); the run closes them with itself.
+    def __init__(self, cfg: LabConfig, log=print, opened: OpenedLabHost | None = None):
+        """`opened`: the lab host and its lease holder when the caller has them open already;
+        else the run opens its own.
 
         The run is made in stages; each stage registers its undo the moment it succeeded,
         so a stage that fails undoes exactly the stages before it (in reverse), and close()
         undoes all of them after the run's VMs and host changes."""
         self.cfg = cfg
         self.log = log
-        self._qemu_user = None
-        self._caps = None
         self.vms: list[VM] = []
         self._undo = UndoStack()      # the run's host changes (bridges, leases, device state), undone at close
         self._counter = 0
@@ -63,7 +67,7 @@ class Run:
         self._stages = UndoStack()    # the stages of the run's making, undone last
         try:
             with self.paced():
-                self._claim(host, leases)
+                self._claim(opened)
                 self._connect()
                 self._prepare()
         except BaseException:
@@ -75,7 +79,7 @@ class Run:
         enter it around each test and each VM they make)."""
         return timeouts.paced(self.cfg.timeout_factor)
 
-    def _claim(self, host, leases) -> None:
+    def _claim(self, opened: OpenedLabHost | None) -> None:
         """This machine's run lock and directory, the lab host, and the run's lease there."""
         runs = self.work_dir / "runs"
         lock_file = runs / f"{self.run_id}.lock"
@@ -86,12 +90,12 @@ class Run:
         os.chmod(self.dir, 0o755)
         self._stages.push(None, lambda: shutil.rmtree(self.dir, ignore_errors=True))
         # The lab host's commands and files: this machine, or SSH to a remote lab host.
-        self.host = host or self.cfg.host()
+        self.host = opened.host if opened else self.cfg.host()
         self._stages.push(None, self.host.close)
         self.sys = sys_root(self.host)
         # Alive on the lab host while this lease is held, for every controller that uses it
-        self.leases = leases or LeaseHolder(self.host, self.cfg.host_work_dir / "leases",
-                                            controller_identity(self.work_dir), log=self.log)
+        self.leases = opened.leases if opened else LeaseHolder(
+            self.host, self.cfg.host_work_dir / "leases", controller_identity(self.work_dir), log=self.log)
         self._stages.push(None, self.leases.close)       # the run lease last: until then no sweeper touches the run
         self.leases.owner = controller_identity(self.work_dir, self.run_id)
         # (polled: a sweeper's look at the lease files locks each one for an instant)
@@ -103,7 +107,11 @@ class Run:
         """libvirt, the sweep of dead runs, and this run's directory on the lab host."""
         self.session = Session(self.cfg.libvirt_uri)
         self._stages.push(None, self.session.close)
-        self.session.judge = self.libvirt_stopped_answering
+        # (the daemon this run's URI reaches: a private daemon's own pid file, else the system's)
+        pid_files = ([self.cfg.private_daemon_dir / "libvirtd.pid"] if self.cfg.daemon == "private"
+                     else ["/run/libvirtd.pid", "/run/virtqemud.pid", "/var/run/libvirtd.pid"])
+        self.libvirt_facts = LibvirtFacts(self.session, self.cfg.virt_type)
+        self.session.judge = UnansweredJudge(self.host, pid_files, f"{PREFIX}{self.run_id}-")
         self.swept = sweep(self.session.conn, self.work_dir, self.log, host=self.host,
                            host_work_dir=self.cfg.host_work_dir, leases=self.leases)
         # Where QEMU finds this run's files, on the lab host (on this machine: the run's dir).
@@ -114,9 +122,9 @@ class Run:
     def _prepare(self) -> None:
         """The run's key, image (built or copied when not cached), console login and QEMU."""
         self.key = RunKey.generate()
-        self.image = self._image()
+        self.image = run_image(self.cfg, self.arch, self.host, self.log)
         # How the harness logs in on a guest's console (None: the console is a root shell already).
-        self.console_login, self.seed_password_hash = self._console_login()
+        self.console_login, self.seed_password_hash = console_login(self.image, self.cfg)
         self.boot_seconds: list[float] = []      # measured boots of this run's image (start to ready)
         # The QEMU every domain of this run uses ("" : libvirt's default for the arch).
         self.emulator = qemu_build.emulator_of(self.cfg, self.host, build=True, log=self.log)
@@ -124,58 +132,6 @@ class Run:
     def _remove_hdir(self) -> None:
         if self.host.exists(self.hdir):
             self.host.rmtree(self.hdir)
-
-    def libvirt_stopped_answering(self, message: str) -> Exception:
-        """What to raise when libvirt's daemon stopped answering during the run, judged by
-        its processes on the lab host: one that runs (busy or waiting) and does not answer
-        is a finding about the product (a QEMU flooding it with events, a deadlock); one
-        that is stopped (SIGSTOP, a debugger) or gone is the lab's problem.  Either way
-        the message has the daemon's and this run's QEMU processes' state and CPU use."""
-        try:
-            states = daemon_and_qemu_states(self.host, f"{PREFIX}{self.run_id}-")
-        except (LabError, OSError) as e:    # the host itself may not answer: then it is the lab's
-            return LabUnreachable(f"{message}; the lab host {self.host.name} could not be asked about its "
-                                  f"processes either: {e}")
-        return judge_unanswered(states, self._daemon_pids(), self.host.name, message)
-
-    def _daemon_pids(self) -> set[int]:
-        """The pids in the pid files of the daemon this run's URI reaches (a private daemon's
-        own, else the system's libvirtd or virtqemud)."""
-        files = ([self.cfg.private_daemon_dir / "libvirtd.pid"] if self.cfg.daemon == "private"
-                 else ["/run/libvirtd.pid", "/run/virtqemud.pid", "/var/run/libvirtd.pid"])
-        pids = set()
-        for f in files:
-            try:
-                pids.add(int(self.host.read_text(str(f)).strip()))
-            except (OSError, ValueError):
-                continue
-        return pids
-
-    def _image(self) -> images.GuestImage:
-        firmware = self.cfg.firmware or self.arch.firmware
-        if self.cfg.builtin_image:
-            img = cloud_image.image(self.work_dir / "images", self.cfg.image, log=self.log, arch=self.arch,
-                                    firmware=firmware)
-        elif self.cfg.uses_default_image:
-            img = images.default_image(self.work_dir / "images", self.arch, log=self.log)
-            if self.cfg.image_access == "nocloud":
-                img = images.GuestImage(root=img.root, kernel=img.kernel, initrd=img.initrd,
-                                        digest=img.digest, access="nocloud", console_tty=img.console_tty)
-        elif self.cfg.image_on_lab_host:
-            return dataclasses.replace(images.on_lab_host(self.host, self.cfg.image_on_lab_host, self.cfg.image_access,
-                                                          self.arch.console_tty), firmware=firmware)
-        else:       # the user's own image on this machine: hashed (cached), copied once per content
-            img = dataclasses.replace(images.user_image(Path(self.cfg.image), self.work_dir / "images",
-                                                        self.cfg.image_access, self.arch.console_tty, log=self.log),
-                                      firmware=firmware)
-        return images.upload(img, self.host, self.cfg.host_work_dir / "images", log=self.log)
-
-    def _console_login(self):
-        if self.image.access == "nocloud":
-            return login.per_run_login()
-        if self.image.access == "console-password":
-            return login.Login(self.cfg.guest_user, self.cfg.guest_password()), None
-        return None, None
 
     def boot_deadline(self, what: str) -> Deadline:
         """A boot's deadline, fitted to the image: the run's first boot gets the generous
@@ -222,25 +178,6 @@ class Run:
         the guest architecture."""
         from .host import lab_emulator
         return self.emulator or lab_emulator(self.cfg, self.host, self.session.conn)
-
-    def capabilities(self) -> str:
-        """libvirt's capabilities XML of the lab host (asked once per run)."""
-        if self._caps is None:
-            self._caps = self.session.conn.getCapabilities()
-        return self._caps
-
-    def qemu_user(self):
-        """Who QEMU runs as on the lab host (libvirt's capabilities)."""
-        from .host import qemu_user
-        if self._qemu_user is None:
-            self._qemu_user = qemu_user(self.capabilities(), self.cfg.virt_type)
-        return self._qemu_user
-
-    def host_o_direct(self) -> int:
-        """The O_DIRECT flag of the lab host's kernel, whatever the guests' architecture."""
-        from .arch import o_direct
-        from .host import host_arch
-        return o_direct(host_arch(self.capabilities()))
 
     @contextlib.contextmanager
     def ovs_bridge(self, datapath: str = "system"):
@@ -333,3 +270,36 @@ class Run:
         for vm in reversed(list(self.vms)):
             undone += self.release(vm)
         return undone + self._undo.unwind() + self._stages.unwind()
+
+
+def run_image(cfg: LabConfig, arch, host, log) -> images.GuestImage:
+    """The run's guest image on the lab host: built or found in the cache here (the default
+    and built-in images, a user's own image, hashed), or given as already there; copied to
+    the lab host once per content."""
+    firmware = cfg.firmware or arch.firmware
+    if cfg.builtin_image:
+        img = cloud_image.image(cfg.work_dir / "images", cfg.image, log=log, arch=arch, firmware=firmware)
+    elif cfg.uses_default_image:
+        img = images.default_image(cfg.work_dir / "images", arch, log=log)
+        if cfg.image_access == "nocloud":
+            img = images.GuestImage(root=img.root, kernel=img.kernel, initrd=img.initrd,
+                                    digest=img.digest, access="nocloud", console_tty=img.console_tty)
+    elif cfg.image_on_lab_host:
+        return dataclasses.replace(images.on_lab_host(host, cfg.image_on_lab_host, cfg.image_access,
+                                                      arch.console_tty), firmware=firmware)
+    else:       # the user's own image on this machine: hashed (cached), copied once per content
+        img = dataclasses.replace(images.user_image(Path(cfg.image), cfg.work_dir / "images",
+                                                    cfg.image_access, arch.console_tty, log=log),
+                                  firmware=firmware)
+    return images.upload(img, host, cfg.host_work_dir / "images", log=log)
+
+
+def console_login(image: images.GuestImage, cfg: LabConfig):
+    """(how the harness logs in on a guest's console, the seed's password hash): a per-run
+    login for NoCloud images, the lab's user and password for password-only images, else
+    (None, None): the console is a root shell already."""
+    if image.access == "nocloud":
+        return login.per_run_login()
+    if image.access == "console-password":
+        return login.Login(cfg.guest_user, cfg.guest_password()), None
+    return None, None

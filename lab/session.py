@@ -50,6 +50,64 @@ class LibvirtdStoppedAnswering(AssertionError):
     it with events, a deadlock), with the daemon's and the run's QEMU processes' state."""
 
 
+class LibvirtFacts:
+    """What libvirt says about the lab host, asked once: its capabilities, who QEMU runs as,
+    and the O_DIRECT flag of the host kernel's architecture."""
+
+    def __init__(self, session, virt_type: str):
+        self._session, self._virt_type = session, virt_type
+        self._caps = self._user = None
+
+    def capabilities(self) -> str:
+        if self._caps is None:
+            self._caps = self._session.conn.getCapabilities()
+        return self._caps
+
+    def qemu_user(self):
+        """Who QEMU runs as on the lab host (host.QemuUser)."""
+        from .host import qemu_user
+        if self._user is None:
+            self._user = qemu_user(self.capabilities(), self._virt_type)
+        return self._user
+
+    def o_direct(self) -> int:
+        """The O_DIRECT flag of the lab host's kernel, whatever the guests' architecture."""
+        from .arch import o_direct
+        from .host import host_arch
+        return o_direct(host_arch(self.capabilities()))
+
+
+class UnansweredJudge:
+    """What to raise when libvirt's daemon stopped answering during a run, judged by its
+    processes on the lab host: one that runs (busy or waiting) and does not answer is a
+    finding about the product (a QEMU flooding it with events, a deadlock); one that is
+    stopped (SIGSTOP, a debugger) or gone is the lab's problem.  Either way the message
+    has the daemon's and the run's QEMU processes' state and CPU use."""
+
+    def __init__(self, host, pid_files, qemu_prefix: str):
+        """`pid_files`: the daemon's pid files on the lab host; `qemu_prefix`: the run's
+        domain names start with it."""
+        self.host, self.pid_files, self.qemu_prefix = host, pid_files, qemu_prefix
+
+    def __call__(self, message: str) -> Exception:
+        from .hostproc import daemon_and_qemu_states
+        try:
+            states = daemon_and_qemu_states(self.host, self.qemu_prefix)
+        except (LabError, OSError) as e:    # the host itself may not answer: then it is the lab's
+            return LabUnreachable(f"{message}; the lab host {self.host.name} could not be asked about its "
+                                  f"processes either: {e}")
+        return judge_unanswered(states, self._daemon_pids(), self.host.name, message)
+
+    def _daemon_pids(self) -> set[int]:
+        pids = set()
+        for f in self.pid_files:
+            try:
+                pids.add(int(self.host.read_text(str(f)).strip()))
+            except (OSError, ValueError):
+                continue
+        return pids
+
+
 def judge_unanswered(states, serving: set[int], host: str, message: str) -> Exception:
     """Whose problem a daemon that stopped answering is, by its processes (hostproc.ProcState):
     one that runs (busy, sleeping or waiting on I/O) and answers nobody is a finding about the

@@ -27,26 +27,21 @@ def create_external(vm, disks: dict, others_no: list[str] = ()) -> tuple[str, fl
     return m.group(1), took
 
 
-def names(vm) -> list[str]:
-    """The snapshots libvirt keeps for the VM's domain."""
-    return sorted(s.getName() for s in vm.dom.listAllSnapshots())
-
-
 def restore_external(vm, name: str, target: str = "vda") -> None:
     """Bring `target` back to its state when snapshot `name` was taken: stop the
     VM, point the disk at the snapshot's backing image again, drop the overlay
     and the snapshot's metadata, start the VM."""
-    snap = vm.dom.snapshotLookupByName(name)
+    snap = vm.domain.handle.snapshotLookupByName(name)
     sx = X.parse(snap.getXMLDesc())
     before = sx.find(f"domain/devices/disk/target[@dev='{target}']/..")
     overlay = sx.find(f"disks/disk[@name='{target}']/source").get("file")      # a path on the lab host
     vm.destroy()
-    dom_xml = vm.inactive_xml()
+    dom_xml = vm.domain.inactive_xml()
     disk = dom_xml.find(f"devices/disk/target[@dev='{target}']/..")
     disk.find("source").set("file", before.find("source").get("file"))
     for bs in disk.findall("backingStore"):
         disk.remove(bs)
-    vm.conn.defineXML(X.to_string(dom_xml))
+    vm.domain.define(X.to_string(dom_xml))
     snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
     vm.host.unlink(overlay)
     vm.start()

@@ -27,7 +27,7 @@ def kernel_names(prefix: str, n: int) -> list[str]:
 def guide_scsi_disk(vm, name, target=1, dev="sdb"):
     """The guide's attach-device.xml: qcow2, cache='none' io='native', target sdb on
     bus scsi, drive address controller 0 bus 0 target 1 unit 0 (plus a serial)."""
-    return X.disk(str(vm.scratch_image(name)), target=dev, bus="scsi", fmt="qcow2", cache="none",
+    return X.disk(str(vm.disks.scratch_image(name)), target=dev, bus="scsi", fmt="qcow2", cache="none",
                   io="native", serial=f"acc-{name}",
                   drive_address={"controller": 0, "bus": 0, "target": target, "unit": 0})
 
@@ -38,7 +38,7 @@ def many_disks_vm(module_vms):
     bridge's slots, and 27 LUNs on one virtio-scsi controller."""
     spec = VMSpec("disks-many", pcie_root_ports=4, pcie_bridge=True, memory_mib=512)
     vm = module_vms.define(VMSpec("disks-probe", pcie_root_ports=4, pcie_bridge=True))
-    bridge_bus = next(int(c.get("index")) for c in vm.inactive_xml().findall("devices/controller")
+    bridge_bus = next(int(c.get("index")) for c in vm.domain.inactive_xml().findall("devices/controller")
                       if c.get("model") == "pcie-to-pci-bridge")
     module_vms.release(vm)
     for i in range(1, MANY):
@@ -87,11 +87,11 @@ def test_attach_use_and_detach_the_guides_virtio_scsi_disk(scsi_vm):
     vm = scsi_vm
     disk = guide_scsi_disk(vm, "guide-disk")
     image = disk.find("source").get("file")
-    others_native = [d.find("target").get("dev") for d in vm.live_xml().findall("devices/disk")
+    others_native = [d.find("target").get("dev") for d in vm.domain.live_xml().findall("devices/disk")
                      if d.find("driver") is not None and d.find("driver").get("io") == "native"]
     assert not others_native, f"{others_native} use native AIO already: they would move QEMU's AIO rings too"
 
-    live = vm.attach(disk, live=True)                                   # virsh attach-device VM disk.xml
+    live = vm.domain.attach(disk, live=True)                                   # virsh attach-device VM disk.xml
     assert live is not None and live.find("target").get("bus") == "scsi"
     seen = vm.guest.block.wait_for("acc-guide-disk")
     assert seen.name.startswith("sd")
@@ -111,11 +111,11 @@ def test_attach_use_and_detach_the_guides_virtio_scsi_disk(scsi_vm):
 
     # DISK-4: usable: a pattern written in the guest reads back, and it is in the image file
     digest = vm.guest.block.write_and_verify(seen.name, mib=4)
-    assert vm.image_sha256(image, mib=4) == digest, "the guest's writes are not in the attached image"
+    assert vm.disks.sha256(image, mib=4) == digest, "the guest's writes are not in the attached image"
 
-    vm.detach(disk, live=True)                                          # virsh detach-device, same XML
+    vm.domain.detach(disk, live=True)                                          # virsh detach-device, same XML
     vm.guest.block.wait_gone("acc-guide-disk")
-    assert not [d for d in vm.live_xml().findall("devices/disk") if d.find("source") is not None
+    assert not [d for d in vm.domain.live_xml().findall("devices/disk") if d.find("source") is not None
                 and d.find("source").get("file") == image]
     assert image not in json.dumps(vm.qemu.qmp("query-block"))
 
@@ -125,11 +125,11 @@ def test_live_attach_is_gone_after_restart_config_attach_stays(scsi_vm):
     vm = scsi_vm
     live_only = guide_scsi_disk(vm, "live-only", target=2, dev="sdc")
     persistent = guide_scsi_disk(vm, "persistent", target=3, dev="sdd")
-    vm.attach(live_only, live=True)
-    vm.attach(persistent, live=True, config=True)
+    vm.domain.attach(live_only, live=True)
+    vm.domain.attach(persistent, live=True, config=True)
     vm.guest.block.wait_for("acc-live-only")
     vm.guest.block.wait_for("acc-persistent")
-    serials = {s.text for s in vm.inactive_xml().findall("devices/disk/serial")}
+    serials = {s.text for s in vm.domain.inactive_xml().findall("devices/disk/serial")}
     assert "acc-persistent" in serials and "acc-live-only" not in serials
     try:
         vm.poweroff()
@@ -140,9 +140,9 @@ def test_live_attach_is_gone_after_restart_config_attach_stays(scsi_vm):
         vm.guest.block.write_and_verify(kept.name, mib=1)
     finally:
         if vm.guest.block.find("acc-persistent") is not None:
-            vm.detach(persistent, live=True, config=True)
-        elif any(s.text == "acc-persistent" for s in vm.inactive_xml().findall("devices/disk/serial")):
-            vm.detach(persistent, live=False, config=True)
+            vm.domain.detach(persistent, live=True, config=True)
+        elif any(s.text == "acc-persistent" for s in vm.domain.inactive_xml().findall("devices/disk/serial")):
+            vm.domain.detach(persistent, live=False, config=True)
 
 
 VIRTIO_SCSI_IDS = {("0x1af4", "0x1048"), ("0x1af4", "0x1004")}     # modern, transitional
@@ -154,10 +154,10 @@ def test_vhost_scsi_disk_appears_as_sd(scsi_vm, lab):
     virtio-scsi function the vhost-scsi hostdev added: not from the VM's own virtio-scsi
     controller, and not picked by its size."""
     vm = scsi_vm
-    backing = vm.scratch_image("vhost-lun", "64M", "raw")
+    backing = vm.disks.scratch_image("vhost-lun", "64M", "raw")
     functions_before = {d.bdf for d in vm.guest.pci.devices()}
     with VhostScsiTarget(backing, 64 << 20, fs=ConfigFS(lab.sys / "kernel/config/target")) as target:
-        hostdev = vm.attach(target.hostdev(), live=True)
+        hostdev = vm.domain.attach(target.hostdev(), live=True)
         try:
             disk = poll(lambda: next((d for d in vm.guest.block.disks() if d.name.startswith("sd") and d.pci_path
                                       and d.pci_path[-1] not in functions_before), None),
@@ -171,4 +171,4 @@ def test_vhost_scsi_disk_appears_as_sd(scsi_vm, lab):
             assert disk.sectors == (64 << 20) // 512, f"{disk.name} has {disk.sectors} sectors, the LUN 64 MiB"
             vm.guest.block.write_and_verify(disk.name, mib=4)
         finally:
-            vm.detach(hostdev, live=True)
+            vm.domain.detach(hostdev, live=True)

@@ -37,7 +37,7 @@ def boot_with(vms, role, *devices, overrides=None, qemu_args=()):
 
 
 def paused_waiter(vm):
-    return vm.waiter("lifecycle", lambda e: e.detail["event"] == "suspended")
+    return vm.domain.waiter("lifecycle", lambda e: e.detail["event"] == "suspended")
 
 
 def assert_no_guest_io_errors(guest):
@@ -72,13 +72,13 @@ def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms, lab
         ev = pause_w.wait(Deadline(30, "the VM to be suspended by the storage fault"))
     allure.attach(fault.failing_now(), name="IOS-9: the storage says it fails", attachment_type=allure.attachment_type.TEXT)
     assert ev.detail["detail"] == libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR
-    state = vm.state()
+    state = vm.domain.state()
     assert state == ("paused", libvirt.VIR_DOMAIN_PAUSED_IOERROR), f"domain state {state} after the storage fault"
-    errors = vm.disk_errors()
+    errors = vm.domain.disk_errors()
     assert "vdb" in errors, f"libvirt's disk errors: {errors}"
 
     fault.heal()
-    vm.resume()
+    vm.domain.resume()
     assert job.rc() == 0, job.output()
     g.run("sync; echo 3 > /proc/sys/vm/drop_caches", check=True)
     assert g.check_output("sha256sum /mnt/f/data").split()[0] == digest, "the data written across the fault is wrong"
@@ -105,16 +105,16 @@ def test_read_and_write_error_policies_are_separate(fault, vms):
     fault.heal()
     assert r.rc != 0, "a write error under error_policy='report' must reach the guest"
     assert "I/O error" in g.check_output("dmesg | tail -n 20"), "the guest kernel logged no I/O error"
-    assert vm.state()[0] == "running", "error_policy='report' must not suspend the VM"
+    assert vm.domain.state()[0] == "running", "error_policy='report' must not suspend the VM"
 
     with paused_waiter(vm) as pause_w:
         fault.fail("all")
         job = GuestJob(g, f"dd if=/dev/{dev} of=/dev/null bs=64k count=16 iflag=direct", "read")
         pause_w.wait(Deadline(30, "the VM to be suspended on a read error"))
-    state = vm.state()
+    state = vm.domain.state()
     assert state == ("paused", libvirt.VIR_DOMAIN_PAUSED_IOERROR), f"domain state {state} after the read error"
     fault.heal()
-    vm.resume()
+    vm.domain.resume()
     assert job.rc() == 0, "the suspended read did not complete after resume"
 
 
@@ -155,7 +155,7 @@ def shared(disk):
 
 def running(vm):
     def check():
-        st = vm.state()
+        st = vm.domain.state()
         assert st[0] == "running", f"the VM is {st} during the retry (retry must neither stop nor pause it)"
     return check
 
@@ -168,7 +168,7 @@ def test_retry_attributes_are_accepted_for_virtio_blk_and_scsi(fault, vms):
     scsi.append(X.el("address", {"type": "drive", "controller": 0, "bus": 0, "target": 0, "unit": 0}))
     vm = boot_with(vms, "ios-retry-xml", X.scsi_controller(0), shared(blk), shared(scsi))
     for target, serial in (("vdb", SERIAL), ("sdb", "acc-fault-scsi")):
-        drv = vm.live_xml().find(f"devices/disk/target[@dev='{target}']/../driver")
+        drv = vm.domain.live_xml().find(f"devices/disk/target[@dev='{target}']/../driver")
         assert (drv.get("error_policy"), drv.get("rerror_policy"), drv.get("retry_interval"), drv.get("retry_timeout")) \
             == ("retry", "retry", "2000", "10000"), f"{target}: {dict(drv.attrib)}"
         assert device_settings(vm, serial) == {"werror": "retry", "rerror": "retry", "retry_interval": 2000,
@@ -250,7 +250,7 @@ def test_fault_longer_than_retry_timeout_reaches_the_guest(fault, vms, retry_for
                   attachment_type=allure.attachment_type.TEXT)
     assert tries.count >= timeout / interval, \
         f"QEMU gave up before retrying for retry_timeout, by {attempts.name}: {tries.summary()}"
-    assert vm.state()[0] == "running"
+    assert vm.domain.state()[0] == "running"
 
 
 @claims("IOS-4")

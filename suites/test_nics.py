@@ -33,12 +33,12 @@ def bridge_nic(vm, lab, **kw):
     br = lab.bridge()
     mac = random_mac()
     iface = network.bridge_interface(mac, br.name, driver=driver_name(lab), **kw)
-    live = vm.attach(iface, live=True)
+    live = vm.domain.attach(iface, live=True)
     try:
         yield SimpleNamespace(xml=iface, mac=mac, tap=tap_of(live), bridge=br)
     finally:
-        if vm.live_xml().find(f"devices/interface/mac[@address='{mac}']") is not None:
-            vm.detach(iface, live=True)
+        if vm.domain.live_xml().find(f"devices/interface/mac[@address='{mac}']") is not None:
+            vm.domain.detach(iface, live=True)
 
 
 @claims("NIC-1")
@@ -84,7 +84,7 @@ def test_detach_with_the_same_xml_removes_the_nic(nic_vm, lab):
     with bridge_nic(vm, lab) as n:
         vm.guest.net.wait_for(n.mac)
         assert n.tap in n.bridge.ports()
-        vm.detach(n.xml, live=True)                                           # the same XML
+        vm.domain.detach(n.xml, live=True)                                           # the same XML
         vm.guest.net.wait_gone(n.mac)
         assert n.mac not in vm.guest.net.by_mac()
         assert n.tap not in n.bridge.ports() and network.tap_master(n.tap, lab.sys / "class/net") is None
@@ -96,8 +96,8 @@ def test_live_nic_is_gone_after_restart_config_nic_stays(nic_vm, lab):
     br = lab.bridge()
     live_only = network.bridge_interface(random_mac(), br.name)
     persistent = network.bridge_interface(random_mac(), br.name)
-    vm.attach(live_only, live=True)
-    vm.attach(persistent, live=True, config=True)
+    vm.domain.attach(live_only, live=True)
+    vm.domain.attach(persistent, live=True, config=True)
     vm.guest.net.wait_for(live_only.find("mac").get("address"))
     vm.guest.net.wait_for(persistent.find("mac").get("address"))
     try:
@@ -106,7 +106,7 @@ def test_live_nic_is_gone_after_restart_config_nic_stays(nic_vm, lab):
         assert vm.guest.net.find(live_only.find("mac").get("address")) is None, "a live-only NIC survived a restart"
         assert vm.guest.net.find(persistent.find("mac").get("address")) is not None, "the --config NIC is gone"
     finally:
-        vm.detach(persistent, live=vm.guest.net.find(persistent.find("mac").get("address")) is not None,
+        vm.domain.detach(persistent, live=vm.guest.net.find(persistent.find("mac").get("address")) is not None,
                   config=True)
 
 
@@ -117,7 +117,7 @@ def test_hot_plugged_nics_carry_traffic_between_two_guests(nic_vm, vms, lab):
     ends = []
     for vm in (nic_vm, peer):
         iface = network.bridge_interface(random_mac(), br.name)
-        vm.attach(iface, live=True)
+        vm.domain.attach(iface, live=True)
         nic = vm.guest.net.wait_for(iface.find("mac").get("address"))
         vm.guest.run("ip link set %s up", nic.name, check=True)
         ends.append((vm, iface, nic))
@@ -134,7 +134,7 @@ def test_hot_plugged_nics_carry_traffic_between_two_guests(nic_vm, vms, lab):
         assert rx_after - rx_before >= 5, "the peer's NIC did not receive the echo requests"
     finally:
         for vm, iface, _ in ends:
-            vm.detach(iface, live=True)
+            vm.domain.detach(iface, live=True)
 
 
 @claims("NIC-2")
@@ -146,7 +146,7 @@ def test_vhost_driver_moves_the_nic_data_path_into_the_hosts_vhost_worker(nic_vm
     for driver in ("qemu", "vhost"):
         mac = random_mac()
         iface = network.bridge_interface(mac, lab.bridge().name, driver=driver)
-        live = vm.attach(iface, live=True)
+        live = vm.domain.attach(iface, live=True)
         try:
             assert live.find("driver").get("name") == driver, f"live XML driver: {live.find('driver').attrib}"
             nic = vm.guest.net.wait_for(mac)
@@ -168,7 +168,7 @@ def test_vhost_driver_moves_the_nic_data_path_into_the_hosts_vhost_worker(nic_vm
                 assert busy, (f"driver name='vhost': no vhost worker ran while the guest sent {sent} packets "
                               f"(CPU ns before {before}, after {after})")
         finally:
-            vm.detach(iface, live=True)
+            vm.domain.detach(iface, live=True)
         vm.guest.net.wait_gone(mac)
 
 
@@ -177,12 +177,12 @@ def test_openvswitch_virtualport_makes_an_ovs_port(nic_vm, lab):
     vm = nic_vm
     with lab.ovs_bridge() as ovs:
         iface = network.bridge_interface(random_mac(), ovs.name, virtualport="openvswitch")
-        tap = tap_of(vm.attach(iface, live=True))
+        tap = tap_of(vm.domain.attach(iface, live=True))
         try:
             assert tap in ovs.ports(), f"ovs-vsctl list-ports {ovs.name}: {ovs.ports()}"
             vm.guest.net.wait_for(iface.find("mac").get("address"))
         finally:
-            vm.detach(iface, live=True)
+            vm.domain.detach(iface, live=True)
         assert tap not in ovs.ports()
 
 

@@ -101,7 +101,7 @@ def test_iommu_group_goes_to_one_vm_only(lab, host_state, vms):
     # libvirt names the mate and the domain holding it; QEMU's VFIO names the busy group
     assert first.name in why or mates[0] in why or f"/dev/vfio/{group}" in why, \
         f"the second VM was refused, but not for IOMMU group {group} being held by {first.name}: {why}"
-    assert first.state()[0] == "running", "the VM holding the group stopped when a second VM asked for it"
+    assert first.domain.state()[0] == "running", "the VM holding the group stopped when a second VM asked for it"
     vms.release(first)            # control: with the group free (managed='yes' gave the first its host
     lab.nodedev_detach(mates[0])  # driver back: put it on vfio-pci again), the same second VM starts
     second.start(Deadline(120, "the second VM once the group is free"))
@@ -295,7 +295,7 @@ def test_hpre_vf_in_a_vm_is_usable_and_pins_the_host_driver(lab, hpre, host_stat
         f"modprobe -r hisi_hpre failed, but not because the module is in use: {refused.stderr}"
     host_state.remember_device(spare)
     with pytest.raises(AttachRefused) as refused:
-        vm.attach(pci.hostdev_pci(spare, guest_address=None), live=True)
+        vm.domain.attach(pci.hostdev_pci(spare, guest_address=None), live=True)
     assert spare in str(refused.value) or "hot" in str(refused.value).lower(), \
         f"the live attach of VF {spare} was refused for another reason than hot-swapping it: {refused.value}"
     vms.release(vm)

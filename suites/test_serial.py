@@ -17,7 +17,7 @@ guest_vm = shared_vm(lambda: VMSpec("serial"))
 
 @claims("SER-1")
 def test_pty_console_gives_an_interactive_shell(guest_vm):
-    xml = guest_vm.live_xml()
+    xml = guest_vm.domain.live_xml()
     serial = xml.find("devices/serial[@type='pty']")
     assert serial is not None and serial.find("source").get("path", "").startswith("/dev/pts/")
     assert xml.find("devices/console[@type='pty']/target").get("type") == "serial"

@@ -29,16 +29,16 @@ def test_domblklist_lists_every_disk_with_its_source(snap_vm):
     file listed for a target is the one the guest reads on that disk (a token written into each
     image on the lab host)."""
     vm, g = snap_vm, snap_vm.guest
-    given = vm.own_disks()
+    given = vm.disks.own()
     tokens, serial_of, attached = {}, {}, []
     try:
         for target in ("vdb", "vdc"):
-            path = vm.scratch_image(f"listed-{target}", "16M", "raw")
+            path = vm.disks.scratch_image(f"listed-{target}", "16M", "raw")
             tokens[str(path)] = secrets.token_hex(8)
             vm.host.run("sh", "-c", 'printf %s "$1" | dd of="$2" conv=notrunc 2>/dev/null', "sh",
                         tokens[str(path)], path)
             disk = X.disk(str(path), target=target, fmt="raw", serial=f"acc-listed-{target}")
-            vm.attach(disk, live=True)
+            vm.domain.attach(disk, live=True)
             attached.append(disk)
             given[target], serial_of[target] = str(path), f"acc-listed-{target}"
         names = {t: g.block.wait_for(s).name for t, s in serial_of.items()}
@@ -53,7 +53,7 @@ def test_domblklist_lists_every_disk_with_its_source(snap_vm):
         assert g.block.find("acc-root") is not None
     finally:
         for disk in attached:
-            vm.detach(disk, live=True)
+            vm.domain.detach(disk, live=True)
 
 
 @claims("SNAP-2", "SNAP-3", "SNAP-4")
@@ -62,7 +62,7 @@ def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm, request):
     token = secrets.token_hex(8)
     g.run("echo %s > /root/precious && sync", token, check=True)
     profile_before = g.check_output("sha256sum /etc/profile").split()[0]
-    base = vm.live_xml().find("devices/disk/target[@dev='vda']/../source").get("file")
+    base = vm.domain.live_xml().find("devices/disk/target[@dev='vda']/../source").get("file")
     overlay = vm.hdir / "vda-snapshot1.qcow2"                       # on the lab host
 
     name, took = snapshots.create_external(vm, {"vda": overlay})       # SNAP-2
@@ -75,8 +75,8 @@ def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm, request):
     assert vm.host.exists(overlay)
     info = images.image_info(vm.host, overlay)
     assert info["format"] == "qcow2" and info.get("backing-filename") == base
-    assert vm.state()[0] == "running" and g.boot_id() == vm.boot_id, "the VM kept running through the snapshot"
-    assert vm.live_xml().find("devices/disk/target[@dev='vda']/../source").get("file") == str(overlay)
+    assert vm.domain.state()[0] == "running" and g.boot_id() == vm.boot_id, "the VM kept running through the snapshot"
+    assert vm.domain.live_xml().find("devices/disk/target[@dev='vda']/../source").get("file") == str(overlay)
     # the guest now writes into the overlay: the base keeps the snapshot's state
     g.run("echo after > /root/after-snapshot && sync", check=True)
 
@@ -94,23 +94,23 @@ def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm, request):
     assert g.check_output("sha256sum /etc/profile").split()[0] == profile_before
     assert g.run("test -e /root/after-snapshot").rc != 0, "the restored disk is the pre-snapshot state"
     assert not vm.host.exists(overlay)
-    assert name not in snapshots.names(vm), f"libvirt still keeps snapshot {name}: {snapshots.names(vm)}"
+    assert name not in vm.domain.snapshot_names(), f"libvirt still keeps snapshot {name}: {vm.domain.snapshot_names()}"
 
 
 @claims("SNAP-5")
 def test_qcow2_and_raw_images_can_be_snapshotted(vms):
     vm = vms.define(VMSpec("snap-formats"))
-    bases = {"acc-q": (vm.scratch_image("data-qcow2", "32M", "qcow2"), "qcow2", "vdb"),
-             "acc-r": (vm.scratch_image("data-raw", "32M", "raw"), "raw", "vdc")}
+    bases = {"acc-q": (vm.disks.scratch_image("data-qcow2", "32M", "qcow2"), "qcow2", "vdb"),
+             "acc-r": (vm.disks.scratch_image("data-raw", "32M", "raw"), "raw", "vdc")}
     for serial, (path, fmt, target) in bases.items():
-        vm.attach(X.disk(str(path), target=target, fmt=fmt, serial=serial), live=False, config=True)
+        vm.domain.attach(X.disk(str(path), target=target, fmt=fmt, serial=serial), live=False, config=True)
     vm.start()
     disks = {s: vm.guest.block.find(s).name for s in bases}
     before = {s: vm.guest.block.write_and_verify(n, mib=2) for s, n in disks.items()}
     overlays = {"acc-q": vm.hdir / "q.snap.qcow2", "acc-r": vm.hdir / "r.snap.qcow2"}
     snapshots.create_external(vm, {bases[s][2]: overlays[s] for s in bases}, others_no=["vda"])
     for serial, (path, fmt, target) in bases.items():
-        src = vm.live_xml().find(f"devices/disk/target[@dev='{target}']/../source").get("file")
+        src = vm.domain.live_xml().find(f"devices/disk/target[@dev='{target}']/../source").get("file")
         assert src == str(overlays[serial]), f"{target} now writes to {src}, not the snapshot's overlay"
         backing = images.image_info(vm.host, src)
         assert backing["backing-filename-format"] == fmt and backing["backing-filename"] == str(path)
@@ -120,18 +120,18 @@ def test_qcow2_and_raw_images_can_be_snapshotted(vms):
     after = {s: vm.guest.block.write_and_verify(n, mib=2) for s, n in disks.items()}
     for serial, (path, fmt, _) in bases.items():
         assert after[serial] != before[serial]
-        assert vm.image_sha256(path, 2, fmt) == before[serial], f"the {fmt} base changed after the snapshot"
-        assert vm.image_sha256(overlays[serial], 2, "qcow2") == after[serial], \
+        assert vm.disks.sha256(path, 2, fmt) == before[serial], f"the {fmt} base changed after the snapshot"
+        assert vm.disks.sha256(overlays[serial], 2, "qcow2") == after[serial], \
             f"the overlay on the {fmt} base does not serve the guest's new data"
 
 
 @claims("SNAP-5")
 def test_block_device_disk_snapshot_is_refused_or_recorded(vms):
     vm = vms.boot(VMSpec("snap-block"))
-    backing = vm.scratch_image("block-backing", "32M", "raw")
+    backing = vm.disks.scratch_image("block-backing", "32M", "raw")
     with loopdev.loop_device(vm.host, backing) as dev:
         disk = X.disk(dev, target="vdb", fmt="raw", kind="block", serial="acc-blk")
-        vm.attach(disk, live=True)
+        vm.domain.attach(disk, live=True)
         try:
             seen = poll(lambda: vm.guest.block.find("acc-blk"), Deadline(30, "the guest to see the block-device disk"),
                         interval=0.3)
@@ -140,7 +140,7 @@ def test_block_device_disk_snapshot_is_refused_or_recorded(vms):
                       "--diskspec", f"vdb,snapshot=external,file={vm.hdir / 'blk.snap.qcow2'}",
                       "--diskspec", "vda,snapshot=no")
             record("snapshot of a block-device disk", f"rc={r.rc}\n{r.stdout}{r.stderr}")
-            assert vm.state()[0] == "running" and vm.guest.boot_id() == vm.boot_id
+            assert vm.domain.state()[0] == "running" and vm.guest.boot_id() == vm.boot_id
             if r.rc == 0:
                 deviation("SNAP-5", "libvirt took an external snapshot of a block-device disk "
                                     "(the guide says block devices are not supported)")
@@ -150,5 +150,5 @@ def test_block_device_disk_snapshot_is_refused_or_recorded(vms):
             assert re.search(rf"block|vdb|{re.escape(dev)}|not supported|unsupported", reason, re.I), \
                 f"the snapshot was refused, but not for the block-device disk: {reason}"
         finally:
-            if vm.is_active():
+            if vm.domain.is_active():
                 vm.destroy()      # releases the loop device before it is detached

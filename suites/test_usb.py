@@ -87,7 +87,7 @@ def test_second_controller_of_a_type_is_refused_or_recorded(vms):
     xhcis = {h.pci for h in vm.guest.usb.root_hubs() if h.kind == "xHCI"}
     record = f"libvirt accepted a second nec-xhci controller; the guest sees {len(xhcis)} xHCI controllers: {sorted(xhcis)}"
     allure.attach(record, name="second controller of a type", attachment_type=allure.attachment_type.TEXT)
-    assert vm.state()[0] == "running"
+    assert vm.domain.state()[0] == "running"
     deviation("USB-3", f"{record} (the guide says one controller of a type per VM)")
 
 
@@ -96,20 +96,20 @@ def test_usb_controller_cannot_be_hot_plugged(usb_vm):
     before = len(usb_vm.guest.usb.root_hubs())
     ctrl = X.usb_controller("qemu-xhci", 5)
     with pytest.raises(AttachRefused) as refused:
-        usb_vm.attach(ctrl, live=True)
+        usb_vm.domain.attach(ctrl, live=True)
     reason = str(refused.value)
     assert refusal_about(reason, usb_vm.name, r"controller.*(hot.?plug|live)|(hot.?plug|live).*controller"), \
         f"the live attach was refused, but not because a controller cannot be hot-plugged: {reason}"
-    assert usb_vm.state()[0] == "running" and usb_vm.guest.boot_id() == usb_vm.boot_id
+    assert usb_vm.domain.state()[0] == "running" and usb_vm.guest.boot_id() == usb_vm.boot_id
     assert len(usb_vm.guest.usb.root_hubs()) == before
     # control: the same controller XML is a valid device: the persistent definition takes it
-    usb_vm.attach(ctrl, live=False, config=True)
-    usb_vm.detach(ctrl, live=False, config=True)
+    usb_vm.domain.attach(ctrl, live=False, config=True)
+    usb_vm.domain.detach(ctrl, live=False, config=True)
 
 
 @claims("USB-5")
 def test_tablet_lands_on_the_usb_1_1_controller(usb_vm):
-    addr = usb_vm.live_xml().find("devices/input[@type='tablet']/address")
+    addr = usb_vm.domain.live_xml().find("devices/input[@type='tablet']/address")
     assert addr is not None and addr.get("bus") == "0", "libvirt put the tablet on bus 0 (the UHCI, index 0)"
     _, missing = observable(usb_vm, ("UHCI",))
     if missing:
@@ -128,7 +128,7 @@ def test_vm_with_an_absent_usb_device_fails_to_start(vms):
         vm.start(Deadline(30, "a VM with an absent USB device"))
     # libvirt's own refusal for the device (the VM's name has "usb" in it: any error would match that)
     assert re.search(r"did not find USB device (0x)?fffe:(0x)?fffd", str(e.value), re.I), str(e.value)
-    assert not vm.is_active()
+    assert not vm.domain.is_active()
     # control: a VM with the same controllers and without the absent device starts
     control = vms.boot(VMSpec("usb-present", usb=True, devices=usb.guide_controllers()))
     assert control.guest.boot_id()
@@ -163,7 +163,7 @@ def in_definition(vm, dev) -> bool:
     return any(h.find("source/address") is not None
                and (h.find("source/address").get("bus"), h.find("source/address").get("device"))
                == (addr.get("bus"), addr.get("device"))
-               for h in vm.inactive_xml().findall("devices/hostdev[@type='usb']"))
+               for h in vm.domain.inactive_xml().findall("devices/hostdev[@type='usb']"))
 
 
 def usb_settled(vm, marker=TABLET):
@@ -177,7 +177,7 @@ def test_live_usb_attach_lasts_until_restart_config_persists(vms, host_usb):
     marker = usb.tablet(usb.usb_address(2, 3))            # on the xHCI, beside the passthrough port
     vm = vms.boot(VMSpec("usb-hotswap", usb=True, devices=usb.guide_controllers() + [marker]))
     dev = passthrough(host_usb)
-    vm.attach(dev, live=True)
+    vm.domain.attach(dev, live=True)
     vm.guest.usb.wait_for(host_usb.vendor, host_usb.product)
     assert not in_definition(vm, dev), "a --live USB device was written into the persistent definition"
     vm.poweroff()
@@ -186,12 +186,12 @@ def test_live_usb_attach_lasts_until_restart_config_persists(vms, host_usb):
     with pytest.raises(TimeoutError):       # and it does not come late either
         vm.guest.usb.wait_for(host_usb.vendor, host_usb.product, seconds=5)
     assert vm.guest.usb.find(host_usb.vendor, host_usb.product) is None, "a --live USB device survived a restart"
-    vm.attach(dev, live=True, config=True)
+    vm.domain.attach(dev, live=True, config=True)
     assert in_definition(vm, dev), "a --config USB device is not in the persistent definition"
     vm.poweroff()
     vm.start()
     vm.guest.usb.wait_for(host_usb.vendor, host_usb.product)
-    vm.detach(dev, live=True, config=True)
+    vm.domain.detach(dev, live=True, config=True)
     # the guest learns of a USB unplug after QEMU's DEVICE_REMOVED: wait for it to let go
     vm.guest.usb.wait_gone(host_usb.vendor, host_usb.product)
     assert not in_definition(vm, dev), "the USB device is still in the persistent definition after detach --config"
@@ -246,9 +246,9 @@ def test_vm_with_usb_passthrough_cannot_live_migrate(vms, host_usb, migration_ta
     assert not re.search(DESTINATION_SIDE, why), \
         f"the migration started and failed on the destination, not refused before it began: {outcome.refusal}"
     assert migration_target.state(vm.name).startswith("absent"), "the destination has the VM after a refusal"
-    assert vm.state()[0] == "running" and vm.guest.usb.find(host_usb.vendor, host_usb.product) is not None, \
+    assert vm.domain.state()[0] == "running" and vm.guest.usb.find(host_usb.vendor, host_usb.product) is not None, \
         "after the refused migration the VM or its USB device is gone"
-    vm.detach(dev, live=True)                      # control: the same VM without the device migrates
+    vm.domain.detach(dev, live=True)                      # control: the same VM without the device migrates
     vm.guest.usb.wait_gone(host_usb.vendor, host_usb.product)
     moved = vm.migrate(migration_target)
     if not moved.done:

@@ -23,13 +23,13 @@ def test_aarch64_guest_boots_and_is_probed_like_any_other():
 
 def _smoke(run):
     vm = run.new_vm(VMSpec("arm-smoke", pcie_root_ports=3, pcie_bridge=True))
-    xml = vm.inactive_xml()
+    xml = vm.domain.inactive_xml()
     assert xml.find("os/type").get("machine").startswith("virt") and xml.find("os/type").get("arch") == "aarch64"
     assert "console=ttyAMA0" in xml.find("os/cmdline").text
     vm.start()
     g = vm.guest
     assert g.check_output("uname -m").strip() == "aarch64"
-    live = vm.live_xml()
+    live = vm.domain.live_xml()
     assert {d.bdf for d in g.pci.root_ports()} == {c.address.bdf for c in pcie.root_ports(live)}
     assert pcie.numbering_problems(live) == []
     assert g.block.find("acc-root") is not None

@@ -43,12 +43,12 @@ def test_libvirtd_restart_under_a_running_vm_reconnects(run):
     before = run.session.reconnects
     restart_libvirtd()
     assert vm.guest.boot_id() == boot_id, "the guest kept running through the restart"
-    assert vm.state()[0] == "running"                  # reconnects on first use
+    assert vm.domain.state()[0] == "running"                  # reconnects on first use
     assert run.session.reconnects == before + 1
-    assert vm.live_xml().find("name").text == vm.name
+    assert vm.domain.live_xml().find("name").text == vm.name
     # events flow on the new connection: a clean power-off is seen
     vm.poweroff(Deadline(60, "power-off after the reconnect"))
-    assert not vm.is_active()
+    assert not vm.domain.is_active()
     run.release(vm)
 
 
@@ -60,8 +60,8 @@ def test_qemu_killed_under_a_test_fails_fast_and_the_next_vm_boots(run):
     with pytest.raises((WaitTimeout, GuestNotReady, ConnectionError, EOFError, OSError)):
         vm.guest.run("sleep 30", timeout=20)
     assert time.monotonic() - t < 25
-    poll(lambda: not vm.is_active(), Deadline(20, "libvirt to see QEMU gone"))
-    assert "shut off" in vm.evidence()["live domain XML"] or not vm.is_active()
+    poll(lambda: not vm.domain.is_active(), Deadline(20, "libvirt to see QEMU gone"))
+    assert "shut off" in vm.evidence()["live domain XML"] or not vm.domain.is_active()
     run.release(vm)
     nxt = run.new_vm(VMSpec("chaos-next"))
     nxt.start()
@@ -218,11 +218,11 @@ def test_a_libvirtd_that_stops_answering_is_judged_and_its_qemu_killed_through_t
         os.kill(stopped, signal.SIGSTOP)
         t0 = time.monotonic()
         with pytest.raises(libvirt.libvirtError):
-            vm.dom.state()
+            vm.domain.handle.state()
         waited = time.monotonic() - t0
         assert waited < 40, f"the call waited {waited:.0f} s for a daemon that does not answer (keepalive 5 s x 3)"
         assert run.session.unanswered
-        judged = run.libvirt_stopped_answering("a test's call failed")
+        judged = run.session.judge("a test's call failed")
         assert isinstance(judged, LabError), f"a SIGSTOPped daemon is the lab's problem, not a finding: {judged}"
         assert f"libvirtd (pid {stopped}) state T" in str(judged) and f"QEMU of {vm.name} (pid {qemu})" in str(judged)
 

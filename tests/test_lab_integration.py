@@ -58,7 +58,7 @@ def test_guest_paused_while_booting_fails_fast_and_is_retried_when_the_lab_says_
     try:
         vm = run.new_vm(VMSpec("paused"))
         vm.start(wait=False)
-        vm.dom.suspend()
+        vm.domain.handle.suspend()
         t = time.monotonic()
         with pytest.raises(HypervisorFault, match="paused by the hypervisor while booting"):
             vm.wait_ready(Deadline(60, "a guest that was paused"))
@@ -66,8 +66,8 @@ def test_guest_paused_while_booting_fails_fast_and_is_retried_when_the_lab_says_
         vm.destroy()
 
         def pause_first_boot():            # the first boot is paused as soon as it runs
-            poll(vm.is_active, Deadline(30, "the first boot"), interval=0.01)
-            vm.dom.suspend()
+            poll(vm.domain.is_active, Deadline(30, "the first boot"), interval=0.01)
+            vm.domain.handle.suspend()
         threading.Thread(target=pause_first_boot, daemon=True).start()
         vm.start(Deadline(60, "a boot after one paused boot"))
         assert vm.guest.run("true").ok and len(vm.boot_faults) == 1
@@ -92,7 +92,7 @@ def test_nocloud_seed_delivers_the_key(cfg):
     run = Run(dataclasses.replace(cfg, image_access="nocloud"))
     try:
         vm = run.new_vm(VMSpec("nocloud"))
-        cmdline = vm.inactive_xml().find("os/cmdline").text
+        cmdline = vm.domain.inactive_xml().find("os/cmdline").text
         assert "acc.sshkey" not in cmdline, "in this mode the key must come from the seed only"
         vm.start()
         assert "ssh keys taken from NoCloud seed" in vm.serial_text()

@@ -34,7 +34,7 @@ def test_a_vm_live_migrates_to_the_target_and_close_leaves_nothing():
         assert moved.done, f"refused: {moved.refusal}"
         assert target.state(vm.name) == "running"
         assert "VM status: running" in target.monitor(vm.name, "info status")
-        assert not vm.is_active(), "the source still runs the migrated domain"
+        assert not vm.domain.is_active(), "the source still runs the migrated domain"
         undone = target.close()
         assert any(f"destroyed {vm.name}" in u for u in undone), undone
         assert not daemons_of(target.dir) and not os.path.exists(target.dir)

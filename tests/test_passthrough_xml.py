@@ -31,12 +31,12 @@ def test_libvirt_accepts_the_xml_and_refuses_the_absent_device(run, device, name
     spec = VMSpec("pt-xml", usb=True, devices=usb.guide_controllers() + [device()])
     vm = run.new_vm(spec)                     # libvirt's parser took it
     try:
-        X_dom = X.to_string(vm.inactive_xml())
+        X_dom = X.to_string(vm.domain.inactive_xml())
         run.session.conn.defineXMLFlags(X_dom, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)   # and its schema
         with pytest.raises(DomainError) as e:
             vm.start()
         msg = str(e.value)
         assert any(n in msg for n in names), f"refused for another reason: {msg}"
-        assert not vm.is_active()
+        assert not vm.domain.is_active()
     finally:
         run.release(vm)
