@@ -6,7 +6,7 @@ import time
 import sys
 from pathlib import Path
 
-from . import claims, config, daemon, host, images, labhost_needs, timeouts
+from . import claims, config, daemon, hostfacts, images, labhost_needs, timeouts
 from .arch import profile
 from .errors import LabError
 from .session import LabUnreachable, Session
@@ -50,7 +50,7 @@ def cmd_doctor(cfg) -> int:
                                                cfg.virt_type, 0)
             print(f"virt type    {cfg.virt_type} on {cfg.arch}: offered by libvirt")
             if not cfg.uses_default_image and (cfg.firmware or profile(cfg.arch).firmware) == "efi":
-                print(f"firmware     {host.uefi_offered(dcaps)}")
+                print(f"firmware     {hostfacts.uefi_offered(dcaps)}")
         except Exception as e:        # libvirtError, but keep doctor going on anything
             print(f"virt type    {cfg.virt_type} on {cfg.arch}: NOT offered ({e}); fix [host] virt_type")
     except LabUnreachable as e:
@@ -77,15 +77,15 @@ def cmd_doctor(cfg) -> int:
 
 def _doctor_host(cfg, conn, h) -> int:
     """The doctor's part that asks the lab host (its one connection, `h`)."""
-    q = host.qemu_facts(cfg, conn, h) if conn is not None else {}
+    q = hostfacts.qemu_facts(cfg, conn, h) if conn is not None else {}
     if q:
         print(f"qemu         {q.get('qemu.emulator')}: {q.get('qemu.version', '?')}"
               + (f"; {q['qemu.build']}" if "qemu.build" in q else ""))
-    caps = host.probe(cfg, conn, h)
+    caps = hostfacts.probe(cfg, conn, h)
     print("\ncapabilities (probed on the host):")
     for c in caps.values():
         print(f"  {'yes' if c.present else 'no ':3}  {c.name:20} {c.detail}")
-    print(f"\nfault backend: {host.fault_backend(cfg, caps)}")
+    print(f"\nfault backend: {hostfacts.fault_backend(cfg, caps)}")
     bad = 0
     if any((cfg.inventory.pci, cfg.inventory.sriov_pfs, cfg.inventory.usb, cfg.inventory.hpre)):
         print("\ninventory (the lab config against the host):")

@@ -176,7 +176,7 @@ class Run:
     def qemu_binary(self) -> str:
         """The QEMU this lab's domains run: the lab's own build, else libvirt's default for
         the guest architecture."""
-        from .host import lab_emulator
+        from .hostfacts import lab_emulator
         return self.emulator or lab_emulator(self.cfg, self.host, self.session.conn)
 
     @contextlib.contextmanager

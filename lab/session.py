@@ -65,7 +65,7 @@ class LibvirtFacts:
 
     def qemu_user(self):
         """Who QEMU runs as on the lab host (host.QemuUser)."""
-        from .host import qemu_user
+        from .hostfacts import qemu_user
         if self._user is None:
             self._user = qemu_user(self.capabilities(), self._virt_type)
         return self._user
@@ -73,7 +73,7 @@ class LibvirtFacts:
     def o_direct(self) -> int:
         """The O_DIRECT flag of the lab host's kernel, whatever the guests' architecture."""
         from .arch import o_direct
-        from .host import host_arch
+        from .hostfacts import host_arch
         return o_direct(host_arch(self.capabilities()))
 
 

@@ -19,7 +19,7 @@ import libvirt
 import pytest
 
 from fixtures.api import capabilities, claims, measured, proven_with, reported_fact
-from lab import host as lab_host_facts
+from lab import hostfacts
 from lab import xml as X
 from lab.domain import VMSpec
 from lab.retry import (AttemptSource, GuestJob, RetryPolicy, device_settings, failed_attempts, most_retried,
@@ -123,7 +123,7 @@ def test_read_and_write_error_policies_are_separate(fault, vms):
 @pytest.fixture
 def retry_form(lab, request):
     """How this lab host sets the guide's retry settings: 'xml' or 'override' (said in the report)."""
-    form, how = lab_host_facts.retry_form(capabilities(lab))
+    form, how = hostfacts.retry_form(capabilities(lab))
     proven_with(request, how)
     return form
 

@@ -102,7 +102,7 @@ def test_unknown_kind_and_backend():
 
 
 def test_device_mapper_is_asked_of_the_kernel(tmp_path):
-    from lab.host import kernel_has_device_mapper
+    from lab.hostfacts import kernel_has_device_mapper
     misc = tmp_path / "misc"
     misc.write_text(" 58 rfkill\n232 kvm\n")
     assert not kernel_has_device_mapper(misc), "a stray /dev/mapper/control must not make a dm-error host"

@@ -1,6 +1,6 @@
 """The certification names the hardware: a Kunpeng's CPU decoded from its implementer and
 part numbers (recorded /proc/cpuinfo), the server's DMI make, model and firmware (no serial)."""
-from lab import host
+from lab import hostfacts
 from lab.arch import cpu_model
 from lab.hostexec import LocalHost
 
@@ -41,7 +41,7 @@ class DmiHost(LocalHost):
 
 
 def test_the_servers_dmi_without_serial_or_placeholders():
-    got = host.dmi(DmiHost("kp1"))
+    got = hostfacts.dmi(DmiHost("kp1"))
     assert got == {"host.dmi.vendor": "Huawei", "host.dmi.product": "TaiShan 200 (Model 2280)",
                    "host.dmi.bios_version": "1.79", "host.dmi.bios_date": "03/24/2022"}
     assert not any("2102311TYBN0KA000123" in v for v in got.values())
@@ -50,4 +50,4 @@ def test_the_servers_dmi_without_serial_or_placeholders():
 def test_a_host_without_dmi_says_so():
     class NoDmi(DmiHost):
         FILES = {}
-    assert host.dmi(NoDmi("vm")) == {"host.dmi": "(none: the lab host's sysfs has no /sys/class/dmi/id)"}
+    assert hostfacts.dmi(NoDmi("vm")) == {"host.dmi": "(none: the lab host's sysfs has no /sys/class/dmi/id)"}

@@ -12,7 +12,7 @@ from lab import xml as X
 from lab.arch import profile
 from lab.faults import NbdkitBackend, parse_nbd_log
 from lab.hostexec import LocalHost
-from lab.host import Capability, probe_qemu_retry, retry_form
+from lab.hostfacts import Capability, probe_qemu_retry, retry_form
 from lab.hostexec import host_result
 from lab.retry import RetryPolicy, failed_attempts, most_retried, retry_disk
 

@@ -4,7 +4,7 @@ parser keeps the XML its schema lacks), and a libvirt that drops the attributes.
 import libvirt
 from lxml import etree
 
-from lab import host
+from lab import hostfacts
 from lab import config
 
 # libvirt 9.0 (Debian 12), recorded on this machine: defineXMLFlags(xml, 0) and (xml, VALIDATE)
@@ -75,24 +75,24 @@ def cfg():
 
 def test_upstream_libvirt_refuses_in_its_parser_so_the_suites_use_the_override():
     c = Conn(upstream_parser, rng_without_retry)
-    ok, why = host.probe_retry_policy(c, cfg())
+    ok, why = hostfacts.probe_retry_policy(c, cfg())
     assert not ok and "parser refuses" in why and "Invalid value for attribute 'error_policy'" in why
     assert set(c.flags) == {0}, "the probe must not validate against the schema"
-    form, _ = host.retry_form({"error-policy-retry": host.Capability("error-policy-retry", ok, why),
-                               "qemu-retry": host.Capability("qemu-retry", True, "openEuler QEMU")})
+    form, _ = hostfacts.retry_form({"error-policy-retry": hostfacts.Capability("error-policy-retry", ok, why),
+                               "qemu-retry": hostfacts.Capability("qemu-retry", True, "openEuler QEMU")})
     assert form == "override"
 
 
 def test_openeulers_libvirt_keeps_the_xml_its_schema_lacks_so_the_suites_use_the_guides_xml():
     c = Conn(openeuler_parser, rng_without_retry)
-    ok, why = host.probe_retry_policy(c, cfg())
+    ok, why = hostfacts.probe_retry_policy(c, cfg())
     assert ok, why
     assert "REFUSES the guide's XML" in why and "users who validate" in why, "the schema finding is reported"
-    form, _ = host.retry_form({"error-policy-retry": host.Capability("error-policy-retry", ok, why),
-                               "qemu-retry": host.Capability("qemu-retry", True, "openEuler QEMU")})
+    form, _ = hostfacts.retry_form({"error-policy-retry": hostfacts.Capability("error-policy-retry", ok, why),
+                               "qemu-retry": hostfacts.Capability("qemu-retry", True, "openEuler QEMU")})
     assert form == "xml", "with the extension the documented XML is used, never <qemu:override>"
 
 
 def test_a_libvirt_that_drops_the_attributes_lacks_the_extension():
-    ok, why = host.probe_retry_policy(Conn(dropping_parser, lambda x: None), cfg())
+    ok, why = hostfacts.probe_retry_policy(Conn(dropping_parser, lambda x: None), cfg())
     assert not ok and "dropped" in why and "retry_interval" in why

@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from lab import cloud_image, config, debroot
-from lab import host as labhost
+from lab import hostfacts
 from lab import xml as X
 from lab.arch import ARCHES
 from lab.errors import LabError
@@ -25,23 +25,23 @@ OPENEULER_CAPS = """<capabilities><host><uuid>x</uuid><cpu><arch>aarch64</arch><
 
 
 def test_qemu_user_is_libvirts_dac_label_and_its_security_driver():
-    d = labhost.qemu_user(DEBIAN_CAPS, "qemu")
+    d = hostfacts.qemu_user(DEBIAN_CAPS, "qemu")
     assert (d.uid, d.gid, d.selinux, d.apparmor) == (64055, 994, False, False)
-    o = labhost.qemu_user(OPENEULER_CAPS, "kvm")
+    o = hostfacts.qemu_user(OPENEULER_CAPS, "kvm")
     assert (o.uid, o.gid, o.selinux) == (107, 107, True)
     assert "SELinux" in o.describe()
-    root = labhost.qemu_user("<capabilities><host/></capabilities>", "kvm")
+    root = hostfacts.qemu_user("<capabilities><host/></capabilities>", "kvm")
     assert (root.uid, root.gid) == (0, 0), "no DAC model: QEMU runs as root"
 
 
 def test_a_granted_file_is_qemus_own_with_mode_0600_and_an_svirt_label_under_selinux():
     h = FakeHost()
-    labhost.grant_to_qemu(h, "/w/faults/nbd.sock", labhost.qemu_user(OPENEULER_CAPS, "kvm"))
+    hostfacts.grant_to_qemu(h, "/w/faults/nbd.sock", hostfacts.qemu_user(OPENEULER_CAPS, "kvm"))
     assert [c[0] for c in h.calls] == [["chown", "107:107", "/w/faults/nbd.sock"],
                                        ["chmod", "0600", "/w/faults/nbd.sock"],
                                        ["chcon", "-t", "svirt_image_t", "/w/faults/nbd.sock"]]
     h = FakeHost()
-    labhost.grant_to_qemu(h, "/dev/mapper/acc-x", labhost.qemu_user(DEBIAN_CAPS, "qemu"))
+    hostfacts.grant_to_qemu(h, "/dev/mapper/acc-x", hostfacts.qemu_user(DEBIAN_CAPS, "qemu"))
     assert [c[0][0] for c in h.calls] == ["chown", "chmod"], "no SELinux: no label"
     assert not any("0666" in a for c in h.calls for a in c[0]), "never world-writable"
 
@@ -49,7 +49,7 @@ def test_a_granted_file_is_qemus_own_with_mode_0600_and_an_svirt_label_under_sel
 def test_a_failed_grant_is_a_lab_problem_naming_the_file():
     h = FakeHost(lambda argv, input: (1, "", "chown: Operation not permitted"))
     with pytest.raises(LabError, match="/w/x.sock.*Operation not permitted|Operation not permitted.*/w/x.sock") as e:
-        labhost.grant_to_qemu(h, "/w/x.sock", labhost.qemu_user(DEBIAN_CAPS, "qemu"))
+        hostfacts.grant_to_qemu(h, "/w/x.sock", hostfacts.qemu_user(DEBIAN_CAPS, "qemu"))
     assert not isinstance(e.value, AssertionError)
 
 
@@ -125,8 +125,8 @@ DOMCAPS_NONE = """<domainCapabilities><os supported='yes'><enum name='firmware'/
 
 
 def test_doctor_says_whether_libvirt_can_pick_uefi_and_names_the_package_when_not():
-    assert "offered" in labhost.uefi_offered(DOMCAPS_EFI) and "AAVMF_CODE.fd" in labhost.uefi_offered(DOMCAPS_EFI)
-    msg = labhost.uefi_offered(DOMCAPS_NONE)
+    assert "offered" in hostfacts.uefi_offered(DOMCAPS_EFI) and "AAVMF_CODE.fd" in hostfacts.uefi_offered(DOMCAPS_EFI)
+    msg = hostfacts.uefi_offered(DOMCAPS_NONE)
     assert "NOT offered" in msg and "edk2-aarch64" in msg and "qemu-efi-aarch64" in msg
 
 
@@ -135,9 +135,9 @@ def test_o_direct_is_the_lab_host_kernels_flag_not_the_guests():
     # cache='none' disk with flags 0o2140002 (O_CLOEXEC|O_LARGEFILE|O_DIRECT|O_RDWR, x86 values).
     from lab.arch import o_direct
     flags = 573442
-    assert labhost.host_arch(DEBIAN_CAPS) == "x86_64"
-    assert flags & o_direct(labhost.host_arch(DEBIAN_CAPS))
+    assert hostfacts.host_arch(DEBIAN_CAPS) == "x86_64"
+    assert flags & o_direct(hostfacts.host_arch(DEBIAN_CAPS))
     assert not flags & o_direct("aarch64")        # the guest's value would have called it buffered
-    assert labhost.host_arch(OPENEULER_CAPS) == "aarch64" and o_direct("aarch64") == 0o200000
+    assert hostfacts.host_arch(OPENEULER_CAPS) == "aarch64" and o_direct("aarch64") == 0o200000
     with pytest.raises(ValueError, match="riscv64"):
         o_direct("riscv64")
