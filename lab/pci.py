@@ -202,55 +202,59 @@ class HostState:
         Every item is tried even when one fails; the failures are raised together at
         the end (the saved record stays, so the sweeper tries again next time)."""
         done, failed = [], []
-
-        def step(what, fn):
+        rec = self.record
+        steps = ([(f"restored VF settings of {net}", lambda net=net, vfs=vfs: self._put_vf_settings(net, vfs))
+                  for net, vfs in rec.vf_settings.items()]
+                 + [(f"set {net} down again", lambda net=net: self.host.run("ip", "link", "set", net, "down",
+                                                                            check=False))
+                    for net, was_up in rec.link_up.items() if not was_up]
+                 + [(f"restored sriov_numvfs={n} on {bdf}", lambda bdf=bdf, n=n: self._put_numvfs(bdf, n))
+                    for bdf, n in rec.numvfs.items()]
+                 + [(f"rebound {bdf} to {drv}", lambda bdf=bdf, drv=drv: self._put_driver(bdf, drv))
+                    for bdf, drv in rec.drivers.items()])
+        for what, fn in steps:
             try:
                 if fn() is not False:
                     done.append(what)
             except Exception as e:          # noqa: BLE001  keep restoring the rest
                 failed.append(f"{what}: {e}")
-
-        for net, vfs in self.record.vf_settings.items():
-            def vf_settings(net=net, vfs=vfs):
-                for i, vf in enumerate(vfs):
-                    if "address" in vf:
-                        self.host.run("ip", "link", "set", net, "vf", str(i), "mac", vf["address"], check=False)
-                    vlan = (vf.get("vlan_list") or [{}])[0].get("vlan", 0)
-                    self.host.run("ip", "link", "set", net, "vf", str(i), "vlan", str(vlan), check=False)
-                    rate = vf.get("rate", {}).get("max_tx", 0)
-                    self.host.run("ip", "link", "set", net, "vf", str(i), "max_tx_rate", str(rate), check=False)
-            step(f"restored VF settings of {net}", vf_settings)
-        for net, was_up in self.record.link_up.items():
-            if not was_up:
-                step(f"set {net} down again",
-                     lambda net=net: self.host.run("ip", "link", "set", net, "down", check=False))
-        for bdf, n in self.record.numvfs.items():
-            def numvfs(bdf=bdf, n=n):
-                path = self.sys / "bus/pci/devices" / bdf / "sriov_numvfs"
-                if read_device(bdf, self.sys).numvfs == n:
-                    return False
-                self.writer(path, "0")
-                if n:
-                    self.writer(path, str(n))
-            step(f"restored sriov_numvfs={n} on {bdf}", numvfs)
-        for bdf, drv in self.record.drivers.items():
-            def driver(bdf=bdf, drv=drv):
-                now = read_device(bdf, self.sys).driver if (self.sys / "bus/pci/devices" / bdf).exists() else drv
-                if now == drv:
-                    return False
-                if now:
-                    self.writer(self.sys / "bus/pci/devices" / bdf / "driver/unbind", bdf)
-                if drv:
-                    self.writer(self.sys / "bus/pci/devices" / bdf / "driver_override", drv)
-                    self.writer(self.sys / "bus/pci/drivers_probe", bdf)
-                    self.writer(self.sys / "bus/pci/devices" / bdf / "driver_override", "\n")
-            step(f"rebound {bdf} to {drv}", driver)
         if failed:
             raise HostStateError("could not restore host state: " + "; ".join(failed)
                                  + (f" (restored: {'; '.join(done)})" if done else ""))
         if self.save_to:
             self.host.unlink(self.save_to)
         return done
+
+    def _put_vf_settings(self, net: str, vfs: list[dict]) -> None:
+        for i, vf in enumerate(vfs):
+            if "address" in vf:
+                self.host.run("ip", "link", "set", net, "vf", str(i), "mac", vf["address"], check=False)
+            vlan = (vf.get("vlan_list") or [{}])[0].get("vlan", 0)
+            self.host.run("ip", "link", "set", net, "vf", str(i), "vlan", str(vlan), check=False)
+            rate = vf.get("rate", {}).get("max_tx", 0)
+            self.host.run("ip", "link", "set", net, "vf", str(i), "max_tx_rate", str(rate), check=False)
+
+    def _put_numvfs(self, bdf: str, n: int):
+        """False: the count is as recorded already (nothing to say)."""
+        path = self.sys / "bus/pci/devices" / bdf / "sriov_numvfs"
+        if read_device(bdf, self.sys).numvfs == n:
+            return False
+        self.writer(path, "0")
+        if n:
+            self.writer(path, str(n))
+
+    def _put_driver(self, bdf: str, drv: str | None):
+        """False: the device has the recorded driver already."""
+        dev = self.sys / "bus/pci/devices" / bdf
+        now = read_device(bdf, self.sys).driver if dev.exists() else drv
+        if now == drv:
+            return False
+        if now:
+            self.writer(dev / "driver/unbind", bdf)
+        if drv:
+            self.writer(dev / "driver_override", drv)
+            self.writer(self.sys / "bus/pci/drivers_probe", bdf)
+            self.writer(dev / "driver_override", "\n")
 
 
 class HostStateError(LabError):

@@ -207,54 +207,81 @@ def sweep(conn: libvirt.virConnect, work_dir: Path, log=print, *, host, host_wor
 
 
 def _sweep(conn, work_dir: Path, host, hwd: LabPath, dead: DeadRuns) -> list[str]:
-    runs = work_dir / "runs"
-    host_runs = hwd / "runs"
-    ctl_dead = lambda run_id: not is_locked(runs / f"{run_id}.lock")     # noqa: E731
-    on = host.on
+    """Everything a dead run left, in the order things hold each other: domains first, then
+    links and namespaces, devices (dm, loop, helpers), the runs' directories on the lab host
+    (after putting back the host state they saved), lone leases, this machine's run dirs."""
+    runs, host_runs = work_dir / "runs", hwd / "runs"
     undone = _sweep_domains(conn, work_dir, runs, dead, host)
+    undone += _sweep_links(host, host_runs, dead)
+    undone += _sweep_devices(host, host_runs, dead)
+    undone += _sweep_run_dirs(host, host_runs, dead)
+    lone = [n[4:-5] for n in dead.owners if n.startswith("run-") and n.endswith(".lock")]
+    for run_id in lone:
+        if not dead.judged(run_id) and dead(run_id):
+            undone.append(f"released the lease of dead run {run_id}, which had left nothing else{host.on}"
+                          f"{dead.whose(run_id)}")
+    return undone + _sweep_controller_dirs(runs, host_runs)
+
+
+def _sweep_links(host, host_runs: LabPath, dead: DeadRuns) -> list[str]:
+    undone = []
     for br, (run_id, hostdir) in network.harness_bridges(host).items():
         if dead(run_id, hostdir):
             host.run("ip", "link", "del", br, check=False)
-            undone.append(f"removed leftover bridge {br} of dead run {run_id}{on}")
+            undone.append(f"removed leftover bridge {br} of dead run {run_id}{host.on}")
     for name, run_id in netns.leftovers(host, PREFIX):
         # this work dir's runs only (its run directory is there until swept, below)
         if host.is_dir(host_runs / run_id) and dead(run_id):
             host.run("ip", "netns", "del", name, check=False)
-            undone.append(f"removed leftover network namespace {name} of dead run {run_id}{on}")
+            undone.append(f"removed leftover network namespace {name} of dead run {run_id}{host.on}")
+    return undone
+
+
+def _sweep_devices(host, host_runs: LabPath, dead: DeadRuns) -> list[str]:
+    undone = []
     for name, run_id in dm_leftovers(host, host_runs, dead):
         host.run("dmsetup", "remove", "--force", name, check=False)
-        undone.append(f"removed leftover device-mapper device {name} of dead run {run_id}{on}")
+        undone.append(f"removed leftover device-mapper device {name} of dead run {run_id}{host.on}")
     for dev, back in loopdev.list_loops(host):
         parts = Path(back).parts
         if back and _inside(Path(back), host_runs) and len(parts) > len(host_runs.parts) \
                 and dead(parts[len(host_runs.parts)]):
             loopdev.detach(host, dev)
-            undone.append(f"detached leftover loop device {dev} ({back}){on}")
+            undone.append(f"detached leftover loop device {dev} ({back}){host.on}")
     for pid, run_id in helper_leftovers(host, host_runs, dead):
         if host.run("kill", "-9", str(pid), check=False).ok:
-            undone.append(f"killed leftover nbdkit {pid} of dead run {run_id}{on}")
+            undone.append(f"killed leftover nbdkit {pid} of dead run {run_id}{host.on}")
+    return undone
+
+
+def _sweep_run_dirs(host, host_runs: LabPath, dead: DeadRuns) -> list[str]:
+    """A dead run's directory on the lab host, after the host state it saved is put back
+    and its migration target stopped."""
+    from .pci import HostState
     try:
         entries = host.listdir(host_runs)
     except FileNotFoundError:
         entries = []
+    undone = []
     for name in entries:
         if host.is_dir(host_runs / name) and dead(name):
-            from .pci import HostState
             for saved in sorted(n for n in host.listdir(host_runs / name) if n.startswith("host-state-")):
                 undone += [f"{line} (left by dead run {name})"
                            for line in HostState.restore_saved(host_runs / name / saved, host=host)]
             undone += [f"{line} (left by dead run {name})"
                        for line in migration.stop(host, host_runs / name / migration.DIR_NAME)]
             host.rmtree(host_runs / name)
-            undone.append(f"removed leftover run directory {host_runs / name}{on}{dead.whose(name)}")
-    lone = [n[4:-5] for n in dead.owners if n.startswith("run-") and n.endswith(".lock")]
-    for run_id in lone:
-        if not dead.judged(run_id) and dead(run_id):
-            undone.append(f"released the lease of dead run {run_id}, which had left nothing else{on}{dead.whose(run_id)}")
+            undone.append(f"removed leftover run directory {host_runs / name}{host.on}{dead.whose(name)}")
+    return undone
+
+
+def _sweep_controller_dirs(runs: Path, host_runs: LabPath) -> list[str]:
+    """This machine's own run dirs of dead runs (by their run locks), when the lab host's
+    are elsewhere (else they went above, by lease), and stale run locks."""
+    undone = []
     if runs.is_dir():
         for entry in sorted(runs.iterdir()):
-            # this machine's own run dirs, when the lab host's are elsewhere (else: swept above, by lease)
-            if entry.is_dir() and str(runs) != str(host_runs) and ctl_dead(entry.name):
+            if entry.is_dir() and str(runs) != str(host_runs) and not is_locked(runs / f"{entry.name}.lock"):
                 shutil.rmtree(entry, ignore_errors=True)
                 undone.append(f"removed leftover run directory {entry}")
         for lock in runs.glob("*.lock"):

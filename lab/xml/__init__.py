@@ -42,19 +42,7 @@ def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 38
     command line.  `firmware`: 'efi' boots a disk without a kernel through UEFI, chosen by
     libvirt's firmware autoselection (the host's firmware descriptors), without Secure
     Boot: a distribution image's own GRUB is not signed for enrolled keys."""
-    os_el = el("os", {"firmware": "efi"} if firmware == "efi" and not kernel else None,
-               el("type", {"arch": arch.name, "machine": arch.machine}, text="hvm"))
-    if firmware == "efi" and not kernel:
-        os_el.append(el("firmware", None, el("feature", {"enabled": "no", "name": "secure-boot"}),
-                        el("feature", {"enabled": "no", "name": "enrolled-keys"})))
-    if kernel:
-        os_el.append(el("kernel", text=str(kernel)))
-        if initrd:
-            os_el.append(el("initrd", text=str(initrd)))
-        if cmdline:
-            os_el.append(el("cmdline", text=cmdline))
-    else:
-        os_el.append(el("boot", {"dev": "hd"}))
+    os_el = _os(arch, kernel, initrd, cmdline, firmware)
     feats = el("features")
     if acpi and arch.acpi:
         # Without ACPI a q35 guest drops every root-port bus at the first PCIe hot-plug.
@@ -92,6 +80,26 @@ def domain(name: str, *, virt_type: str, arch: ArchProfile, memory_mib: int = 38
     if overrides:
         qemu_override(root, overrides)
     return root
+
+
+def _os(arch: ArchProfile, kernel, initrd, cmdline, firmware: str) -> etree._Element:
+    """<os>: a direct kernel boot, or the disk through the firmware (UEFI picked by
+    libvirt's autoselection, Secure Boot off)."""
+    efi = firmware == "efi" and not kernel
+    os_el = el("os", {"firmware": "efi"} if efi else None,
+               el("type", {"arch": arch.name, "machine": arch.machine}, text="hvm"))
+    if efi:
+        os_el.append(el("firmware", None, el("feature", {"enabled": "no", "name": "secure-boot"}),
+                        el("feature", {"enabled": "no", "name": "enrolled-keys"})))
+    if kernel:
+        os_el.append(el("kernel", text=str(kernel)))
+        if initrd:
+            os_el.append(el("initrd", text=str(initrd)))
+        if cmdline:
+            os_el.append(el("cmdline", text=cmdline))
+    else:
+        os_el.append(el("boot", {"dev": "hd"}))
+    return os_el
 
 
 def _with_qemu_ns(dom: etree._Element) -> etree._Element:
