@@ -4,21 +4,15 @@ links, SR-IOV VFs, kernel modules and fault facts, matching the guest's `guest.p
 on the lab host: what runs there, and how, is said once, here."""
 from __future__ import annotations
 
-import dataclasses
-
 from . import pci
 from .hostexec import Host
+from .hostproc import kernel_has_device_mapper
+from .result import Result
 from .timeouts import Deadline, poll
 
 
 class HostRefused(AssertionError):
     """The lab host refused a documented command (the claim's own failure, not the lab's)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Refusal:
-    rc: int
-    stderr: str
 
 
 class HostPciVerbs:
@@ -89,10 +83,10 @@ class HostModuleVerbs:
         refcnt = int(self._host.read_text(f"/sys/module/{module}/refcnt").strip())
         return refcnt, sorted(self._host.listdir(f"/sys/module/{module}/holders"))
 
-    def unload(self, module: str) -> Refusal | None:
-        """`modprobe -r`: None when it unloaded, else the refusal (rc and reason)."""
+    def unload(self, module: str) -> Result | None:
+        """`modprobe -r`: None when it unloaded, else its refused result (rc and stderr)."""
         r = self._host.run("modprobe", "-r", module, check=False)
-        return None if r.ok else Refusal(r.rc, r.stderr)
+        return None if r.ok else r
 
 
 class HostSide:
@@ -120,4 +114,4 @@ class HostSide:
 
     def has_device_mapper(self) -> bool:
         """The kernel's own answer: device-mapper's misc device is registered."""
-        return "device-mapper" in self._host.read_text("/proc/misc").split()
+        return kernel_has_device_mapper(text=self._host.read_text("/proc/misc"))

@@ -64,7 +64,7 @@ class LibvirtFacts:
         return self._caps
 
     def qemu_user(self):
-        """Who QEMU runs as on the lab host (host.QemuUser)."""
+        """Who QEMU runs as on the lab host (hostfacts.QemuUser)."""
         from .hostfacts import qemu_user
         if self._user is None:
             self._user = qemu_user(self.capabilities(), self._virt_type)
