@@ -43,12 +43,32 @@ class ExecTimeout(Exception):
         self.out = out
 
 
+# after the exit status, how long output may still come before the channel's EOF: OpenSSH
+# sends "exit-status" when the command's process ends, which can be before it has read the
+# last of the command's output from the pipe; a command that leaves a background child
+# holding its stdout never gets an EOF, so this wait is bounded.
+EOF_AFTER_EXIT = 5.0
+
+
 def ssh_exec(transport: paramiko.Transport, command: str, stdin: bytes | None = None, timeout: float = 120.0,
              open_timeout: float = 10.0) -> tuple[int, bytes, bytes]:
     """Run `command` in a new session channel: (exit status, stdout, stderr)."""
     end = time.monotonic() + timeout
+    chan = _exec_channel(transport, command, end, open_timeout)
+    try:
+        if stdin is not None:
+            chan.sendall(stdin)
+        chan.shutdown_write()
+        out, err = _collect(chan, end)
+        return chan.recv_exit_status(), out, err
+    finally:
+        chan.close()
+
+
+def _exec_channel(transport: paramiko.Transport, command: str, end: float, open_timeout: float):
+    """A session channel with `command` started in it."""
     for attempt in (1, 2):
-        chan = transport.open_session(timeout=min(open_timeout, timeout))
+        chan = transport.open_session(timeout=max(0.1, min(open_timeout, end - time.monotonic())))
         chan.settimeout(0.5)
         # paramiko waits for the answer to the exec request without a time limit: a server
         # that stops answering between the channel's opening and the request (a hung or
@@ -67,7 +87,7 @@ def ssh_exec(transport: paramiko.Transport, command: str, stdin: bytes | None = 
         unanswered.start()
         try:
             chan.exec_command(command)
-            break
+            return chan
         except paramiko.SSHException:
             chan.close()
             if gave_up.is_set():
@@ -79,28 +99,30 @@ def ssh_exec(transport: paramiko.Transport, command: str, stdin: bytes | None = 
                 raise
         finally:
             unanswered.cancel()
-    try:
-        if stdin is not None:
-            chan.sendall(stdin)
-        chan.shutdown_write()
-        out, err = bytearray(), bytearray()
-        while True:
-            while chan.recv_ready():
-                out += chan.recv(65536)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-            # the server sends all data before the exit status, in order
-            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                break
-            if time.monotonic() > end:
-                raise ExecTimeout(bytes(out))
-            try:
-                chunk = chan.recv(65536)
-                out += chunk
-                if not chunk and chan.exit_status_ready():
-                    break
-            except socket.timeout:
-                pass
-        return chan.recv_exit_status(), bytes(out), bytes(err)
-    finally:
-        chan.close()
+    raise AssertionError("unreachable")
+
+
+def _collect(chan: paramiko.Channel, end: float) -> tuple[bytes, bytes]:
+    """Read stdout and stderr until the server's EOF (or its close) after the exit status."""
+    out, err = bytearray(), bytearray()
+    exited_at = None
+    while True:
+        while chan.recv_ready():
+            out += chan.recv(65536)
+        while chan.recv_stderr_ready():
+            err += chan.recv_stderr(65536)
+        if chan.exit_status_ready():
+            exited_at = exited_at or time.monotonic()
+            drained = not chan.recv_ready() and not chan.recv_stderr_ready()
+            if drained and (chan.eof_received or chan.closed
+                            or time.monotonic() > min(end, exited_at + EOF_AFTER_EXIT)):
+                return bytes(out), bytes(err)
+        if time.monotonic() > end:
+            raise ExecTimeout(bytes(out))
+        try:
+            chunk = chan.recv(65536)     # waits up to the channel's 0.5 s for stdout or EOF
+        except socket.timeout:
+            continue
+        out += chunk
+        if not chunk:                    # EOF before the exit status: wait for it, not spin
+            chan.status_event.wait(0.5)

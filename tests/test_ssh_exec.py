@@ -50,3 +50,71 @@ def test_an_exec_request_the_server_never_answers_times_out(hung_server):
     with pytest.raises(ExecTimeout):
         ssh_exec(hung_server, "true", timeout=2, open_timeout=1)
     assert time.monotonic() - t < 5
+
+
+class ExitsFirst(paramiko.ServerInterface):
+    """Sends the exit status before the command's last output, as OpenSSH does when the
+    command's process ends before sshd has read all of its output from the pipe;
+    `eof=False`: a background child keeps the output open, so no EOF ever comes."""
+
+    def __init__(self, eof=True):
+        self.eof = eof
+
+    def check_auth_none(self, username):
+        return paramiko.AUTH_SUCCESSFUL
+
+    def get_allowed_auths(self, username):
+        return "none"
+
+    def check_channel_request(self, kind, chanid):
+        return paramiko.OPEN_SUCCEEDED
+
+    def check_channel_exec_request(self, channel, command):
+        def run():
+            channel.sendall(b'[{"ifname":"enp1s0",')
+            channel.send_exit_status(0)
+            time.sleep(0.3)
+            channel.sendall(b'"vfinfo_list":[]}]\n')
+            channel.sendall_stderr(b"late warning\n")
+            if self.eof:
+                channel.shutdown_write()
+                channel.close()
+        threading.Thread(target=run, daemon=True).start()
+        return True
+
+
+def _serve(iface):
+    a, b = socket.socketpair()
+    server = paramiko.Transport(a)
+    server.add_server_key(paramiko.RSAKey.generate(1024))
+    threading.Thread(target=server.start_server, kwargs={"server": iface}, daemon=True).start()
+    client = paramiko.Transport(b)
+    client.start_client(timeout=10)
+    client.auth_none("root")
+    return client, server
+
+
+def test_output_after_the_exit_status_is_read_to_the_end():
+    """The CI failure of stop 36: `ip -j link show` over SSH came back cut after 262
+    characters, because the loop stopped at the exit status."""
+    client, server = _serve(ExitsFirst())
+    try:
+        rc, out, err = ssh_exec(client, "ip -j link show enp1s0", timeout=10)
+    finally:
+        client.close()
+        server.close()
+    assert rc == 0
+    assert out == b'[{"ifname":"enp1s0","vfinfo_list":[]}]\n'
+    assert err == b"late warning\n"
+
+
+def test_a_command_whose_output_stays_open_still_returns():
+    client, server = _serve(ExitsFirst(eof=False))
+    t = time.monotonic()
+    try:
+        rc, out, _ = ssh_exec(client, "start-a-daemon", timeout=30)
+    finally:
+        client.close()
+        server.close()
+    assert rc == 0 and out.endswith(b"}]\n")
+    assert time.monotonic() - t < 15
