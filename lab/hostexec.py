@@ -511,8 +511,9 @@ class SshHost(Host):
 
 
 class HostPath:
-    """The slice of pathlib.Path the sysfs/configfs code uses, on a lab host's
-    file system (`HostPath(host, "/sys")`); on this machine plain Paths do."""
+    """The slice of pathlib.Path the sysfs/configfs code uses, on a lab host's file
+    system (`HostPath(host, "/sys")`), whichever transport the host has.  Self-tests
+    may hand the same code a plain Path to a recorded tree."""
 
     def __init__(self, host: Host, path):
         self.host, self._p = host, PurePosixPath(str(path))
@@ -606,6 +607,6 @@ class HostPath:
         self.host.rmdir(self._p)
 
 
-def sys_root(host: Host):
-    """/sys of the lab host: a Path here, a HostPath over SSH."""
-    return Path("/sys") if host.local else HostPath(host, "/sys")
+def sys_root(host: Host) -> "HostPath":
+    """/sys of the lab host, read and written through the host object, local or remote."""
+    return HostPath(host, "/sys")

@@ -12,7 +12,6 @@ from pathlib import Path
 from . import xml as X
 from .errors import LabError
 
-SYS = Path("/sys")
 HPRE_VENDOR, HPRE_PF, HPRE_VF, HPRE_MAX_VFS = "0x19e5", "0xa258", "0xa259", 63
 
 
@@ -55,7 +54,7 @@ def _read(p: Path, default: str = "") -> str:
         return default
 
 
-def read_device(bdf: str, sys: Path = SYS) -> HostPci:
+def read_device(bdf: str, sys) -> HostPci:
     d = sys / "bus/pci/devices" / bdf
     if not d.exists():
         raise LookupError(f"no PCI device {bdf} on this host")
@@ -69,17 +68,17 @@ def read_device(bdf: str, sys: Path = SYS) -> HostPci:
                    tuple(b for _, b in vfs), physfn, nets, (d / "rom").exists())
 
 
-def discover(sys: Path = SYS) -> list[HostPci]:
+def discover(sys) -> list[HostPci]:
     root = sys / "bus/pci/devices"
     return [read_device(p.name, sys) for p in sorted(root.iterdir())] if root.exists() else []
 
 
-def iommu_group_members(group: int, sys: Path = SYS) -> list[str]:
+def iommu_group_members(group: int, sys) -> list[str]:
     d = sys / "kernel/iommu_groups" / str(group) / "devices"
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
-def hpre_devices(sys: Path = SYS) -> list[dict]:
+def hpre_devices(sys) -> list[dict]:
     """HPRE accelerators as uacce shows them: name, PF BDF, and its sriov_numvfs path."""
     out = []
     uacce = sys / "class/uacce"
@@ -95,7 +94,7 @@ class UnsafeDevice(LabError):
     pass
 
 
-def check_passthrough_safe(bdf: str, listed: set[str], sys: Path = SYS) -> HostPci:
+def check_passthrough_safe(bdf: str, listed: set[str], sys) -> HostPci:
     """Refuse a device that is not listed, or whose IOMMU group holds an unlisted
     endpoint (binding the group to VFIO would take the host's own device away)."""
     if bdf not in listed:

@@ -81,7 +81,7 @@ def parse_lsusb(text: str) -> list[HostUsb]:
     return [HostUsb(int(b), int(d), v, p, desc.strip()) for b, d, v, p, desc in LSUSB_RE.findall(text)]
 
 
-def host_devices_sysfs(root: Path = Path("/sys/bus/usb/devices")) -> list[HostUsb]:
+def host_devices_sysfs(root) -> list[HostUsb]:
     out = []
     if not root.exists():
         return out

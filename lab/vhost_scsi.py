@@ -11,17 +11,15 @@ from pathlib import Path
 from . import xml as X
 from .errors import LabError
 
-CONFIGFS = Path("/sys/kernel/config/target")
-
-
 class LioMissing(LabError):
     """The lab host's kernel has no LIO target (configfs): a lab problem."""
 
 
 class ConfigFS:
-    """The few configfs operations LIO needs (a seam for unit tests)."""
+    """The few configfs operations LIO needs (a seam for unit tests); `root`: the lab
+    host's configfs target directory (`lab.sys / "kernel/config/target"`)."""
 
-    def __init__(self, root: Path = CONFIGFS):
+    def __init__(self, root):
         self.root = root
 
     def mkdir(self, rel: str) -> None:
@@ -48,8 +46,8 @@ def new_wwpn() -> str:
 
 
 class VhostScsiTarget:
-    def __init__(self, backing: Path, size_bytes: int, fs: ConfigFS | None = None, name: str | None = None):
-        self.fs = fs or ConfigFS()
+    def __init__(self, backing: Path, size_bytes: int, *, fs: ConfigFS, name: str | None = None):
+        self.fs = fs
         self.backing, self.size = backing, size_bytes
         self.name = name or f"acc_{secrets.token_hex(4)}"
         self.hba = f"core/fileio_{int(secrets.token_hex(2), 16)}"
