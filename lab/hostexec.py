@@ -55,8 +55,7 @@ def _lab_path(host_name: str, path):
 
 # Host file operations and the position of their lab host path (after self).
 _PATH_ARG = {"read_bytes": 0, "write_text": 0, "exists": 0, "is_dir": 0, "listdir": 0, "readlink": 0,
-             "mkdir": 0, "makedirs": 0, "symlink": 1, "unlink": 0, "rmdir": 0, "rmtree": 0, "put": 1,
-             "put_readonly": 1}
+             "mkdir": 0, "makedirs": 0, "symlink": 1, "unlink": 0, "rmdir": 0, "rmtree": 0, "put": 1}
 
 
 class Host:
@@ -86,10 +85,6 @@ class Host:
         """Where, for a message: "" on this machine, " on <lab host>" elsewhere."""
         return "" if self.local else f" on {self.name}"
 
-    def put_readonly(self, local: Path, remote, progress=None) -> None:
-        """`put` for a file nobody writes (a base image): this machine may link it."""
-        self.put(local, remote, progress=progress)
-
     def close(self) -> None:
         pass
 
@@ -108,9 +103,10 @@ class Host:
     def symlink(self, target, link) -> None: raise NotImplementedError
     def unlink(self, path) -> None: raise NotImplementedError
     def rmdir(self, path) -> None: raise NotImplementedError
-    def put(self, local: Path, remote, progress=None) -> None:
+    def put(self, local: Path, remote, progress=None, readonly: bool = False) -> None:
         """Copy a file of this machine to the lab host, atomically (`progress(done, total)`
-        is called as bytes go, where the transport can tell)."""
+        is called as bytes go, where the transport can tell); `readonly`: a file nobody
+        writes (a base image), which this machine may link instead of copying."""
         raise NotImplementedError
     def connect_tcp(self, address: str, port: int, timeout: float = 5):
         """A socket-like channel to address:port as the lab host sees it."""
@@ -127,9 +123,6 @@ class Host:
         if p.count("/") < 3:          # never rm -r a top-level directory by mistake
             raise ValueError(f"refusing to remove {p} recursively on {self.name}: not a harness directory")
         self.run("rm", "-rf", "--one-file-system", p)
-
-    def basename(self, path) -> str:
-        return PurePosixPath(str(path)).name
 
 
 def _check_paths(cls) -> None:
@@ -282,12 +275,11 @@ class LocalHost(Host):
         else:
             Path(path).unlink(missing_ok=True)
 
-    def put(self, local, remote, progress=None):
-        if Path(local) != Path(remote):
-            shutil.copy2(local, remote)
-
-    def put_readonly(self, local, remote, progress=None):
+    def put(self, local, remote, progress=None, readonly=False):
         if Path(local) == Path(remote):
+            return
+        if not readonly:
+            shutil.copy2(local, remote)
             return
         Path(remote).unlink(missing_ok=True)
         try:
@@ -486,7 +478,7 @@ class SshHost(Host):
     def rmdir(self, path):
         self.run("rmdir", str(path))
 
-    def put(self, local, remote, progress=None):
+    def put(self, local, remote, progress=None, readonly=False):
         # A temporary name of this copy's own: two runs (or xdist workers) copying the same
         # image at once must not move each other's half-written file (the CI failure
         # "mv -f ...root.qcow2.part ...root.qcow2 exited 1").

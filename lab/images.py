@@ -583,7 +583,7 @@ def upload(img: GuestImage, host, cache_dir, log=print) -> GuestImage:
                     log(f"copying guest image {f} ({size >> 20} MiB) to lab host {host.name}:{d}")
                     progress = _progress_logger(f.name, size, log)
                 try:
-                    host.put_readonly(f, d / f.name, progress=progress)
+                    host.put(f, d / f.name, progress=progress, readonly=True)
                 except OSError as e:
                     raise ImageError(f"copying guest image {f} to lab host {host.name}:{d / f.name} failed: "
                                      f"{e}; fix: free space in the lab host's work_dir or check its "

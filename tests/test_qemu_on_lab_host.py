@@ -22,9 +22,9 @@ class FarHost(LocalHost):
         super().__init__("far")
         self.copied = []
 
-    def put(self, local, remote, progress=None):
+    def put(self, local, remote, progress=None, readonly=False):
         self.copied.append(Path(local).name)
-        super().put(local, remote)
+        super().put(local, remote, readonly=readonly)
 
 
 def fake_build(tmp_path, body=f'echo "QEMU emulator version {VERSION} (openEuler)"') -> qemu_build.QemuBuild:
