@@ -209,8 +209,47 @@ def _complete(d: Path, files=IMAGE_FILES) -> bool:
 
 
 def _build(out: Path, inp: dict, arch: ArchProfile) -> None:
-    kpkg, kver = inp["kernel"]
     work = out / "work"
+    kernel = _unpack_kernel(work, inp["kernel"])
+    _install_kernel(next((kernel.root / "boot").glob("vmlinuz-*")), out / "kernel", arch)
+    stage = None if native(arch) else _stage(["busybox-static", *GUEST_PROGRAMS, *GUEST_DATA], arch, work)
+    busybox = Path("/bin/busybox") if stage is None else _resolve_in(stage, "/bin/busybox")
+    if stage is not None and inp["packages"]["busybox-static"] != _pkg_version("busybox-static"):
+        raise ImageError("the host's busybox-static (its applet list names the guest's links) differs in version "
+                         f"from the {arch.deb_arch} one; upgrade the host's busybox-static")
+    _initramfs(work / "initrd", busybox, kernel, out / "initrd.img")
+    root = work / "root"
+    _busybox_tree(root, busybox)
+    kernel.copy_modules(GUEST_MODULES, root)
+    programs = [f for files in [*GUEST_PROGRAMS.values(), *GUEST_DATA.values()] for f in files]
+    if stage is None:
+        for f in programs:
+            _copy_with_libs(Path(f), root, arch)
+    else:
+        _copy_staged(stage, programs, root, arch)
+    _root_etc(root, inp)
+    raw = work / "root.raw"
+    _run(["mkfs.ext4", "-q", "-F", "-L", "accroot", "-E", "root_owner=0:0", "-d", str(root), str(raw), ROOT_SIZE])
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "root.qcow2")])
+    shutil.rmtree(work)
+    for f in out.iterdir():
+        os.chmod(f, 0o644)
+
+
+@dataclass
+class _Kernel:
+    """The guest kernel package unpacked: its tree, release and module dependencies."""
+    root: Path
+    release: str
+    deps: dict
+    builtin: str
+
+    def copy_modules(self, wanted, dest: Path) -> None:
+        _copy_modules(self.root, self.release, self.deps, self.builtin, wanted, dest)
+
+
+def _unpack_kernel(work: Path, pkg: tuple) -> _Kernel:
+    kpkg, kver = pkg
     debs = work / "debs"
     debs.mkdir(parents=True)
     _run(["apt-get", "download", f"{kpkg}={kver}"], cwd=debs)
@@ -222,36 +261,22 @@ def _build(out: Path, inp: dict, arch: ArchProfile) -> None:
         raise ImageError(f"unexpected module trees in {deb.name}: {kdirs}")
     krel = kdirs[0].name
     _run(["depmod", "-b", str(kroot), krel])
-    deps = _parse_modules_dep(kroot / "lib/modules" / krel / "modules.dep")
-    builtin = (kroot / "lib/modules" / krel / "modules.builtin").read_text()
-    _install_kernel(next((kroot / "boot").glob("vmlinuz-*")), out / "kernel", arch)
+    return _Kernel(kroot, krel, _parse_modules_dep(kroot / "lib/modules" / krel / "modules.dep"),
+                   (kroot / "lib/modules" / krel / "modules.builtin").read_text())
 
-    stage = None if native(arch) else _stage(["busybox-static", *GUEST_PROGRAMS, *GUEST_DATA], arch, work)
-    busybox = Path("/bin/busybox") if stage is None else _resolve_in(stage, "/bin/busybox")
-    if stage is not None and inp["packages"]["busybox-static"] != _pkg_version("busybox-static"):
-        raise ImageError("the host's busybox-static (its applet list names the guest's links) differs in version "
-                         f"from the {arch.deb_arch} one; upgrade the host's busybox-static")
 
-    # initramfs
-    ird = work / "initrd"
+def _initramfs(ird: Path, busybox: Path, kernel: _Kernel, out: Path) -> None:
     _busybox_tree(ird, busybox)
-    _copy_modules(kroot, krel, deps, builtin, INITRD_MODULES, ird)
+    kernel.copy_modules(INITRD_MODULES, ird)
     (ird / "etc").mkdir(exist_ok=True)
     (ird / "etc/initrd-modules").write_text("\n".join(INITRD_MODULES) + "\n")
     shutil.copy(HERE / "initramfs-init", ird / "init")
     os.chmod(ird / "init", 0o755)
-    _cpio_gz(ird, out / "initrd.img")
+    _cpio_gz(ird, out)
 
-    # root file system
-    root = work / "root"
-    _busybox_tree(root, busybox)
-    _copy_modules(kroot, krel, deps, builtin, GUEST_MODULES, root)
-    programs = [f for files in [*GUEST_PROGRAMS.values(), *GUEST_DATA.values()] for f in files]
-    if stage is None:
-        for f in programs:
-            _copy_with_libs(Path(f), root, arch)
-    else:
-        _copy_staged(stage, programs, root, arch)
+
+def _root_etc(root: Path, inp: dict) -> None:
+    """The root file system's /etc, its empty directories and its fixed SSH host key."""
     etc = root / "etc"
     (etc / "init.d").mkdir(parents=True, exist_ok=True)
     shutil.copy(HERE / "rcS", etc / "init.d/rcS")
@@ -271,12 +296,6 @@ def _build(out: Path, inp: dict, arch: ArchProfile) -> None:
     # about a second under TCG, and these guests are throwaway test machines.
     (etc / "dropbear").mkdir(exist_ok=True)
     _run(["dropbearkey", "-t", "ed25519", "-f", str(etc / "dropbear/dropbear_ed25519_host_key")])
-    raw = work / "root.raw"
-    _run(["mkfs.ext4", "-q", "-F", "-L", "accroot", "-E", "root_owner=0:0", "-d", str(root), str(raw), ROOT_SIZE])
-    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "root.qcow2")])
-    shutil.rmtree(work)
-    for f in out.iterdir():
-        os.chmod(f, 0o644)
 
 
 def _install_kernel(vmlinuz: Path, dst: Path, arch: ArchProfile) -> None:
