@@ -481,28 +481,35 @@ def load_set(path: Path | str | None = None) -> LabSet:
     entries = raw["hosts"]
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise err("hosts", "must be a non-empty array of tables", "write one [[hosts]] table per lab host")
-    cfgs = []
-    for i, e in enumerate(entries):
-        where = f"hosts[{i}]"
-        if "include" in e:
-            inc = e["include"]
-            if set(e) != {"include"}:
-                raise err(where, f"mixes include with {sorted(set(e) - {'include'})}",
-                          "either include = 'host.toml' or an inline host, not both")
-            if not isinstance(inc, str) or not inc:
-                raise err(f"{where}.include", f"has value {inc!r}", "a path to a one-host lab config, relative to this file")
-            target = (path.parent / inc).resolve()
-            if not target.is_file():
-                raise err(f"{where}.include", f"names {target}, which does not exist", "include an existing one-host lab config")
-            sub = _read(target)
-            if "hosts" in sub:
-                raise err(f"{where}.include", f"names {target}, which lists hosts itself", "include one-host configs only")
-            cfgs.append(from_dict(sub, target))
-        else:
-            try:
-                cfgs.append(from_dict(e, path))
-            except LabConfigError as x:
-                raise LabConfigError(str(x).replace(f"{path}: key '", f"{path}: key '{where}.", 1)) from None
+    cfgs = [_set_entry(path, f"hosts[{i}]", e, err) for i, e in enumerate(entries)]
+    _check_distinct(cfgs, err)
+    return LabSet(path, tuple(cfgs), placement)
+
+
+def _set_entry(path: Path, where: str, e: dict, err) -> LabConfig:
+    """One [[hosts]] entry of a lab set: an include of a one-host config, or inline."""
+    if "include" not in e:
+        try:
+            return from_dict(e, path)
+        except LabConfigError as x:
+            raise LabConfigError(str(x).replace(f"{path}: key '", f"{path}: key '{where}.", 1)) from None
+    inc = e["include"]
+    if set(e) != {"include"}:
+        raise err(where, f"mixes include with {sorted(set(e) - {'include'})}",
+                  "either include = 'host.toml' or an inline host, not both")
+    if not isinstance(inc, str) or not inc:
+        raise err(f"{where}.include", f"has value {inc!r}", "a path to a one-host lab config, relative to this file")
+    target = (path.parent / inc).resolve()
+    if not target.is_file():
+        raise err(f"{where}.include", f"names {target}, which does not exist", "include an existing one-host lab config")
+    sub = _read(target)
+    if "hosts" in sub:
+        raise err(f"{where}.include", f"names {target}, which lists hosts itself", "include one-host configs only")
+    return from_dict(sub, target)
+
+
+def _check_distinct(cfgs: list, err) -> None:
+    """The hosts of a set share no name, work_dir, libvirt endpoint or SSH port range."""
     for attr, what in (("name", "host.name"), ("work_dir", "host.work_dir"), ("libvirt_uri", "host.libvirt_uri")):
         seen = {}
         for i, c in enumerate(cfgs):
@@ -516,4 +523,3 @@ def load_set(path: Path | str | None = None) -> LabSet:
         if b - a < 100:
             raise err(f"hosts[{ib}].ssh.port_base", f"has value {b}, within 100 of hosts[{ia}]'s {a}",
                       "give each lab host its own range of SSH forward ports (100 apart)")
-    return LabSet(path, tuple(cfgs), placement)

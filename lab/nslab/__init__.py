@@ -255,15 +255,7 @@ def start(lay: Layout, port: int, controller_dirs=(), log=print, deadline: Deadl
     lay.state.mkdir(parents=True)
     lay.store.mkdir(exist_ok=True)
     l1.pin_host_key(lay, port)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(("127.0.0.1", port))
-    except OSError as e:
-        listener.close()
-        raise ImageError(f"namespace lab host: 127.0.0.1:{port} is taken ({e}): set [shell] port (and the "
-                         f"libvirt_uri's port) of the lab config to a free one") from None
-    listener.listen(64)
+    listener = _listen(port)
     # Python reads the whole script before it runs it: the state dir may vanish behind it.
     init = lay.state / "init.py"
     init.write_text(f"SETUP = {SETUP!r}\nPREPARE = {PREPARE_SCRIPT!r}\n{INIT}")
@@ -278,11 +270,37 @@ def start(lay: Layout, port: int, controller_dirs=(), log=print, deadline: Deadl
                                 pass_fds=[listener.fileno()], start_new_session=True)
     listener.close()
     lay.pidfile.write_text(f"{proc.pid}\n")
+    host = lay.shell("nslab", port)
+    up = _answers(lay, proc, host, port)
+    l1.await_up(lay, host, up, deadline or Deadline(60, "the namespace lab host's sshd and libvirtd to answer",
+                                                    scaled=False), 0.3, stop, log)
+    took = time.monotonic() - t0
+    log(f"[nslab] the namespace lab host is up: SSH and libvirtd answered after {took:.1f} s")
+    return NsLabHost(lay, proc.pid, port, took)
+
+
+def _listen(port: int) -> socket.socket:
+    """The lab host's SSH port, bound here and handed to its sshd (so a taken port is
+    said at once, not as an sshd that never answers)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", port))
+    except OSError as e:
+        listener.close()
+        raise ImageError(f"namespace lab host: 127.0.0.1:{port} is taken ({e}): set [shell] port (and the "
+                         f"libvirt_uri's port) of the lab config to a free one") from None
+    listener.listen(64)
+    return listener
+
+
+def _answers(lay: Layout, proc: subprocess.Popen, host, port: int):
+    """The poll of the starting lab host: True once root runs virsh over SSH there; its
+    exit is the failure (with the end of its console)."""
     from paramiko import SSHException
 
     from ..hostexec import HostCommandFailed
     from ..result import ExecTimeout
-    host = lay.shell("nslab", port)
 
     def up():
         if proc.poll() is not None:
@@ -296,9 +314,4 @@ def start(lay: Layout, port: int, controller_dirs=(), log=print, deadline: Deadl
             # sshd answers its banner before the system can open a session (still booting)
             host.close()
             return False
-
-    l1.await_up(lay, host, up, deadline or Deadline(60, "the namespace lab host's sshd and libvirtd to answer",
-                                                    scaled=False), 0.3, stop, log)
-    took = time.monotonic() - t0
-    log(f"[nslab] the namespace lab host is up: SSH and libvirtd answered after {took:.1f} s")
-    return NsLabHost(lay, proc.pid, port, took)
+    return up
