@@ -175,7 +175,9 @@ class GuestAccess:
             con.wait_connected(deadline.sub(15, "virsh console"))
         try:
             con.sync_shell(deadline)          # logs in with the run's console login (default_login)
-            rc, out = con.run(prepare_script(self.r.key.public_line, self.r.mac), deadline.sub(90, "console set-up"))
+            r = con.run(prepare_script(self.r.key.public_line, self.r.mac), deadline.sub(90, "console set-up"),
+                        check=False)
+            rc, out = r.rc, r.stdout
             if rc != 0:
                 raise GuestNotReady(f"{self.r.name}: setting the guest up over its console failed (exit {rc}: "
                                     f"{PREPARE_ERRORS.get(rc, 'see the console transcript')}): {out.strip()[-300:]!r}")
@@ -238,7 +240,7 @@ class GuestAccess:
         if self._guest is None:
             return "it has no ready guest"
         try:
-            r = self._guest.run("true", timeout=seconds * timeouts.factor())
+            r = self._guest.run("true", timeout=seconds, check=False)     # run() scales it
         except Exception as e:     # any way SSH can fail means the same here: it does not answer
             return f"its guest did not answer over SSH within {seconds * timeouts.factor():.0f} s ({type(e).__name__}: {e})"
         return None if r.rc == 0 else f"`true` in the guest exited {r.rc}"
@@ -259,6 +261,6 @@ class GuestAccess:
 
     def dmesg(self) -> str:
         try:
-            return self._guest.run("dmesg", timeout=10).stdout
+            return self._guest.run("dmesg", timeout=10, check=False).stdout
         except Exception as e:     # evidence must never mask the failure itself
             return f"(unavailable over SSH: {type(e).__name__}: {e})"

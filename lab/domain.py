@@ -216,7 +216,7 @@ class VM:
         deadline = deadline or self.run.boot_deadline(f"{self.name} to power off")
         with self.domain.waiter("lifecycle", lambda e: e.detail["event"] == "stopped") as w:
             try:
-                self.guest.run("sync; poweroff", timeout=10)
+                self.guest.run("sync; poweroff", timeout=10, check=False)
             except (EOFError, OSError, ConnectionError, TimeoutError):
                 pass      # the connection may drop while the guest goes down
             if self.domain.is_active():

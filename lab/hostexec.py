@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 import paramiko
 from .errors import LabError
 from .result import ExecTimeout, Result, ssh_exec
+from .timeouts import Deadline
 
 
 class HostCommandFailed(LabError):
@@ -34,6 +35,15 @@ class HostCommandFailed(LabError):
 def host_result(host: str, argv, rc: int, stdout: str, stderr: str) -> Result:
     """A lab host command's `Result`: its failure is a lab problem (HostCommandFailed)."""
     return Result(f"lab host {host}", shlex.join(argv), rc, stdout, stderr, HostCommandFailed)
+
+
+def _budget(timeout: float) -> float:
+    """A host command's `timeout` in seconds, scaled by the lab host's pace."""
+    return Deadline(timeout, "a lab host command").budget
+
+
+def _too_slow(host: str, argv, budget: float) -> HostCommandFailed:
+    return HostCommandFailed(f"on lab host {host}: '{shlex.join(argv)}' did not finish within {budget:.0f} s")
 
 
 class LabPath(PurePosixPath):
@@ -75,6 +85,9 @@ class Host:
         _check_paths(cls)
 
     def run(self, *argv, check: bool = True, input: str | None = None, timeout: float = 120) -> Result:
+        """`argv` on the lab host.  As a guest's `run`: `check` raises on a non-zero exit
+        (here a lab problem, HostCommandFailed), and `timeout` is scaled by the lab host's
+        pace (lab/timeouts.py); a command that outlives it is a HostCommandFailed too."""
         raise NotImplementedError
 
     def which(self, prog: str) -> bool:
@@ -205,8 +218,11 @@ class LocalHost(Host):
     def run(self, *argv, check=True, input=None, timeout=120) -> Result:
         argv = tuple(str(a) for a in argv)
         try:
-            r = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
+            budget = _budget(timeout)
+            r = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=budget)
             res = host_result(self.name, argv, r.returncode, r.stdout, r.stderr)
+        except subprocess.TimeoutExpired:
+            raise _too_slow(self.name, argv, budget) from None
         except FileNotFoundError as e:
             res = host_result(self.name, argv, 127, "", f"{e.strerror}: {argv[0]}")
         return res.check() if check else res
@@ -418,11 +434,12 @@ class SshHost(Host):
 
     def run(self, *argv, check=True, input=None, timeout=120) -> Result:
         argv = tuple(str(a) for a in argv)
+        budget = _budget(timeout)
         try:
             rc, out, err = ssh_exec(self.client().get_transport(), shlex.join(argv),
-                                    input.encode() if input is not None else None, timeout, self.connect_timeout)
+                                    input.encode() if input is not None else None, budget, self.connect_timeout)
         except ExecTimeout:
-            raise HostCommandFailed(f"on lab host {self.name}: '{shlex.join(argv)}' did not finish within {timeout} s") from None
+            raise _too_slow(self.name, argv, budget) from None
         res = host_result(self.name, argv, rc, out.decode(errors="replace"), err.decode(errors="replace"))
         return res.check() if check else res
 

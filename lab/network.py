@@ -9,21 +9,8 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from .errors import LabError
 
 ALIAS_PREFIX = "acc-harness run="
-
-
-class HostCommandError(LabError):
-    pass
-
-
-def host_run(host, *argv, check: bool = True):
-    """`argv` on the lab host; with `check`, a failure is a HostCommandError."""
-    r = host.run(*argv, check=False)
-    if check and not r.ok:
-        raise HostCommandError(f"host command {' '.join(argv)} failed on {host.name} ({r.rc}): {r.stderr.strip()}")
-    return r
 
 
 class Bridge:
@@ -37,32 +24,32 @@ class Bridge:
         self.host = host
 
     def create(self) -> "Bridge":
-        host_run(self.host, "ip", "link", "add", self.name, "type", "bridge")
+        self.host.run("ip", "link", "add", self.name, "type", "bridge")
         try:
-            host_run(self.host, "ip", "link", "set", self.name, "alias", f"{ALIAS_PREFIX}{self.run_id} dir={self.work_dir}")
-            host_run(self.host, "sysctl", "-q", "-w", f"net.ipv6.conf.{self.name}.disable_ipv6=1")
-            host_run(self.host, "ip", "link", "set", self.name, "up")
+            self.host.run("ip", "link", "set", self.name, "alias", f"{ALIAS_PREFIX}{self.run_id} dir={self.work_dir}")
+            self.host.run("sysctl", "-q", "-w", f"net.ipv6.conf.{self.name}.disable_ipv6=1")
+            self.host.run("ip", "link", "set", self.name, "up")
         except BaseException:
             self.remove()
             raise
         return self
 
     def remove(self) -> None:
-        host_run(self.host, "ip", "link", "del", self.name, check=False)
+        self.host.run("ip", "link", "del", self.name, check=False)
 
     def ports(self) -> list[str]:
-        out = host_run(self.host, "ip", "-j", "link", "show", "master", self.name, check=False).stdout
+        out = self.host.run("ip", "-j", "link", "show", "master", self.name, check=False).stdout
         return sorted(link["ifname"] for link in json.loads(out or "[]"))
 
     def host_addresses(self) -> list[str]:
-        out = host_run(self.host, "ip", "-j", "addr", "show", "dev", self.name).stdout
+        out = self.host.run("ip", "-j", "addr", "show", "dev", self.name).stdout
         return [a["local"] for i in json.loads(out or "[]") for a in i.get("addr_info", [])]
 
 
 def harness_bridges(host, work_dir: Path | str | None = None) -> dict[str, tuple[str, str]]:
     """bridge name -> (run id, the lab host work dir of that run), for every bridge a harness
     run made on the lab host (with the given lab host work dir only, when one is given)."""
-    out = host_run(host, "ip", "-j", "link", "show", "type", "bridge", check=False).stdout
+    out = host.run("ip", "-j", "link", "show", "type", "bridge", check=False).stdout
     res = {}
     for link in json.loads(out or "[]"):
         alias = link.get("ifalias", "")
@@ -125,20 +112,20 @@ class OvsBridge:
         self.datapath = datapath          # "netdev" for an OVS-DPDK (userspace) bridge
 
     def create(self) -> "OvsBridge":
-        host_run(self.host, "ovs-vsctl", "--may-exist", "add-br", self.name, "--", "set", "bridge", self.name,
+        self.host.run("ovs-vsctl", "--may-exist", "add-br", self.name, "--", "set", "bridge", self.name,
                  f"datapath_type={self.datapath}", f"external-ids:acc-harness-run={self.run_id}")
         return self
 
     def add_vhostuser_port(self, port: str, socket: str) -> None:
         """An OVS-DPDK vhost-user client port; QEMU is the server on `socket`."""
-        host_run(self.host, "ovs-vsctl", "add-port", self.name, port, "--", "set", "Interface", port,
+        self.host.run("ovs-vsctl", "add-port", self.name, port, "--", "set", "Interface", port,
                  "type=dpdkvhostuserclient", f"options:vhost-server-path={socket}")
 
     def remove(self) -> None:
-        host_run(self.host, "ovs-vsctl", "--if-exists", "del-br", self.name, check=False)
+        self.host.run("ovs-vsctl", "--if-exists", "del-br", self.name, check=False)
 
     def ports(self) -> list[str]:
-        out = host_run(self.host, "ovs-vsctl", "list-ports", self.name).stdout
+        out = self.host.run("ovs-vsctl", "list-ports", self.name).stdout
         return sorted(out.split())
 
 
@@ -159,7 +146,7 @@ def ovs_dpdk_ready(host) -> tuple[bool, str]:
     """Whether Open vSwitch runs with DPDK initialised (the vhost-user backend) on the lab host."""
     if not host.which("ovs-vsctl"):
         return False, "Open vSwitch is not installed"
-    r = host_run(host, "ovs-vsctl", "get", "Open_vSwitch", ".", "dpdk_initialized", check=False)
+    r = host.run("ovs-vsctl", "get", "Open_vSwitch", ".", "dpdk_initialized", check=False)
     if not r.ok:
         return False, f"ovs-vsctl failed: {r.stderr.strip() or 'ovsdb not running'}"
     if r.stdout.strip() != "true":
@@ -173,7 +160,7 @@ def vhostuser_socket_dir(host, parent) -> str:
     not root: it cannot bind in /run/openvswitch, so the directory is writable for all,
     sticky like /tmp (`install -d` sets the mode whatever the umask)."""
     d = f"{parent}/vhost-user"
-    host_run(host, "install", "-d", "-m", "1777", d)
+    host.run("install", "-d", "-m", "1777", d)
     return d
 
 

@@ -94,7 +94,7 @@ class GuestJob:
         self._thread.join(max(d.remaining, 0.1))
         if self._thread.is_alive():
             raise d.fail("the SSH command that starts it did not return")
-        poll(lambda: self._raise() or self.guest.run("test -s /tmp/%s.t0", self.tag).ok, d, interval=0.2)
+        poll(lambda: self._raise() or self.guest.run("test -s /tmp/%s.t0", self.tag, check=False).ok, d, interval=0.2)
         return self
 
     def _raise(self):
@@ -107,7 +107,7 @@ class GuestJob:
         self._raise()
         if self._thread.is_alive():
             return False
-        return self.guest.run("cat /tmp/%s.rc", self.tag).ok
+        return self.guest.run("cat /tmp/%s.rc", self.tag, check=False).ok
 
     def rc(self, seconds: float = 60) -> int:
         d = Deadline(seconds, f"the guest's {self.tag} to finish")
@@ -115,7 +115,7 @@ class GuestJob:
         if self._thread.is_alive():
             raise d.fail("the SSH command that starts it did not return")
         self._raise()
-        return int(poll(lambda: self.guest.run("cat /tmp/%s.rc", self.tag).stdout.strip(), d, interval=0.3))
+        return int(poll(lambda: self.guest.run("cat /tmp/%s.rc", self.tag, check=False).stdout.strip(), d, interval=0.3))
 
     def outcome(self, seconds: float) -> int | None:
         """The exit code, or None if the command is still running after `seconds` (scaled)."""
@@ -132,7 +132,7 @@ class GuestJob:
         return t1 - t0
 
     def output(self) -> str:
-        return self.guest.run("cat /tmp/%s.log", self.tag).stdout
+        return self.guest.run("cat /tmp/%s.log", self.tag, check=False).stdout
 
 
 class TooSlowToWatch(LabError):
@@ -155,7 +155,7 @@ def stays_pending(job: GuestJob, seconds: float, alive=None, within: float | Non
     while (now := time.monotonic()) < t0 + seconds:
         if job.finished():
             raise AssertionError(f"the guest's {job.tag} finished during the fault (rc "
-                                 f"{job.guest.run('cat /tmp/%s.rc', job.tag).stdout.strip()}) after "
+                                 f"{job.guest.run('cat /tmp/%s.rc', job.tag, check=False).stdout.strip()}) after "
                                  f"{now - t0:.1f} s of a {seconds} s window: {job.output()[-300:]!r}")
         if alive:
             alive()

@@ -24,12 +24,12 @@ def test_pty_console_gives_an_interactive_shell(guest_vm):
     with guest_vm.console() as con:
         con.wait_connected(Deadline(10, "virsh console"))
         con.sync_shell(Deadline(PROMPT_BUDGET, "a console shell"))
-        rc, out = con.run("cat /proc/sys/kernel/random/boot_id", Deadline(10, "boot id over the console"))
-        assert rc == 0 and out.strip() == guest_vm.boot_id, "the console shell belongs to this guest"
+        out = con.run("cat /proc/sys/kernel/random/boot_id", Deadline(10, "boot id over the console")).stdout
+        assert out.strip() == guest_vm.boot_id, "the console shell belongs to this guest"
         token = secrets.token_hex(6)
-        rc, out = con.run(f"echo {token} > /tmp/console-proof; cat /tmp/console-proof; false",
-                          Deadline(10, "a command over the console"))
-        assert rc == 1 and out.strip() == token
+        r = con.run(f"echo {token} > /tmp/console-proof; cat /tmp/console-proof; false",
+                    Deadline(10, "a command over the console"), check=False)
+        assert r.rc == 1 and r.stdout.strip() == token
     # what was typed on the console really happened in the guest
     assert guest_vm.guest.check_output("cat /tmp/console-proof").strip() == token
 
@@ -74,16 +74,14 @@ def test_console_works_without_a_network_path(vms):
     with vm.console() as con:
         con.wait_connected(Deadline(10, "virsh console"))
         con.sync_shell(Deadline(PROMPT_BUDGET, "a console shell"))
-        rc, _ = con.run(f"ip link set {mgmt} down && ip addr flush dev {mgmt}", Deadline(10, "taking the network down"))
-        assert rc == 0
-        rc, out = con.run("ip -4 addr show scope global; ip route show", Deadline(10, "the guest's addresses"))
-        assert rc == 0 and "inet " not in out and "default" not in out, f"the guest still has layer 3: {out!r}"
+        con.run(f"ip link set {mgmt} down && ip addr flush dev {mgmt}", Deadline(10, "taking the network down"))
+        out = con.run("ip -4 addr show scope global; ip route show", Deadline(10, "the guest's addresses")).stdout
+        assert "inet " not in out and "default" not in out, f"the guest still has layer 3: {out!r}"
         # from the host, the guest is now unreachable over the network
         with pytest.raises(TimeoutError):
             vm.access.connect_ssh(Deadline(4, "SSH to a guest without network")).close()
         token = secrets.token_hex(6)
-        rc, out = con.run(f"echo {token} | tee /root/offline-proof; cat /proc/sys/kernel/random/boot_id",
-                          Deadline(10, "a command over the console"))
-        assert rc == 0 and out.split() == [token, vm.boot_id]
-        rc, out = con.run("cat /root/offline-proof", Deadline(10, "reading back"))
-        assert (rc, out.strip()) == (0, token)
+        out = con.run(f"echo {token} | tee /root/offline-proof; cat /proc/sys/kernel/random/boot_id",
+                      Deadline(10, "a command over the console")).stdout
+        assert out.split() == [token, vm.boot_id]
+        assert con.run("cat /root/offline-proof", Deadline(10, "reading back")).stdout.strip() == token

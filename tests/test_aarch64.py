@@ -36,5 +36,4 @@ def _smoke(run):
     with vm.console() as con:
         con.wait_connected(Deadline(10, "virsh console"))
         con.sync_shell(Deadline(30, "a console shell"))
-        rc, out = con.run("uname -m", Deadline(20, "uname over the console"))
-        assert (rc, out.strip()) == (0, "aarch64")
+        assert con.run("uname -m", Deadline(20, "uname over the console")).stdout.strip() == "aarch64"

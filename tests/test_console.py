@@ -4,6 +4,7 @@ import time
 import pytest
 
 from lab.guest.console import Console, ConsoleError, GuestPanic
+from lab.guest.ssh import CommandFailed
 from lab.timeouts import Deadline, WaitTimeout
 
 
@@ -15,19 +16,20 @@ def shell(tmp_path, script=None):
 def test_marker_protocol_recovers_output_and_exit_code(tmp_path):
     with shell(tmp_path) as con:
         con.sync_shell(Deadline(10, "shell"))
-        rc, out = con.run("echo hello; echo world >&2; exit_code() { return 3; }; exit_code",
-                          Deadline(10, "command"))
-        assert rc == 3
-        assert "hello" in out and "world" in out
-        assert "ACC_B" not in out and "printf" not in out
+        r = con.run("echo hello; echo world >&2; exit_code() { return 3; }; exit_code",
+                    Deadline(10, "command"), check=False)
+        assert r.rc == 3
+        assert "hello" in r.stdout and "world" in r.stdout
+        assert "ACC_B" not in r.stdout and "printf" not in r.stdout
+        with pytest.raises(CommandFailed, match="exited 3"):
+            con.run("exit_code", Deadline(10, "command"))
     assert b"hello" in (tmp_path / "t.log").read_bytes(), "the transcript records the session"
 
 
 def test_interleaved_noise_does_not_break_the_exit_code(tmp_path):
     with shell(tmp_path) as con:
         con.sync_shell(Deadline(10, "shell"))
-        rc, out = con.run("echo '[ 12.3] kernel: noise'; (exit 7)", Deadline(10, "command"))
-        assert rc == 7
+        assert con.run("echo '[ 12.3] kernel: noise'; (exit 7)", Deadline(10, "command"), check=False).rc == 7
 
 
 def test_panic_fails_fast(tmp_path):

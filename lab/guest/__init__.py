@@ -27,11 +27,11 @@ class Guest:
         from ..usb import UsbProbe
         self.usb = UsbProbe(self)
 
-    def run(self, cmd: str, *args, timeout: float = 60.0, check: bool = False) -> Result:
+    def run(self, cmd: str, *args, timeout: float = 60.0, check: bool = True) -> Result:
         return self.ssh.run(cmd, *args, timeout=timeout, check=check)
 
     def check_output(self, cmd: str, *args, timeout: float = 60.0) -> str:
-        r = self.run(cmd, *args, timeout=timeout)
+        r = self.run(cmd, *args, timeout=timeout, check=False)
         if r.rc == 127:
             m = _NOT_FOUND.search(r.stderr)
             if m:
@@ -41,7 +41,7 @@ class Guest:
 
     def has(self, program: str) -> bool:
         """The guest image has `program` on its PATH."""
-        return self.run("command -v %s", program).rc == 0
+        return self.run("command -v %s", program, check=False).rc == 0
 
     def boot_id(self) -> str:
         return self.check_output("cat /proc/sys/kernel/random/boot_id").strip()

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pexpect
 
+from ..result import Result
 from ..timeouts import Deadline
 from .login import LOGIN_RE, LOGIN_REFUSED_RE, PASSWORD_RE
+from .ssh import CommandFailed
 
 PANIC_PATTERNS = [
     r"Kernel panic - not syncing[^\r\n]*",
@@ -137,15 +139,20 @@ class Console:
         self.child.sendline("exit")
         self.expect(LOGIN_RE.pattern, deadline, "the login prompt after logging out")
 
-    def run(self, command: str, deadline: Deadline) -> tuple[int, str]:
-        """Run `command` in the console shell; returns (exit code, output)."""
+    def run(self, command: str, timeout: "float | Deadline" = 60.0, check: bool = True) -> Result:
+        """Run `command` in the console shell, as a guest's `run` over SSH does: `check`
+        raises CommandFailed on a non-zero exit; `timeout` is seconds scaled by the lab
+        host's pace, or a Deadline shared with the caller.  The output is stdout and
+        stderr together (a console has one stream)."""
+        deadline = timeout if isinstance(timeout, Deadline) else Deadline(timeout, f"console command {command[:60]!r}")
         n = secrets.token_hex(4)
         # The typed line reads "ACC_B n" / "ACC_E n"; only the output has "ACC_B_n".
         self.child.sendline(f"printf '%s_%s\\n' ACC_B {n}; {command}; printf '%s_%s_rc=%s\\n' ACC_E {n} $?")
         self.expect(f"ACC_B_{n}\r?\n", deadline, f"start of {command!r}")
         m = self.expect(rf"ACC_E_{n}_rc=(\d+)", deadline, f"end of {command!r}")
         out = (self.child.before or b"").decode(errors="replace").replace("\r\n", "\n")
-        return int(m.group(1)), out
+        r = Result("guest console", command, int(m.group(1)), out, "", CommandFailed)
+        return r.check() if check else r
 
     def close(self) -> None:
         try:

@@ -95,7 +95,7 @@ class SSH:
     def connected(self) -> bool:
         return bool(self._client and self._client.get_transport() and self._client.get_transport().is_active())
 
-    def run(self, cmd: str, *args, timeout: float = 60.0, check: bool = False, stdin: bytes | None = None) -> Result:
+    def run(self, cmd: str, *args, timeout: float = 60.0, check: bool = True, stdin: bytes | None = None) -> Result:
         command = quote_command(cmd, args)
         if not self.connected:
             raise ConnectionError(f"SSH to {self.host}:{self.port} is not connected")
