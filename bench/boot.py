@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from lab import config, timeouts  # noqa: E402
 from lab.domain import VMSpec  # noqa: E402
 from lab.guest.login import boot_done  # noqa: E402
-from lab.run import Run  # noqa: E402
+from lab.run import Lab  # noqa: E402
 
 
 def main():
@@ -27,7 +27,7 @@ def main():
     p.add_argument("--lab", default=None)
     a = p.parse_args()
     t0 = time.monotonic()
-    run = Run(config.load(a.lab))
+    run = Lab(config.load(a.lab))
     timeouts.set_factor(run.cfg.timeout_factor)     # one lab host in this process
     setup = time.monotonic() - t0
     rows = []
@@ -48,7 +48,7 @@ def main():
             vm.wait_ready(deadline)
             run.boot_seconds.append(time.monotonic() - t_def)
             t_ssh = time.monotonic()
-            vm.guest.run("true", check=True)
+            vm.guest.run("true")
             run.release(vm)
             t_end = time.monotonic()
             rows.append({"define": t_def - t, "start": t_start - t_def,

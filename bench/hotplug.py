@@ -17,7 +17,7 @@ from lab import config  # noqa: E402
 from lab import xml as X  # noqa: E402
 from lab import network  # noqa: E402
 from lab.domain import VMSpec, random_mac  # noqa: E402
-from lab.run import Run  # noqa: E402
+from lab.run import Lab  # noqa: E402
 from lab import timeouts  # noqa: E402
 from lab.timeouts import Deadline, poll  # noqa: E402
 
@@ -28,7 +28,7 @@ def main():
     p.add_argument("--lab", default=None)
     p.add_argument("--device", choices=("disk", "nic"), default="disk")
     a = p.parse_args()
-    run = Run(config.load(a.lab))
+    run = Lab(config.load(a.lab))
     timeouts.set_factor(run.cfg.timeout_factor)     # one lab host in this process
     plug, unplug = [], []
     try:

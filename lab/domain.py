@@ -51,33 +51,34 @@ def random_mac() -> str:
 
 
 class VM:
-    def __init__(self, run, spec: VMSpec, name: str):
-        self.run, self.spec, self.name = run, spec, name
-        self.session = run.session
-        self.dir: Path = run.dir / name              # this machine: transcripts, evidence
+    def __init__(self, lab, spec: VMSpec, name: str):
+        """`lab`: the run's Lab on the lab host this VM is on."""
+        self.lab, self.spec, self.name = lab, spec, name
+        self.session = lab.session
+        self.dir: Path = lab.dir / name              # this machine: transcripts, evidence
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.host = run.host
-        self.hdir = run.hdir / name                  # the lab host: overlays, logs QEMU writes
+        self.host = lab.host
+        self.hdir = lab.hdir / name                  # the lab host: overlays, logs QEMU writes
         self.host.makedirs(self.hdir)
         self.serial_log = self.hdir / "serial.log"
         self.mac = random_mac()
-        self.port_lease = run.lease_port()
+        self.port_lease = lab.lease_port()
         self.ssh_port: int = self.port_lease.value
         self.boot_faults: list[str] = []     # hypervisor faults of boots that were retried
-        self.domain = Domain(run.session, name, self.refusal)
-        self.disks = VmDisks(self.host, self.hdir, self.dir, name, run)
-        self.qemu = QemuProcess(self.host, name, lambda: self.domain.handle, run.libvirt_facts.o_direct)
+        self.domain = Domain(lab.session, name, self.refusal)
+        self.disks = VmDisks(self.host, self.hdir, self.dir, name, lab)
+        self.qemu = QemuProcess(self.host, name, lambda: self.domain.handle, lab.libvirt_facts.o_direct)
         self.access = GuestAccess(Reach(
-            name=name, host=self.host, libvirt_uri=run.cfg.libvirt_uri, image=run.image, key=run.key,
-            console_login=run.console_login, mac=self.mac, ssh_port=self.ssh_port, local_dir=self.dir,
-            serial_log=self.serial_log, firmware_key_set=bool(run.cfg.firmware),
-            efi_boot_file=run.arch.efi_boot_file, log=run.log, boot_deadline=run.boot_deadline), self.domain.state)
+            name=name, host=self.host, libvirt_uri=lab.cfg.libvirt_uri, image=lab.image, key=lab.key,
+            console_login=lab.console_login, mac=self.mac, ssh_port=self.ssh_port, local_dir=self.dir,
+            serial_log=self.serial_log, firmware_key_set=bool(lab.cfg.firmware),
+            efi_boot_file=lab.arch.efi_boot_file, log=lab.log, boot_deadline=lab.boot_deadline), self.domain.state)
 
     # ------------------------------------------------------------ XML
 
     def build_xml(self) -> etree._Element:
         """The domain's XML (no side effects: `define` makes the disks it names)."""
-        run, img, arch = self.run, self.run.image, self.run.arch
+        lab, img, arch = self.lab, self.lab.image, self.lab.arch
         overlay = self.disks.overlay
         devices = []
         if self.spec.pcie_root_ports is not None:
@@ -103,15 +104,15 @@ class VM:
             cmdline = (f"console={img.console_tty},115200 acc.rootserial=acc-root rw panic=0 "
                        f"acc.mac={self.mac} acc.ip=10.0.2.15/24 acc.gw=10.0.2.2")
             if img.access == "cmdline":
-                cmdline += f" acc.sshkey={run.key.public_blob}"
+                cmdline += f" acc.sshkey={lab.key.public_blob}"
             if self.spec.extra_cmdline:
                 cmdline += " " + self.spec.extra_cmdline
-        meta = X.harness_metadata(run.run_id, os.getpid(), self.spec.role, [self.hdir], work_dir=run.work_dir,
-                                  hostdir=run.cfg.host_work_dir)
-        return X.domain(self.name, virt_type=run.cfg.virt_type, arch=arch,
-                        memory_mib=self.spec.memory_mib or run.cfg.memory_mib, vcpus=self.spec.vcpus,
+        meta = X.harness_metadata(lab.run_id, os.getpid(), self.spec.role, [self.hdir], work_dir=lab.work_dir,
+                                  hostdir=lab.cfg.host_work_dir)
+        return X.domain(self.name, virt_type=lab.cfg.virt_type, arch=arch,
+                        memory_mib=self.spec.memory_mib or lab.cfg.memory_mib, vcpus=self.spec.vcpus,
                         kernel=img.kernel, initrd=img.initrd, cmdline=cmdline, metadata=meta, devices=devices,
-                        shared_memory=self.spec.shared_memory, emulator=run.emulator,
+                        shared_memory=self.spec.shared_memory, emulator=lab.emulator,
                         overrides=self.spec.overrides, qemu_args=self.spec.qemu_args, firmware=img.firmware)
 
     def define(self) -> "VM":
@@ -128,7 +129,7 @@ class VM:
         """Start; with `wait`, until the guest is ready.  A boot the hypervisor itself
         stops (HypervisorFault) is started again up to [host] boot_retries times,
         each one logged and kept in the VM's evidence."""
-        retries = self.run.cfg.boot_retries if wait else 0
+        retries = self.lab.cfg.boot_retries if wait else 0
         for attempt in range(retries + 1):
             self._reset_boot()
             t0 = time.monotonic()
@@ -141,13 +142,13 @@ class VM:
                 return self
             try:
                 self.wait_ready(deadline)
-                self.run.boot_seconds.append(time.monotonic() - t0)
+                self.lab.boot_seconds.append(time.monotonic() - t0)
                 return self
             except HypervisorFault as e:
                 if attempt == retries:
                     raise
                 self.boot_faults.append(str(e))
-                self.run.log(f"[lab] {e}; starting it again ({attempt + 1} of {retries}, [host] boot_retries)")
+                self.lab.log(f"[lab] {e}; starting it again ({attempt + 1} of {retries}, [host] boot_retries)")
                 self.destroy()
 
     def start_with_console(self, transcript: Path) -> Console:
@@ -164,9 +165,9 @@ class VM:
         """libvirt's refusal as the error it is: a lab problem (security driver, permissions,
         a harness helper not answering; lab/refusals.py) or the product's answer (`kind`,
         DomainError by default)."""
-        lab = classify(what, message, [self.run.hdir])
-        if lab is not None:
-            return lab
+        problem = classify(what, message, [self.lab.hdir])
+        if problem is not None:
+            return problem
         return kind(message) if kind else DomainError(f"{what}: {message}", message)
 
     def _reset_boot(self) -> None:
@@ -213,7 +214,7 @@ class VM:
         """A clean shutdown from inside the guest; waits for libvirt's stopped event.  The
         budget follows the boots measured in this run (a shutdown is no slower than a boot),
         so a host busy with other work does not fail a good guest."""
-        deadline = deadline or self.run.boot_deadline(f"{self.name} to power off")
+        deadline = deadline or self.lab.boot_deadline(f"{self.name} to power off")
         with self.domain.waiter("lifecycle", lambda e: e.detail["event"] == "stopped") as w:
             try:
                 self.guest.run("sync; poweroff", timeout=10, check=False)
@@ -236,9 +237,9 @@ class VM:
         """Undo everything this VM made; returns what was undone."""
         undone = []
         self.access.close_consoles()
-        if self.domain.known and self.run.session.unanswered:
+        if self.domain.known and self.lab.session.unanswered:
             undone += self._stop_without_libvirt()
-        if self.domain.known and not self.run.session.unanswered:
+        if self.domain.known and not self.lab.session.unanswered:
             if self.domain.is_active():
                 self.destroy()
                 undone.append(f"destroyed domain {self.name}")
@@ -273,7 +274,7 @@ class VM:
                  interval=0.2)
             undone.append(f"killed QEMU {pid} of {self.name} through lab host {self.host.name} "
                           "(libvirt's daemon did not answer)")
-        if not self.run.session.answers(20):
+        if not self.lab.session.answers(20):
             undone.append(f"left domain {self.name} defined: libvirt's daemon still does not answer; the next "
                           "run's sweeper undefines it")
             self.domain.forget()
@@ -281,12 +282,12 @@ class VM:
 
     def boot_deadline(self, what: str) -> Deadline:
         """A boot's deadline for this VM, fitted to its image and the boots measured so far."""
-        return self.run.boot_deadline(what)
+        return self.lab.boot_deadline(what)
 
     def virsh(self, *args, timeout: float = 60):
         """`virsh <args>` against this VM's libvirt, for claims about virsh itself."""
         from .virsh import virsh
-        return virsh(self.run.cfg.libvirt_uri, *args, timeout=timeout)
+        return virsh(self.lab.cfg.libvirt_uri, *args, timeout=timeout)
 
     # ------------------------------------------------------------ evidence
 
@@ -294,7 +295,7 @@ class VM:
         out = self.access.evidence()
         if self.boot_faults:
             out["hypervisor faults of retried boots"] = "\n".join(self.boot_faults)
-        if self.run.session.unanswered:          # asking would wait out a reconnect per VM
+        if self.lab.session.unanswered:          # asking would wait out a reconnect per VM
             out["live domain XML"] = "(unavailable: libvirt's daemon stopped answering)"
         else:
             try:

@@ -44,7 +44,7 @@ class OpenedLabHost:
     leases: LeaseHolder
 
 
-class Run:
+class Lab:
     def __init__(self, cfg: LabConfig, log=print, opened: OpenedLabHost | None = None):
         """`opened`: the lab host and its lease holder when the caller has them open already;
         else the run opens its own.

@@ -9,10 +9,10 @@ from .images import create_image, create_nocloud_seed, create_overlay, image_sha
 
 
 class VmDisks:
-    def __init__(self, host, hdir, local_dir: Path, name: str, run):
+    def __init__(self, host, hdir, local_dir: Path, name: str, lab):
         """`hdir`: the VM's directory on the lab host; `local_dir`: its directory here."""
         self.host, self.hdir, self.local_dir, self.name = host, hdir, local_dir, name
-        self._run = run
+        self._lab = lab
 
     @property
     def overlay(self):
@@ -27,7 +27,7 @@ class VmDisks:
     def own(self) -> dict[str, str]:
         """The disks the harness gives every VM, target -> path on the lab host (its own record)."""
         disks = {"vda": str(self.overlay)}
-        if self._run.image.access == "nocloud":
+        if self._lab.image.access == "nocloud":
             disks["sdzz"] = str(self.seed)
         return disks
 
@@ -36,11 +36,11 @@ class VmDisks:
         once per VM: what the domain's XML names must exist before it is defined."""
         if self.host.exists(self.overlay):
             return
-        run = self._run
-        create_overlay(self.host, run.image.root, self.overlay)
-        if run.image.access == "nocloud":
-            local = create_nocloud_seed(self.local_dir / "seed.iso", self.name, "acc-guest", run.key.public_line,
-                                        run.seed_password_hash)
+        lab = self._lab
+        create_overlay(self.host, lab.image.root, self.overlay)
+        if lab.image.access == "nocloud":
+            local = create_nocloud_seed(self.local_dir / "seed.iso", self.name, "acc-guest", lab.key.public_line,
+                                        lab.seed_password_hash)
             self.host.put(local, self.seed)
 
     def scratch_image(self, name: str, size: str = "64M", fmt: str = "qcow2"):

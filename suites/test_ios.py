@@ -62,7 +62,7 @@ def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms, lab
                    fault.disk("vdb", error_policy="stop", rerror_policy="stop", cache="none", serial=SERIAL))
     g = vm.guest
     dev = g.block.find(SERIAL).name
-    g.run("/usr/sbin/mke2fs -q -t ext4 /dev/%s && mkdir -p /mnt/f && mount /dev/%s /mnt/f", dev, dev, check=True)
+    g.run("/usr/sbin/mke2fs -q -t ext4 /dev/%s && mkdir -p /mnt/f && mount /dev/%s /mnt/f", dev, dev)
     digest = g.check_output("dd if=/dev/urandom of=/tmp/p bs=1M count=4 2>/dev/null; sha256sum /tmp/p").split()[0]
     boot_id = g.boot_id()
 
@@ -80,7 +80,7 @@ def test_stop_policy_suspends_the_vm_and_resume_completes_the_io(fault, vms, lab
     fault.heal()
     vm.domain.resume()
     assert job.rc() == 0, job.output()
-    g.run("sync; echo 3 > /proc/sys/vm/drop_caches", check=True)
+    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
     assert g.check_output("sha256sum /mnt/f/data").split()[0] == digest, "the data written across the fault is wrong"
     mount = g.check_output("grep ' /mnt/f ' /proc/mounts").split()
     assert mount[3].split(",")[0] == "rw", f"the file system is no longer read-write: {mount}"
@@ -188,7 +188,7 @@ def test_short_fault_is_retried_and_completes_without_guest_error(fault, vms, re
                     (target, RetryPolicy(interval=500, timeout=20000), SERIAL), bus=bus)
     g = vm.guest
     dev = g.block.find(SERIAL).name
-    g.run("/usr/sbin/mke2fs -q -t ext4 /dev/%s && mkdir -p /mnt/f && mount /dev/%s /mnt/f", dev, dev, check=True)
+    g.run("/usr/sbin/mke2fs -q -t ext4 /dev/%s && mkdir -p /mnt/f && mount /dev/%s /mnt/f", dev, dev)
     boot_id = g.boot_id()
     with vm.qemu.io_errors() as qlog:
         attempts = AttemptSource(fault, qlog)
@@ -214,7 +214,7 @@ def _write_across_a_short_fault(fault, vm, attempts, n):
                               f"{attempts.name}: {tries.summary()}")
     fault.heal()
     assert job.rc() == 0, f"fault {n}: {job.output()}"
-    g.run("sync; echo 3 > /proc/sys/vm/drop_caches", check=True)
+    g.run("sync; echo 3 > /proc/sys/vm/drop_caches")
     assert g.check_output("sha256sum /mnt/f/data%s", n).split()[0] == digest, \
         f"the data written across fault {n} is wrong"
 

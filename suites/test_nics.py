@@ -119,7 +119,7 @@ def test_hot_plugged_nics_carry_traffic_between_two_guests(nic_vm, vms, lab):
         iface = network.bridge_interface(random_mac(), br.name)
         vm.domain.attach(iface, live=True)
         nic = vm.guest.net.wait_for(iface.find("mac").get("address"))
-        vm.guest.run("ip link set %s up", nic.name, check=True)
+        vm.guest.run("ip link set %s up", nic.name)
         ends.append((vm, iface, nic))
     try:
         (a, _, nic_a), (b, _, nic_b) = ends
@@ -150,7 +150,7 @@ def test_vhost_driver_moves_the_nic_data_path_into_the_hosts_vhost_worker(nic_vm
         try:
             assert live.find("driver").get("name") == driver, f"live XML driver: {live.find('driver').attrib}"
             nic = vm.guest.net.wait_for(mac)
-            vm.guest.run("ip link set %s up", nic.name, check=True)
+            vm.guest.run("ip link set %s up", nic.name)
             poll(lambda: vm.guest.net.link_local(nic.name), Deadline(20, f"{nic.name}'s IPv6 link-local address"),
                  interval=0.3)
             holds = vm.qemu.holds("/dev/vhost-net")
@@ -201,7 +201,7 @@ def test_vhost_user_nics_carry_traffic(vms, lab):
                 ovs.add_vhostuser_port(f"accvhu{n}{lab.run_id[-4:]}", sock)
                 vm = vms.boot(VMSpec(f"nics-vhu{n}", shared_memory=True, devices=[iface]))
                 nic = vm.guest.net.wait_for(iface.find("mac").get("address"))
-                vm.guest.run("ip link set %s up", nic.name, check=True)
+                vm.guest.run("ip link set %s up", nic.name)
                 ends.append((vm, nic))
             (a, nic_a), (b, nic_b) = ends
             addr_b = poll(lambda: b.guest.net.link_local(nic_b.name), Deadline(20, "the peer's link-local address"))

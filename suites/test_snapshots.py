@@ -60,7 +60,7 @@ def test_domblklist_lists_every_disk_with_its_source(snap_vm):
 def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm, request):
     vm, g = snap_vm, snap_vm.guest
     token = secrets.token_hex(8)
-    g.run("echo %s > /root/precious && sync", token, check=True)
+    g.run("echo %s > /root/precious && sync", token)
     profile_before = g.check_output("sha256sum /etc/profile").split()[0]
     base = vm.domain.live_xml().find("devices/disk/target[@dev='vda']/../source").get("file")
     overlay = vm.hdir / "vda-snapshot1.qcow2"                       # on the lab host
@@ -78,7 +78,7 @@ def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm, request):
     assert vm.domain.state()[0] == "running" and g.boot_id() == vm.boot_id, "the VM kept running through the snapshot"
     assert vm.domain.live_xml().find("devices/disk/target[@dev='vda']/../source").get("file") == str(overlay)
     # the guest now writes into the overlay: the base keeps the snapshot's state
-    g.run("echo after > /root/after-snapshot && sync", check=True)
+    g.run("echo after > /root/after-snapshot && sync")
 
     out = vm.virsh("snapshot-list", vm.name).check().stdout   # SNAP-3
     record("virsh snapshot-list", out)
@@ -86,7 +86,7 @@ def test_external_snapshot_of_vda_restores_a_damaged_system(snap_vm, request):
     assert name in rows and rows[name][-1] == "disk-snapshot", out
 
     # SNAP-4: damage the system, then restore it from the snapshot
-    g.run("rm -f /root/precious; dd if=/dev/urandom of=/etc/profile bs=1k count=4 conv=notrunc; sync", check=True)
+    g.run("rm -f /root/precious; dd if=/dev/urandom of=/etc/profile bs=1k count=4 conv=notrunc; sync")
     assert g.run("cat /root/precious", check=False).rc != 0
     snapshots.restore_external(vm, name, "vda")
     g = vm.guest

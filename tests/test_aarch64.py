@@ -5,7 +5,7 @@ import pytest
 
 from lab import config, pcie
 from lab.domain import VMSpec
-from lab.run import Run
+from lab.run import Lab
 from lab.timeouts import Deadline
 
 pytestmark = pytest.mark.lab
@@ -13,7 +13,7 @@ pytestmark = pytest.mark.lab
 
 def test_aarch64_guest_boots_and_is_probed_like_any_other():
     cfg = config.load(config.REPO / "labs/local-aarch64.toml")
-    run = Run(cfg)
+    run = Lab(cfg)
     try:
         with run.paced():        # its factor (4), not the process default
             _smoke(run)

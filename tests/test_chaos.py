@@ -12,7 +12,7 @@ import pytest
 from lab import config
 from lab.access import GuestNotReady
 from lab.domain import VMSpec
-from lab.run import Run
+from lab.run import Lab
 from lab.timeouts import Deadline, WaitTimeout, poll
 
 pytestmark = pytest.mark.lab
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.lab
 
 @pytest.fixture(scope="module")
 def run():
-    r = Run(config.load())
+    r = Lab(config.load())
     yield r
     r.close()
 
@@ -137,7 +137,7 @@ def test_sigkill_at_random_points_is_swept_by_the_next_run(tmp_path):
         poll(lambda: not [s for s in lease_states(LocalHost(), cfg.host_work_dir / "leases").values()
                           if s.held and f" pid {proc.pid} " in s.owner],
              Deadline(10, f"the killed run's leases (pid {proc.pid}) to be free"), interval=0.1)
-        Run(cfg).close()                     # the next run: it sweeps at start
+        Lab(cfg).close()                     # the next run: it sweeps at start
         left = leftovers_of_dead_runs(cfg)
         for f in results.glob("*.json") if results.exists() else []:
             try:
@@ -154,7 +154,7 @@ def test_two_runs_at_once_do_not_collide_and_share_no_device():
 
     from lab.hostleases import DeviceBusy
     cfg = config.load()
-    a, b = Run(cfg), Run(cfg)
+    a, b = Lab(cfg), Lab(cfg)
     try:
         vms, errors = [], []
 
@@ -182,7 +182,7 @@ def test_two_runs_at_once_do_not_collide_and_share_no_device():
     finally:
         a.close()
         b.close()
-    b2 = Run(cfg)
+    b2 = Lab(cfg)
     try:
         b2.lease_device("usb", "0781:5567@1-3")       # free again once the holder closed
     finally:
@@ -208,7 +208,7 @@ def test_a_libvirtd_that_stops_answering_is_judged_and_its_qemu_killed_through_t
     was_running = daemon.running(cfg)
     daemon.ensure(cfg)
     pidfile = cfg.private_daemon_dir / "libvirtd.pid"
-    run = Run(cfg)
+    run = Lab(cfg)
     stopped = None
     try:
         vm = run.new_vm(VMSpec("chaos-mute"))
@@ -239,7 +239,7 @@ def test_a_libvirtd_that_stops_answering_is_judged_and_its_qemu_killed_through_t
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)
         run.close()
-    nxt = Run(cfg)
+    nxt = Lab(cfg)
     try:
         left = [d.name() for d in nxt.session.conn.listAllDomains() if d.name().startswith(PREFIX + run.run_id)]
         assert not left and not nxt.swept, f"left after the run: {left}; swept by the next run: {nxt.swept}"

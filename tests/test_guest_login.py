@@ -200,8 +200,8 @@ def test_boot_deadline_fits_the_image_after_its_first_boot():
     from types import SimpleNamespace
 
     from lab.images import GuestImage
-    from lab.run import Run
-    run = Run.__new__(Run)
+    from lab.run import Lab
+    run = Lab.__new__(Lab)
     run.cfg = SimpleNamespace(timeout_factor=1.0)
     run.image, run.boot_seconds = GuestImage(root=Path("/x/disk.qcow2"), access="nocloud"), []
     first = run.boot_deadline("vm to boot")

@@ -15,7 +15,7 @@ from lab import xml as X
 from lab.arch import profile
 from lab.domain import VMSpec
 from lab.guest.console import GuestPanic
-from lab.run import Run
+from lab.run import Lab
 from lab.session import LabUnreachable, Session
 from lab.sweep import harness_tag
 from lab.timeouts import Deadline, poll
@@ -54,7 +54,7 @@ def test_guest_paused_while_booting_fails_fast_and_is_retried_when_the_lab_says_
     import threading
 
     from lab.access import HypervisorFault
-    run = Run(dataclasses.replace(cfg, boot_retries=1))
+    run = Lab(dataclasses.replace(cfg, boot_retries=1))
     try:
         vm = run.new_vm(VMSpec("paused"))
         vm.start(wait=False)
@@ -77,7 +77,7 @@ def test_guest_paused_while_booting_fails_fast_and_is_retried_when_the_lab_says_
 
 
 def test_guest_that_never_boots_fails_fast_with_the_panic(cfg):
-    run = Run(cfg)
+    run = Lab(cfg)
     try:
         vm = run.new_vm(VMSpec("nonboot", extra_cmdline="rdinit=/nonexistent"))
         t = time.monotonic()
@@ -89,7 +89,7 @@ def test_guest_that_never_boots_fails_fast_with_the_panic(cfg):
 
 
 def test_nocloud_seed_delivers_the_key(cfg):
-    run = Run(dataclasses.replace(cfg, image_access="nocloud"))
+    run = Lab(dataclasses.replace(cfg, image_access="nocloud"))
     try:
         vm = run.new_vm(VMSpec("nocloud"))
         cmdline = vm.domain.inactive_xml().find("os/cmdline").text
@@ -135,7 +135,7 @@ def test_sigkill_mid_suite_is_swept_next_run_and_foreign_domains_survive(cfg):
             st = lease_states(LocalHost(), cfg.host_work_dir / "leases").get(f"run-{run_id}.lock")
             return st is None or not st.held
         poll(lease_free, Deadline(10, f"the killed run {run_id}'s lease to be free"), interval=0.1)
-        sweeper = Run(cfg)       # a new run sweeps at start
+        sweeper = Lab(cfg)       # a new run sweeps at start
         try:
             assert not [d for d in conn.listAllDomains() if (harness_tag(d) is not None and
                                                              harness_tag(d).get("run") == run_id)]
@@ -153,7 +153,7 @@ def test_sigkill_mid_suite_is_swept_next_run_and_foreign_domains_survive(cfg):
 
 def test_guest_host_key_is_pinned_from_the_console(cfg):
     from lab.guest.ssh import SSH, HostKeyMismatch
-    run = Run(cfg)
+    run = Lab(cfg)
     try:
         vm = run.new_vm(VMSpec("hostkey"))
         vm.start()

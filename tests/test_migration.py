@@ -9,7 +9,7 @@ import pytest
 from lab import config, migration
 from lab.domain import VMSpec
 from lab.hostexec import LocalHost
-from lab.run import Run
+from lab.run import Lab
 from lab.sweep import sweep
 
 pytestmark = pytest.mark.lab
@@ -21,7 +21,7 @@ def daemons_of(target_dir) -> list[str]:
 
 
 def test_a_vm_live_migrates_to_the_target_and_close_leaves_nothing():
-    run = Run(config.load())
+    run = Lab(config.load())
     target = migration.MigrationTarget(run.host, run.hdir)
     try:
         if target.missing_tools():
@@ -45,7 +45,7 @@ def test_a_vm_live_migrates_to_the_target_and_close_leaves_nothing():
 
 def test_the_sweeper_stops_a_dead_runs_target():
     cfg = config.load()
-    run = Run(cfg)
+    run = Lab(cfg)
     target = migration.MigrationTarget(run.host, run.hdir)
     if target.missing_tools():
         run.close()

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from lab import config, timeouts
-from lab.run import Run
+from lab.run import Lab
 from lab.timeouts import Deadline
 
 
@@ -27,8 +27,8 @@ def test_a_paced_block_scales_its_deadlines_and_their_subs_keep_the_pace():
 @pytest.mark.lab
 def test_two_runs_in_one_process_each_keep_their_factor():
     cfg = config.load()
-    slow = Run(dataclasses.replace(cfg, timeout_factor=4.0), log=lambda m: None)
-    fast = Run(dataclasses.replace(cfg, timeout_factor=1.0), log=lambda m: None)     # made last
+    slow = Lab(dataclasses.replace(cfg, timeout_factor=4.0), log=lambda m: None)
+    fast = Lab(dataclasses.replace(cfg, timeout_factor=1.0), log=lambda m: None)     # made last
     try:
         with slow.paced():
             assert Deadline(30, "a wait on the slow host").budget == pytest.approx(120)

@@ -5,7 +5,7 @@ import pytest
 
 from lab import config, pci, usb
 from lab.domain import DomainError, VMSpec, random_mac
-from lab.run import Run
+from lab.run import Lab
 
 pytestmark = pytest.mark.lab
 ABSENT = "0000:7e:1f.6"      # no such device on this machine
@@ -13,7 +13,7 @@ ABSENT = "0000:7e:1f.6"      # no such device on this machine
 
 @pytest.fixture(scope="module")
 def run():
-    r = Run(config.load())
+    r = Lab(config.load())
     yield r
     r.close()
 

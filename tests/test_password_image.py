@@ -11,7 +11,7 @@ from lab.config import Secret
 from lab.domain import VMSpec
 from lab.guest.console import ConsoleError
 from lab.guest.login import Login
-from lab.run import Run
+from lab.run import Lab
 from lab.timeouts import Deadline
 
 pytestmark = pytest.mark.lab
@@ -21,7 +21,7 @@ LAB = config.REPO / "labs" / "local-password-image.toml"
 def test_console_login_reaches_ssh_a_wrong_password_is_refused_and_the_password_is_written_nowhere():
     cfg = config.load(LAB)
     lines = []
-    run = Run(cfg, log=lines.append)          # builds the image when it is not cached (about 2 minutes)
+    run = Lab(cfg, log=lines.append)          # builds the image when it is not cached (about 2 minutes)
     password = cfg.guest_password().reveal()
     try:
         vm = run.new_vm(VMSpec("pw-login"))

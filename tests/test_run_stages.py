@@ -6,7 +6,7 @@ from lab import config
 from lab.errors import LabError
 from lab.hostexec import LocalHost
 from lab.hostleases import lease_states
-from lab.run import Run
+from lab.run import Lab
 from lab.undo import UndoStack
 
 
@@ -51,9 +51,9 @@ def test_a_run_whose_last_stage_fails_leaves_nothing(monkeypatch):
         seen.update(run_id=self.run_id, dir=self.dir, hdir=self.hdir, host=self.host)
         assert self.dir.is_dir() and self.host.exists(self.hdir), "the earlier stages did their part"
         raise PrepareFailed("the image could not be built")
-    monkeypatch.setattr(Run, "_prepare", fail)
+    monkeypatch.setattr(Lab, "_prepare", fail)
     with pytest.raises(PrepareFailed):
-        Run(cfg, log=lambda m: None)
+        Lab(cfg, log=lambda m: None)
     assert not seen["dir"].exists(), "the run's directory on this machine was removed"
     assert not (cfg.work_dir / "runs" / f"{seen['run_id']}.lock").exists(), "the run lock was released"
     with LocalHost() as h:
