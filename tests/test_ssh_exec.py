@@ -11,9 +11,8 @@ import pytest
 from lab.result import ExecTimeout, ssh_exec
 
 
-class Hangs(paramiko.ServerInterface):
-    def __init__(self):
-        self.release = threading.Event()
+class Server(paramiko.ServerInterface):
+    """An in-process SSH server that lets anyone in and opens any channel."""
 
     def check_auth_none(self, username):
         return paramiko.AUTH_SUCCESSFUL
@@ -24,6 +23,22 @@ class Hangs(paramiko.ServerInterface):
     def check_channel_request(self, kind, chanid):
         return paramiko.OPEN_SUCCEEDED
 
+
+def _serve(iface):
+    a, b = socket.socketpair()
+    server = paramiko.Transport(a)
+    server.add_server_key(paramiko.RSAKey.generate(1024))
+    threading.Thread(target=server.start_server, kwargs={"server": iface}, daemon=True).start()
+    client = paramiko.Transport(b)
+    client.start_client(timeout=10)
+    client.auth_none("root")
+    return client, server
+
+
+class Hangs(Server):
+    def __init__(self):
+        self.release = threading.Event()
+
     def check_channel_exec_request(self, channel, command):
         self.release.wait(30)          # the server's transport thread stops here: no answer
         return False
@@ -31,14 +46,8 @@ class Hangs(paramiko.ServerInterface):
 
 @pytest.fixture
 def hung_server():
-    a, b = socket.socketpair()
-    server = paramiko.Transport(a)
-    server.add_server_key(paramiko.RSAKey.generate(1024))
     iface = Hangs()
-    threading.Thread(target=server.start_server, kwargs={"server": iface}, daemon=True).start()
-    client = paramiko.Transport(b)
-    client.start_client(timeout=10)
-    client.auth_none("root")
+    client, server = _serve(iface)
     yield client
     iface.release.set()
     client.close()
@@ -52,22 +61,13 @@ def test_an_exec_request_the_server_never_answers_times_out(hung_server):
     assert time.monotonic() - t < 5
 
 
-class ExitsFirst(paramiko.ServerInterface):
+class ExitsFirst(Server):
     """Sends the exit status before the command's last output, as OpenSSH does when the
     command's process ends before sshd has read all of its output from the pipe;
     `eof=False`: a background child keeps the output open, so no EOF ever comes."""
 
     def __init__(self, eof=True):
         self.eof = eof
-
-    def check_auth_none(self, username):
-        return paramiko.AUTH_SUCCESSFUL
-
-    def get_allowed_auths(self, username):
-        return "none"
-
-    def check_channel_request(self, kind, chanid):
-        return paramiko.OPEN_SUCCEEDED
 
     def check_channel_exec_request(self, channel, command):
         def run():
@@ -81,17 +81,6 @@ class ExitsFirst(paramiko.ServerInterface):
                 channel.close()
         threading.Thread(target=run, daemon=True).start()
         return True
-
-
-def _serve(iface):
-    a, b = socket.socketpair()
-    server = paramiko.Transport(a)
-    server.add_server_key(paramiko.RSAKey.generate(1024))
-    threading.Thread(target=server.start_server, kwargs={"server": iface}, daemon=True).start()
-    client = paramiko.Transport(b)
-    client.start_client(timeout=10)
-    client.auth_none("root")
-    return client, server
 
 
 def test_output_after_the_exit_status_is_read_to_the_end():
