@@ -54,6 +54,7 @@ class VM:
     def __init__(self, lab, spec: VMSpec, name: str):
         """`lab`: the run's Lab on the lab host this VM is on."""
         self.lab, self.spec, self.name = lab, spec, name
+        self.cfg = lab.cfg                           # the lab host's config (read only)
         self.session = lab.session
         self.dir: Path = lab.dir / name              # this machine: transcripts, evidence
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -69,9 +70,9 @@ class VM:
         self.disks = VmDisks(self.host, self.hdir, self.dir, name, lab)
         self.qemu = QemuProcess(self.host, name, lambda: self.domain.handle, lab.libvirt_facts.o_direct)
         self.access = GuestAccess(Reach(
-            name=name, host=self.host, libvirt_uri=lab.cfg.libvirt_uri, image=lab.image, key=lab.key,
+            name=name, host=self.host, libvirt_uri=self.cfg.libvirt_uri, image=lab.image, key=lab.key,
             console_login=lab.console_login, mac=self.mac, ssh_port=self.ssh_port, local_dir=self.dir,
-            serial_log=self.serial_log, firmware_key_set=bool(lab.cfg.firmware),
+            serial_log=self.serial_log, firmware_key_set=bool(self.cfg.firmware),
             efi_boot_file=lab.arch.efi_boot_file, log=lab.log, boot_deadline=lab.boot_deadline), self.domain.state)
 
     # ------------------------------------------------------------ XML
@@ -108,9 +109,9 @@ class VM:
             if self.spec.extra_cmdline:
                 cmdline += " " + self.spec.extra_cmdline
         meta = X.harness_metadata(lab.run_id, os.getpid(), self.spec.role, [self.hdir], work_dir=lab.work_dir,
-                                  hostdir=lab.cfg.host_work_dir)
-        return X.domain(self.name, virt_type=lab.cfg.virt_type, arch=arch,
-                        memory_mib=self.spec.memory_mib or lab.cfg.memory_mib, vcpus=self.spec.vcpus,
+                                  hostdir=self.cfg.host_work_dir)
+        return X.domain(self.name, virt_type=self.cfg.virt_type, arch=arch,
+                        memory_mib=self.spec.memory_mib or self.cfg.memory_mib, vcpus=self.spec.vcpus,
                         kernel=img.kernel, initrd=img.initrd, cmdline=cmdline, metadata=meta, devices=devices,
                         shared_memory=self.spec.shared_memory, emulator=lab.emulator,
                         overrides=self.spec.overrides, qemu_args=self.spec.qemu_args, firmware=img.firmware)
@@ -129,7 +130,7 @@ class VM:
         """Start; with `wait`, until the guest is ready.  A boot the hypervisor itself
         stops (HypervisorFault) is started again up to [host] boot_retries times,
         each one logged and kept in the VM's evidence."""
-        retries = self.lab.cfg.boot_retries if wait else 0
+        retries = self.cfg.boot_retries if wait else 0
         for attempt in range(retries + 1):
             self._reset_boot()
             t0 = time.monotonic()
@@ -287,7 +288,7 @@ class VM:
     def virsh(self, *args, timeout: float = 60):
         """`virsh <args>` against this VM's libvirt, for claims about virsh itself."""
         from .virsh import virsh
-        return virsh(self.lab.cfg.libvirt_uri, *args, timeout=timeout)
+        return virsh(self.cfg.libvirt_uri, *args, timeout=timeout)
 
     # ------------------------------------------------------------ evidence
 
