@@ -177,10 +177,10 @@ class GuestAccess:
             con.sync_shell(deadline)          # logs in with the run's console login (default_login)
             r = con.run(prepare_script(self.r.key.public_line, self.r.mac), deadline.sub(90, "console set-up"),
                         check=False)
-            rc, out = r.rc, r.stdout
-            if rc != 0:
-                raise GuestNotReady(f"{self.r.name}: setting the guest up over its console failed (exit {rc}: "
-                                    f"{PREPARE_ERRORS.get(rc, 'see the console transcript')}): {out.strip()[-300:]!r}")
+            out = r.stdout
+            if r.rc != 0:
+                raise GuestNotReady(f"{self.r.name}: setting the guest up over its console failed (exit {r.rc}: "
+                                    f"{PREPARE_ERRORS.get(r.rc, 'see the console transcript')}): {out.strip()[-300:]!r}")
             got = parse_prepared(out)
             if not got.get("HOSTKEY"):
                 raise GuestNotReady(f"{self.r.name}: the guest has no ed25519 SSH host key "

@@ -217,8 +217,8 @@ class LocalHost(Host):
 
     def run(self, *argv, check=True, input=None, timeout=120) -> Result:
         argv = tuple(str(a) for a in argv)
+        budget = _budget(timeout)
         try:
-            budget = _budget(timeout)
             r = subprocess.run(argv, capture_output=True, text=True, input=input, timeout=budget)
             res = host_result(self.name, argv, r.returncode, r.stdout, r.stderr)
         except subprocess.TimeoutExpired:

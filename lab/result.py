@@ -66,40 +66,46 @@ def ssh_exec(transport: paramiko.Transport, command: str, stdin: bytes | None = 
 
 
 def _exec_channel(transport: paramiko.Transport, command: str, end: float, open_timeout: float):
-    """A session channel with `command` started in it."""
-    for attempt in (1, 2):
-        chan = transport.open_session(timeout=max(0.1, min(open_timeout, end - time.monotonic())))
-        chan.settimeout(0.5)
-        # paramiko waits for the answer to the exec request without a time limit: a server
-        # that stops answering between the channel's opening and the request (a hung or
-        # stopped sshd) would hold this thread forever.  Closing the channel ends that wait.
-        gave_up = threading.Event()
+    """A session channel with `command` started in it.  A server that refuses to start
+    the command (it answered the exec request with a failure, seen once from dropbear with
+    another channel open) ran nothing, so asking once more is safe; a second refusal is
+    the error."""
+    try:
+        return _start(transport, command, end, open_timeout)
+    except paramiko.SSHException:
+        if not transport.is_active():
+            raise
+    return _start(transport, command, end, open_timeout)
 
-        def give_up(chan=chan, gave_up=gave_up):
-            gave_up.set()
-            try:
-                chan.close()
-            except (EOFError, OSError, paramiko.SSHException):
-                pass        # the connection is gone already: the exec request waits no more either
 
-        unanswered = threading.Timer(max(0.1, min(open_timeout, end - time.monotonic())), give_up)
-        unanswered.daemon = True
-        unanswered.start()
+def _start(transport: paramiko.Transport, command: str, end: float, open_timeout: float):
+    chan = transport.open_session(timeout=max(0.1, min(open_timeout, end - time.monotonic())))
+    chan.settimeout(0.5)
+    # paramiko waits for the answer to the exec request without a time limit: a server
+    # that stops answering between the channel's opening and the request (a hung or
+    # stopped sshd) would hold this thread forever.  Closing the channel ends that wait.
+    gave_up = threading.Event()
+
+    def give_up():
+        gave_up.set()
         try:
-            chan.exec_command(command)
-            return chan
-        except paramiko.SSHException:
             chan.close()
-            if gave_up.is_set():
-                raise ExecTimeout(b"") from None     # the server never answered the exec request
-            # The server refused to start the command (it answered the exec request with a
-            # failure, seen once from dropbear with another channel open): nothing ran, so
-            # asking once more is safe.  A second refusal is the error.
-            if attempt == 2 or not transport.is_active():
-                raise
-        finally:
-            unanswered.cancel()
-    raise AssertionError("unreachable")
+        except (EOFError, OSError, paramiko.SSHException):
+            pass        # the connection is gone already: the exec request waits no more either
+
+    unanswered = threading.Timer(max(0.1, min(open_timeout, end - time.monotonic())), give_up)
+    unanswered.daemon = True
+    unanswered.start()
+    try:
+        chan.exec_command(command)
+        return chan
+    except paramiko.SSHException:
+        chan.close()
+        if gave_up.is_set():
+            raise ExecTimeout(b"") from None     # the server never answered the exec request
+        raise
+    finally:
+        unanswered.cancel()
 
 
 def _collect(chan: paramiko.Channel, end: float) -> tuple[bytes, bytes]:
